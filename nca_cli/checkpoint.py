@@ -1,0 +1,92 @@
+"""Checkpoints: one format for ``model.pt`` (what segment and finetune-vwsl take), saved atomically
+and loaded with ``torch.load(weights_only=True)``."""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import NCAError
+from .fileio import atomic_path
+
+MODEL_FORMAT = "nca-model/1"
+
+
+def save(obj: dict, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary name, renamed when complete."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise NCAError(f"Checkpoint {p} does not exist; pass the model.pt written by `nca train`.")
+    try:
+        obj = torch.load(p, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as exc:
+        text = str(exc).lower()
+        why = "truncated or corrupted" if ("zip" in text or "eof" in text or "central directory" in text
+                                            or isinstance(exc, (EOFError, zipfile.BadZipFile))) else "not a loadable checkpoint"
+        raise NCAError(f"Checkpoint {p} is {why}; copy it again or re-export it with `nca train`.") from None
+    if not isinstance(obj, dict):
+        raise NCAError(f"Checkpoint {p} does not hold an nca model; pass the model.pt written by `nca train`.")
+    return obj
+
+
+def model_payload(model: torch.nn.Module, recipe: dict | None, metadata: dict | None = None,
+                  state_dict: dict | None = None) -> dict:
+    from .models import is_nca
+
+    config = model.config.to_dict() if is_nca(model) else dict(getattr(model, "config", {}) or {})
+    if recipe is not None and not is_nca(model):
+        config = dict(recipe["model"])
+    sd = state_dict if state_dict is not None else model.state_dict()
+    return {
+        "format": MODEL_FORMAT,
+        "model_config": config,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in sd.items()},
+        "recipe": _plain(recipe) if recipe is not None else None,
+        "metadata": _plain(metadata or {}),
+    }
+
+
+def save_model(path: str | os.PathLike, model: torch.nn.Module, recipe: dict | None, metadata: dict | None = None,
+               state_dict: dict | None = None) -> None:
+    save(model_payload(model, recipe, metadata, state_dict), path)
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", *, require_nca: bool = False):
+    """Rebuild the model stored in ``path``; returns ``(model, payload)``."""
+    from .models import build_model, is_nca
+
+    payload = load(path, map_location)
+    if payload.get("format") != MODEL_FORMAT or "model_config" not in payload or "state_dict" not in payload:
+        raise NCAError(f"Checkpoint {path} is not an nca model file (no '{MODEL_FORMAT}' header); "
+                       f"pass the model.pt written by `nca train`, not last.pt or a foreign file.")
+    try:
+        model = build_model(payload["model_config"])
+        model.load_state_dict(payload["state_dict"])
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise NCAError(f"Checkpoint {path} does not match its own model configuration ({str(exc).splitlines()[0]}); "
+                       f"re-export it with `nca train`.") from None
+    if require_nca and not is_nca(model):
+        raise NCAError(f"Checkpoint {path} holds a {payload['model_config'].get('architecture')} model, not an NCA; "
+                       f"pass an NCA model.pt (OctreeNCA, Med-NCA or M3D-NCA).")
+    model.eval()
+    return model, payload
+
+
+def _plain(obj: Any) -> Any:
+    """Recursively convert to types ``weights_only`` loading accepts."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None or isinstance(obj, torch.Tensor):
+        return obj
+    return str(obj)

@@ -1,0 +1,1 @@
+"""Inference: driving the octree levels with the reference or the fused step."""

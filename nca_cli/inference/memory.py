@@ -1,0 +1,138 @@
+"""Predict peak memory before a run, and choose single pass or tiles within a budget."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import NCAError
+from .runner import buffer_layout
+from .tiled import Tile, tile_regions, tile_working_elements
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+
+def parse_size(text: str | int | float) -> int:
+    """``"8GiB"``, ``"512 MB"``, ``"1.5g"`` or a number of bytes."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise NCAError(f"Cannot read the memory size '{text}'; write it like 8GiB, 512MB or 2000000000.")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def format_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def torch_step_bytes_per_cell(channels: int, hidden: int, perception: str = "depthwise") -> int:
+    """Working memory of one PyTorch reference step per cell (float32): a channels-first copy of
+    the state, its padding, the perception, the concatenation, the hidden layer (twice: before
+    and after ReLU), the update and the new state."""
+    per = 3 if perception == "full2" else 2
+    return 4 * (channels * (3 + per + 2) + 2 * hidden)
+
+
+@dataclass
+class Plan:
+    mode: str                 # "single" or "tiled"
+    predicted_bytes: int
+    split: int | None = None
+    tile: list[int] | None = None
+    tiles: int = 0
+
+
+def _bytes(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def single_pass_bytes(model, shape, *, dtype, impl: str, ensemble: int = 1, batch: int = 1) -> int:
+    c = model.config
+    shapes = model.level_shapes(shape)
+    _, sizes, total = buffer_layout(shapes, c.factors, batch, c.channels)
+    b = _bytes(dtype)
+    cells0 = batch * math.prod(shapes[0])
+    pyramid = sum(batch * math.prod(s) * c.input_channels for s in shapes[1:]) * b
+    out = cells0 * (1 + (ensemble > 1) * ensemble * c.output_channels * 2)
+    work = 0
+    if impl == "torch":
+        work = max(batch * math.prod(s) for s in shapes) * torch_step_bytes_per_cell(c.channels, c.hidden, c.perception)
+    return total * b + pyramid + out + work
+
+
+def tiled_bytes(model, shape, *, split: int, tile, dtype, impl: str, ensemble: int = 1) -> tuple[int, int]:
+    c = model.config
+    shapes = model.level_shapes(shape)
+    offsets, sizes, total = buffer_layout(shapes, c.factors, 1, c.channels)
+    b = _bytes(dtype)
+    coarse = (total - offsets[split]) * b
+    pyramid = sum(math.prod(s) * c.input_channels for s in shapes[1:]) * b
+    cells0 = math.prod(shapes[0])
+    out = cells0 * (1 + (ensemble > 1) * ensemble * c.output_channels * 2)
+    grid = [math.ceil(n / t) for n, t in zip(shapes[0], tile)]
+    sample = []
+    for pick in (lambda g: 0, lambda g: g // 2, lambda g: g - 1):   # border, interior, border tiles
+        core = [slice(pick(g) * t, min(pick(g) * t + t, n)) for g, t, n in zip(grid, tile, shapes[0])]
+        sample.append(Tile(core, tile_regions(core, shapes, c.factors, c.steps, c.kernel_sizes, split)))
+    work = max(tile_working_elements(t, 1, c.channels, split) for t in sample) * b
+    if impl == "torch":
+        biggest = max(math.prod(r.stop - r.start for r in t.regions[0]) for t in sample)
+        work += biggest * torch_step_bytes_per_cell(c.channels, c.hidden, c.perception)
+    return coarse + pyramid + out + work, math.prod(grid)
+
+
+def plan_run(model, shape, *, dtype, impl: str, budget: int, tiling: str = "auto", tile_size: int | None = None,
+             ensemble: int = 1, baseline: int = 0, name: str = "the input") -> Plan:
+    """Single pass when it fits (or ``tiling == "off"``), else the cheapest tiling that fits."""
+    single = single_pass_bytes(model, shape, dtype=dtype, impl=impl, ensemble=ensemble) + baseline
+    if tiling == "off" or (tiling == "auto" and single <= budget):
+        if single > budget:
+            raise NCAError(f"Segmenting {name} in one pass needs about {format_size(single)} but the budget is "
+                           f"{format_size(budget)}; allow tiling (--tiling auto), use --state-dtype float16, "
+                           f"or raise --memory-budget.")
+        return Plan("single", single)
+    c = model.config
+    if c.levels < 2 or any(bb.normalization == "batch" for bb in model.backbones[:-1]):
+        raise NCAError(f"Segmenting {name} needs about {format_size(single)} (budget {format_size(budget)}) and this "
+                       f"model cannot be tiled exactly (BatchNorm over whole levels or a single level); "
+                       f"raise --memory-budget or use a smaller input.")
+    dims = len(shape)
+    best = None
+    for split in range(1, c.levels):
+        sides = [tile_size] if tile_size else [2 ** k for k in range(15, 5, -1)]
+        for side in sides:
+            tile = [min(side, n) for n in shape]
+            if dims == 3 and tile_size is None:
+                tile[0] = shape[0] if shape[0] <= side else side
+            need, count = tiled_bytes(model, shape, split=split, tile=tile, dtype=dtype, impl=impl, ensemble=ensemble)
+            need += baseline
+            if need <= budget:
+                cand = Plan("tiled", need, split, tile, count)
+                if best is None or cand.tiles < best.tiles:
+                    best = cand
+                break
+        if best is not None and tiling != "force":
+            break
+    if best is None:
+        smallest = tiled_bytes(model, shape, split=c.levels - 1, tile=[min(64, n) for n in shape], dtype=dtype,
+                               impl=impl, ensemble=ensemble)[0] + baseline
+        raise NCAError(f"The memory budget {format_size(budget)} is too small to segment {name} even in tiles "
+                       f"(at least {format_size(smallest)} needed); raise --memory-budget.")
+    return best

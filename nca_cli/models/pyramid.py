@@ -1,0 +1,66 @@
+"""The octree: level shapes, input pyramid and state upsampling.
+
+A level is ``factor`` times coarser than the one below it on each axis (a per-axis factor,
+so depth can stop halving). Sizes that do not divide round up: a node covers a block of
+``factor`` cells, the last block of an axis may be partial. Downsampling averages, takes the
+maximum of, or picks the first cell of each block; upsampling copies a node into every cell
+of its block (nearest). The same block rule is used by every implementation.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+PYRAMID_MODES = ("average", "nearest", "max")
+
+
+def level_shapes(shape: Sequence[int], factors: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """Spatial shape of every level, finest first; ``factors[l]`` maps level l to level l+1."""
+    shapes = [tuple(int(s) for s in shape)]
+    for f in factors:
+        shapes.append(tuple(max(1, math.ceil(s / k)) for s, k in zip(shapes[-1], f)))
+    return shapes
+
+
+def downsample(x: torch.Tensor, factor: Sequence[int], mode: str) -> torch.Tensor:
+    """Block-reduce the spatial axes of a channels-first ``[B, C, *spatial]`` tensor."""
+    factor = tuple(int(f) for f in factor)
+    if all(f == 1 for f in factor):
+        return x
+    dims = x.dim() - 2
+    if mode == "nearest":
+        index = (slice(None), slice(None)) + tuple(slice(None, None, f) for f in factor)
+        return x[index]
+    if mode == "average":
+        pool = F.avg_pool2d if dims == 2 else F.avg_pool3d
+        return pool(x, factor, stride=factor, ceil_mode=True)
+    if mode == "max":
+        pool = F.max_pool2d if dims == 2 else F.max_pool3d
+        return pool(x, factor, stride=factor, ceil_mode=True)
+    raise ValueError(f"pyramid mode must be one of {PYRAMID_MODES}, got {mode!r}")
+
+
+def upsample(x: torch.Tensor, factor: Sequence[int], shape: Sequence[int], channels_last: bool = False) -> torch.Tensor:
+    """Nearest upsampling by whole blocks to ``shape`` (cell i reads node i // factor).
+
+    ``x`` is ``[B, C, *spatial]`` or, with ``channels_last``, ``[B, *spatial, C]``.
+    """
+    first = 1 if channels_last else 2
+    for k, (f, n) in enumerate(zip(factor, shape)):
+        axis = first + k
+        if f == 1 and x.shape[axis] == n:
+            continue
+        index = torch.div(torch.arange(n, device=x.device), f, rounding_mode="floor")
+        x = x.index_select(axis, index)
+    return x
+
+
+def image_pyramid(image: torch.Tensor, factors: Sequence[Sequence[int]], mode: str) -> list[torch.Tensor]:
+    """Inputs of every level, finest first (level 0 is ``image`` itself)."""
+    levels = [image]
+    for f in factors:
+        levels.append(downsample(levels[-1], f, mode))
+    return levels

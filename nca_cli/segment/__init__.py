@@ -1,0 +1,1 @@
+"""``nca segment``: inputs to masks, one pass (or exact tiles), with metadata."""

@@ -1,0 +1,1 @@
+"""Training: losses, augmentation, batches, EMA and the training loop."""
