@@ -7,42 +7,40 @@ import torch
 from ..errors import NCAError
 
 
-def to_input(array: np.ndarray) -> torch.Tensor:
-    """Channels-last ``[*spatial, C]`` data → channels-first float32 ``[C, *spatial]`` in model units
-    (uint8 divided by 255; float data was normalised when the dataset was prepared)."""
-    t = torch.from_numpy(np.ascontiguousarray(array))
-    t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
-    return t.movedim(-1, 0).contiguous()
+def _numpy_rng(g: torch.Generator) -> np.random.Generator:
+    """A numpy generator drawn from ``g``, so saving ``g``'s state is enough to resume."""
+    return np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,), generator=g)))
 
 
-def to_target(label: np.ndarray, classes: int) -> torch.Tensor:
-    """Label map (value k = class k, 0 = background) → ``[K, *spatial]`` float one-hot."""
-    t = torch.from_numpy(np.ascontiguousarray(label)).long()
-    return torch.stack([(t == k + 1) for k in range(classes)]).float()
+def case_tensors(dataset, image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stored arrays → channels-first float32 image ``[C, *spatial]`` and masks ``[K, *spatial]``."""
+    x = torch.from_numpy(dataset.to_float(image)).movedim(-1, 0).contiguous()
+    y = torch.from_numpy(np.ascontiguousarray(dataset.to_masks(label), dtype=np.float32)).movedim(-1, 0).contiguous()
+    return x, y
 
 
 class BatchSampler:
     """Draws batches of (image, target) tensors: whole cases, or patches when ``patch`` is set."""
 
-    def __init__(self, dataset, batch_size: int, classes: int, patch=None, require_foreground: bool = False):
+    def __init__(self, dataset, batch_size: int, patch=None, require_foreground: bool = False):
         if len(dataset) == 0:
             raise NCAError(f"The training split of {dataset.root} is empty; prepare the dataset with more cases.")
         self.dataset = dataset
         self.batch_size = batch_size
-        self.classes = classes
         self.patch = list(patch) if patch else None
         self.require_foreground = require_foreground
 
-    def case(self, i: int, g: torch.Generator):
+    def case(self, i: int, rng: np.random.Generator):
         if self.patch:
-            img, lab = self.dataset.sample_patch(i, self.patch, g, require_foreground=self.require_foreground)
+            img, lab = self.dataset.sample_patch(i, self.patch, rng, require_foreground=self.require_foreground)
         else:
             img, lab = self.dataset.image(i), self.dataset.label(i)
-        return to_input(img), to_target(lab, self.classes)
+        return case_tensors(self.dataset, img, lab)
 
     def batch(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = _numpy_rng(g)
         idx = torch.randint(0, len(self.dataset), (self.batch_size,), generator=g).tolist()
-        pairs = [self.case(i, g) for i in idx]
+        pairs = [self.case(i, rng) for i in idx]
         shapes = {tuple(x.shape) for x, _ in pairs}
         if len(shapes) > 1:
             raise NCAError(f"Cases of {self.dataset.root} differ in shape ({sorted(shapes)[:2]}); "
@@ -50,15 +48,17 @@ class BatchSampler:
         return torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
 
 
-def validation_cases(dataset, classes: int, patch=None, per_case: int = 4, seed: int = 1234):
+def validation_cases(dataset, patch=None, per_case: int = 4, seed: int = 1234):
     """Fixed validation inputs: whole cases, or ``per_case`` foreground patches per case."""
-    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
     out = []
     for i in range(len(dataset)):
         if patch:
             for _ in range(per_case):
-                img, lab = dataset.sample_patch(i, list(patch), g, require_foreground=True)
-                out.append((to_input(img)[None], to_target(lab, classes)[None]))
+                img, lab = dataset.sample_patch(i, list(patch), rng, require_foreground=True)
+                x, y = case_tensors(dataset, img, lab)
+                out.append((x[None], y[None]))
         else:
-            out.append((to_input(dataset.image(i))[None], to_target(dataset.label(i), classes)[None]))
+            x, y = case_tensors(dataset, dataset.image(i), dataset.label(i))
+            out.append((x[None], y[None]))
     return out

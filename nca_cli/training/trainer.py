@@ -167,7 +167,6 @@ def train(recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False, dev
         train_ds = PreparedDataset(ds_path, "train")
         val_ds = PreparedDataset(ds_path, "val")
         _check_dataset(train_ds, recipe, ds_path)
-        classes = recipe["model"]["output_channels"]
         torch.manual_seed(tr["seed"])
         model = build_model(recipe["model"]).to(dev)
         ema = EMA(model, tr["ema_decay"])
@@ -188,9 +187,9 @@ def train(recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False, dev
             start, best = int(state["epoch"]), float(state["best_dice"])
             history_ok = start
         ddp_model = dist.wrap(model)
-        sampler = BatchSampler(train_ds, data["batch_size"], classes, data.get("patch"), data["require_foreground"])
+        sampler = BatchSampler(train_ds, data["batch_size"], data.get("patch"), data["require_foreground"])
         per_epoch = data.get("batches_per_epoch") or max(1, len(train_ds) // data["batch_size"])
-        val_cases = validation_cases(val_ds, classes, data.get("patch")) if dist.main and len(val_ds) else []
+        val_cases = validation_cases(val_ds, data.get("patch")) if dist.main and len(val_ds) else []
         if dist.main:
             run_dir.mkdir(parents=True, exist_ok=True)
             with atomic_path(run_dir / RESOLVED) as tmp:

@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+import torch
+
+from nca_cli import checkpoint
+from nca_cli.models import NCAConfig, OctreeNCA
+
+
+def random_model(dims, inp, out, levels=3, steps=(3, 3, 4), seed=0, factors=None):
+    cfg = NCAConfig(dims=dims, input_channels=inp, output_channels=out, levels=levels, steps=list(steps),
+                    hidden=16, factors=factors or [])
+    m = OctreeNCA(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.15)
+        for bb in m.backbones:  # a visible bias towards foreground in some places
+            bb.fc0.bias.add_(0.05)
+    return m
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    paths = {}
+    for name, args in {"rgb2d": (2, 3, 1), "gray3d": (3, 1, 1), "rgb3d": (3, 3, 2), "gray2d": (2, 1, 1)}.items():
+        m = random_model(*args)
+        p = root / f"{name}.pt"
+        checkpoint.save_model(p, m, None, {"note": "random weights for tests"})
+        paths[name] = p
+    return paths
+
+
+@pytest.fixture
+def rgb_image():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:90, 0:120]
+    img = np.stack([(np.sin(yy / 7.0) + np.cos(xx / 5.0) + 2) * 60, (yy + xx) % 256, rng.integers(0, 255, (90, 120))], -1)
+    return img.astype(np.uint8)

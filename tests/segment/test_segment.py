@@ -1,0 +1,196 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import openslide
+import pytest
+import SimpleITK as sitk
+import tifffile
+import torch
+from PIL import Image
+
+from nca_cli.errors import NCAError
+from nca_cli.segment.api import SegmentOptions, segment_inputs
+
+
+def run(inputs, out, model, **kw):
+    parts = {k: kw.pop(k) for k in ("num_parts", "part_id", "skip_existing") if k in kw}
+    kw.setdefault("quiet", True)
+    return segment_inputs([str(i) for i in inputs], out, model, SegmentOptions(**kw), **parts)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "nca_cli", "segment", *map(str, args)], capture_output=True, text=True)
+
+
+def test_png_end_to_end(tmp_path, models, rgb_image):
+    src = tmp_path / "a.png"
+    Image.fromarray(rgb_image).save(src)
+    out = tmp_path / "out" / "a_mask.png"
+    res = run([src], out, models["rgb2d"], preview=tmp_path / "out" / "preview.png")
+    mask = np.array(Image.open(out))
+    assert mask.shape == rgb_image.shape[:2] and set(np.unique(mask)) <= {0, 1}
+    meta = json.loads((tmp_path / "out" / "run_metadata.json").read_text())
+    for key in ("version", "checkpoint_sha256", "arguments", "seed", "device", "impl", "peak_memory_bytes",
+                "wall_seconds", "level_seconds"):
+        assert key in meta
+    assert Image.open(tmp_path / "out" / "preview.png").size[0] > 0
+    assert res[0]["status"] == "done"
+
+
+def test_slide_to_pyramidal_tiff(tmp_path, models):
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 255, (1100, 1300, 3), dtype=np.uint8)
+    src = tmp_path / "slide.tif"
+    with tifffile.TiffWriter(src, bigtiff=True) as tw:
+        opts = dict(tile=(256, 256), photometric="rgb", resolutionunit="CENTIMETER")
+        tw.write(base, resolution=(1e4 / 0.5, 1e4 / 0.5), subifds=1, **opts)
+        tw.write(base[::2, ::2], subfiletype=1, resolution=(1e4 / 1.0, 1e4 / 1.0), **opts)
+    out = tmp_path / "mask.tif"
+    run([src], out, models["rgb2d"])
+    s = openslide.OpenSlide(str(out))
+    assert s.dimensions == (1300, 1100)
+    assert s.level_count > 1
+    assert float(s.properties["openslide.mpp-x"]) == pytest.approx(0.5, rel=1e-3)
+
+
+def test_nifti_geometry_carried(tmp_path, models):
+    vol = (np.random.default_rng(2).random((9, 20, 17)) * 100).astype(np.float32)
+    img = sitk.GetImageFromArray(vol)
+    img.SetSpacing((0.7, 0.8, 3.0))
+    img.SetOrigin((10.0, -5.0, 2.5))
+    img.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, -1))
+    src = tmp_path / "vol.nii.gz"
+    sitk.WriteImage(img, str(src))
+    out = tmp_path / "vol_mask.nii.gz"
+    run([src], out, models["gray3d"])
+    got = sitk.ReadImage(str(out))
+    assert got.GetSize() == img.GetSize()
+    assert np.allclose(got.GetSpacing(), img.GetSpacing())
+    assert np.allclose(got.GetOrigin(), img.GetOrigin())
+    assert np.allclose(got.GetDirection(), img.GetDirection())
+
+
+def test_video_labels_and_overlay(tmp_path, models):
+    import imageio_ffmpeg
+
+    src = tmp_path / "clip.mp4"
+    w = imageio_ffmpeg.write_frames(str(src), (64, 48), fps=10, macro_block_size=1)
+    w.send(None)
+    for t in range(12):
+        frame = np.full((48, 64, 3), 20 * t % 255, dtype=np.uint8)
+        frame[10:30, 5 + t:25 + t] = 200
+        w.send(frame)
+    w.close()
+    out = tmp_path / "clip_mask.npz"
+    run([src], out, models["rgb3d"], overlay=tmp_path / "overlay.mp4", max_frames=10)
+    labels = np.load(out)["labels"]
+    assert labels.shape == (10, 48, 64) and labels.max() <= 2
+    reader = imageio_ffmpeg.read_frames(str(tmp_path / "overlay.mp4"))
+    meta = next(reader)
+    frames = sum(1 for _ in reader)
+    assert frames == 10 and tuple(meta["size"]) == (64, 48)
+
+
+@pytest.mark.parametrize("impl", ["torch", "fused"])
+def test_tiled_equals_single_pass_2d(tmp_path, models, rgb_image, impl):
+    from nca_cli.kernels import fused_available
+
+    if impl == "fused" and not fused_available("cpu"):
+        pytest.skip("fused kernel unavailable")
+    src = tmp_path / "a.png"
+    Image.fromarray(rgb_image).save(src)
+    run([src], tmp_path / "one.png", models["rgb2d"], tiling="off", impl=impl, state_dtype="float32")
+    run([src], tmp_path / "tiles.png", models["rgb2d"], tiling="force", tile_size=16, impl=impl, state_dtype="float32")
+    meta = json.loads((tmp_path / "run_metadata.json").read_text())
+    assert meta["mode"] == "tiled" and meta["tiles"] > 4
+    a, b = np.array(Image.open(tmp_path / "one.png")), np.array(Image.open(tmp_path / "tiles.png"))
+    assert 0.05 < a.mean() < 0.95
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("impl", ["torch", "fused"])
+def test_tiled_equals_single_pass_3d(tmp_path, models, impl):
+    from nca_cli.kernels import fused_available
+
+    if impl == "fused" and not fused_available("cpu"):
+        pytest.skip("fused kernel unavailable")
+    vol = (np.random.default_rng(3).random((11, 30, 26)) * 50).astype(np.float32)
+    src = tmp_path / "v.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(vol), str(src))
+    run([src], tmp_path / "one.nii.gz", models["gray3d"], tiling="off", impl=impl, state_dtype="float32")
+    run([src], tmp_path / "tiles.nii.gz", models["gray3d"], tiling="force", tile_size=8, impl=impl, state_dtype="float32")
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "one.nii.gz")))
+    b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "tiles.nii.gz")))
+    assert 0 < a.mean() < 1
+    assert np.array_equal(a, b)
+
+
+def test_ensemble_uncertainty_and_nqm(tmp_path, models, rgb_image):
+    src = tmp_path / "a.png"
+    Image.fromarray(rgb_image).save(src)
+    run([src], tmp_path / "m.png", models["rgb2d"], ensemble=3, uncertainty=tmp_path / "std.tif")
+    std = tifffile.imread(tmp_path / "std.tif")
+    assert std.shape == rgb_image.shape[:2] and std.max() > 0
+    meta = json.loads((tmp_path / "run_metadata.json").read_text())
+    assert meta["nqm"] is not None and meta["nqm"] >= 0
+
+
+def test_many_inputs_parts_and_continue(tmp_path, models, rgb_image):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.roll(rgb_image, i, axis=0)).save(folder / f"img{i}.png")
+    out = tmp_path / "out"
+    res = run([folder], out, models["rgb2d"], num_parts=2, part_id=1)
+    assert sorted(p.name for p in out.glob("*_mask.png")) == ["img1_mask.png", "img3_mask.png"]
+    assert all((out / f"img{i}_mask.run_metadata.json").exists() for i in (1, 3))
+    res = run([str(folder / "*.png")], out, models["rgb2d"], skip_existing=True)
+    assert [r["status"] for r in res].count("done") == 2
+    assert not list(out.glob(".*partial*"))
+
+
+def test_bad_inputs_one_sentence_and_nothing_written(tmp_path, models, rgb_image):
+    gray = tmp_path / "g.png"
+    Image.fromarray(rgb_image[..., 0]).save(gray)
+    with pytest.raises(NCAError, match="channel"):
+        run([gray], tmp_path / "o.png", models["rgb2d"])
+    vol = tmp_path / "v.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 8, 8), np.float32)), str(vol))
+    with pytest.raises(NCAError, match="2D"):
+        run([vol], tmp_path / "o.nii.gz", models["gray2d"])
+    nan = np.ones((4, 8, 8), np.float32)
+    nan[1, 2, 3] = np.nan
+    sitk.WriteImage(sitk.GetImageFromArray(nan), str(tmp_path / "nan.mha"))  # NIfTI I/O drops NaN
+    with pytest.raises(NCAError, match="NaN"):
+        run([tmp_path / "nan.mha"], tmp_path / "o2.mha", models["gray3d"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NCAError, match="no supported image"):
+        run([tmp_path / "empty"], tmp_path / "o", models["rgb2d"])
+    src = tmp_path / "a.png"
+    Image.fromarray(rgb_image).save(src)
+    with pytest.raises(NCAError, match="too small"):
+        run([src], tmp_path / "o3.png", models["rgb2d"], memory_budget="1KiB")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["g.png", "v.nii.gz", "nan.mha", "empty", "a.png"])
+
+
+def test_cli_errors_exit_nonzero_without_traceback(tmp_path, models):
+    bad = tmp_path / "broken.svs"
+    bad.write_text("not a slide")
+    proc = cli(bad, "-o", tmp_path / "m.tif", "--model", models["rgb2d"])
+    assert proc.returncode == 1
+    assert "broken.svs" in proc.stderr and "Traceback" not in proc.stderr
+    trunc = tmp_path / "model.pt"
+    trunc.write_bytes(models["rgb2d"].read_bytes()[:300])
+    proc = cli(bad, "-o", tmp_path / "m.tif", "--model", trunc)
+    assert proc.returncode == 1 and "model.pt" in proc.stderr and "Traceback" not in proc.stderr
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        png = tmp_path / "x.png"
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png)
+        proc = cli(png, "-o", ro / "m.png", "--model", models["rgb2d"])
+        assert proc.returncode == 1 and "writable" in proc.stderr
