@@ -53,7 +53,8 @@ def prepare(
     src: Optional[Path] = typer.Argument(None, help="Source folder in the dataset's own layout (not for synthetic)."),
     output: Path = typer.Option(..., "-o", "--output", help="Prepared dataset folder to create."),
     synthetic_kind: str = typer.Option("pathology", "--kind", help="synthetic only: pathology, radiology, surgery or xray."),
-    cases: int = typer.Option(12, "--cases", min=1, help="synthetic only: number of cases."),
+    cases: Optional[int] = typer.Option(None, "--cases", min=1, help="synthetic only: number of cases (default per kind)."),
+    size: Optional[int] = typer.Option(None, "--size", min=16, help="synthetic only: slide/image side (default per kind)."),
     shifted: bool = typer.Option(False, "--shifted", help="synthetic xray only: the shifted target domain (phone photo of a monitor)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/val/test split (and of synthetic data)."),
     classes: Optional[str] = typer.Option(None, "--classes", help="generic only: comma-separated class names."),
@@ -65,6 +66,8 @@ def prepare(
     options = {"seed": seed, "overwrite": overwrite}
     if kind == "synthetic":
         options.update(kind=synthetic_kind, cases=cases, shifted=shifted)
+        if size:
+            options["size"] = size
     if classes:
         options["classes"] = [c.strip() for c in classes.split(",") if c.strip()]
     out = run_prepare(kind, src, output, **options)

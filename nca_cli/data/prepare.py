@@ -1,0 +1,82 @@
+"""``nca prepare``: turn a source dataset (or synthetic data) into a prepared dataset.
+
+``prepare(kind, src, dst, **options)`` dispatches on ``kind`` (see ``KINDS``). Options
+common to all kinds: ``seed`` (split seed, default 0), ``val_fraction`` (0.1),
+``test_fraction`` (0.2), ``overwrite`` (False); the rest go to the converter (see each
+module's ``fill_*`` keywords).
+
+``kind="synthetic"`` takes no ``src``: options ``kind`` (pathology, radiology, surgery,
+xray), ``cases``, ``size``, ``seed`` and ``shifted`` go to ``make_synthetic``, which writes the
+raw layout into ``dst/raw-synthetic-<kind>/``; the matching converter then turns it into
+the prepared dataset at ``dst`` (named ``synthetic-<kind>``, ``synthetic: true``). Both are
+built in one partial folder and appear together, or not at all.
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Callable
+
+from ..errors import NCAError
+from .cholecseg8k import fill_cholecseg8k
+from .chexmask import fill_chexmask
+from .generic import fill_generic
+from .msd_prostate import fill_msd_prostate
+from .peso import fill_peso
+from .synthetic import SYNTHETIC_KINDS, make_synthetic
+from .writer import DatasetWriter
+
+FILLERS: dict[str, Callable] = {
+    "msd-prostate": fill_msd_prostate,
+    "peso": fill_peso,
+    "cholecseg8k": fill_cholecseg8k,
+    "chexmask": fill_chexmask,
+    "generic": fill_generic,
+}
+KINDS = (*FILLERS, "synthetic")
+SYNTHETIC_SOURCE = {"pathology": "peso", "radiology": "msd-prostate", "surgery": "cholecseg8k", "xray": "chexmask"}
+WRITER_OPTIONS = ("seed", "val_fraction", "test_fraction", "overwrite")
+SYNTHETIC_OPTIONS = ("kind", "cases", "size", "shifted")
+
+
+def _check_options(kind: str, fill: Callable, options: dict, extra: tuple[str, ...] = ()) -> None:
+    accepted = [p for p in inspect.signature(fill).parameters if p not in ("src", "writer")]
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        allowed = ", ".join([*WRITER_OPTIONS, *extra, *accepted])
+        raise NCAError(f"The option {unknown[0]!r} does not apply to `prepare {kind}`; use only {allowed}.")
+
+
+def prepare(kind: str, src, dst, /, **options) -> Path:
+    """Prepare a dataset of ``kind`` from ``src`` into ``dst``; returns ``dst``."""
+    if kind not in KINDS:
+        raise NCAError(f"Unknown dataset kind {kind!r}; use one of {', '.join(KINDS)}.")
+    writer_options = {k: options.pop(k) for k in WRITER_OPTIONS if k in options}
+    dst = Path(dst)
+    if kind != "synthetic":
+        fill = FILLERS[kind]
+        _check_options(kind, fill, options)
+        with DatasetWriter(dst, **writer_options) as writer:
+            fill(src, writer, **options)
+        return dst
+
+    if src is not None:
+        raise NCAError(f"Synthetic data is generated, so the source {src} is not used; leave the source out.")
+    synth = {k: options.pop(k) for k in SYNTHETIC_OPTIONS if k in options}
+    which = synth.pop("kind", None)
+    if which not in SYNTHETIC_KINDS:
+        raise NCAError(f"Synthetic data needs kind set to one of {', '.join(SYNTHETIC_KINDS)}, not {which!r}.")
+    source = SYNTHETIC_SOURCE[which]
+    fill = FILLERS[source]
+    _check_options(f"synthetic {which}", fill, options, SYNTHETIC_OPTIONS)
+    seed = writer_options.get("seed", 0)
+    with DatasetWriter(dst, **writer_options) as writer:
+        raw = make_synthetic(which, writer.root / f"raw-synthetic-{which}", seed=seed, **synth)
+        fill(raw, writer, **options)
+        suffix = "-shifted" if synth.get("shifted") else ""
+        writer.set_info(
+            name=f"synthetic-{which}{suffix}",
+            synthetic=True,
+            source={"format": source, "path": f"raw-synthetic-{which}", "generator": "nca_cli.data.synthetic", "seed": seed, **synth},
+        )
+    return dst

@@ -1,0 +1,27 @@
+"""Checks on input data before it is segmented."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import NCAError
+
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def check_finite(array: np.ndarray, path: str | Path) -> None:
+    """Raise NCAError if a floating-point ``array`` read from ``path`` holds NaN or Inf.
+
+    Large arrays (memmaps included) are scanned in slabs along the first axis, so no
+    full-size boolean copy is made.
+    """
+    if array.dtype.kind not in "fc":
+        return
+    if array.ndim == 0 or array.size <= _CHUNK_ELEMENTS:
+        finite = bool(np.isfinite(array).all())
+    else:
+        step = max(1, _CHUNK_ELEMENTS // max(1, array.size // array.shape[0]))
+        finite = all(bool(np.isfinite(array[i : i + step]).all()) for i in range(0, array.shape[0], step))
+    if not finite:
+        raise NCAError(f"{path} contains NaN or Inf values; fix or mask them before segmenting.")

@@ -1,0 +1,303 @@
+"""Plain 2D images (PNG, JPEG, BMP via Pillow; TIFF via tifffile), single DICOM files, mask output."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pydicom
+import tifffile
+from PIL import Image, UnidentifiedImageError
+from pydicom.errors import InvalidDicomError
+
+from ..errors import NCAError
+from ..fileio import atomic_path
+from .base import InputImage, Region
+from .slide import rgba_to_rgb
+
+PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+TIFF_SUFFIXES = (".tif", ".tiff")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+MASK_SUFFIXES = (".png", ".tif", ".tiff")
+
+Image.MAX_IMAGE_PIXELS = None  # large plain images are expected; memory is the caller's check
+
+_PIL_MODES: dict[str, tuple[int, str]] = {
+    "1": (1, "uint8"),
+    "L": (1, "uint8"),
+    "LA": (1, "uint8"),
+    "P": (3, "uint8"),
+    "PA": (3, "uint8"),
+    "RGB": (3, "uint8"),
+    "RGBA": (3, "uint8"),
+    "RGBX": (3, "uint8"),
+    "CMYK": (3, "uint8"),
+    "YCbCr": (3, "uint8"),
+    "LAB": (3, "uint8"),
+    "HSV": (3, "uint8"),
+    "I;16": (1, "uint16"),
+    "I;16L": (1, "uint16"),
+    "I;16B": (1, "uint16"),
+    "I": (1, "float32"),
+    "F": (1, "float32"),
+}
+
+
+def _pil_pixels(img: Image.Image) -> np.ndarray:
+    """Decode a Pillow image to ``[h, w, C]`` following ``_PIL_MODES``."""
+    mode = img.mode
+    if mode in ("1", "L"):
+        return np.asarray(img.convert("L"))[..., None]
+    if mode in ("LA", "PA", "RGBA", "P"):
+        rgba = np.asarray(img.convert("RGBA"))
+        rgb = rgba_to_rgb(rgba)
+        return rgb[..., :1] if mode == "LA" else rgb
+    if mode.startswith("I;16"):
+        return np.asarray(img).astype(np.uint16)[..., None]
+    if mode in ("I", "F"):
+        return np.asarray(img).astype(np.float32)[..., None]
+    return np.asarray(img.convert("RGB"))
+
+
+def _cached(load: Callable[[], np.ndarray]) -> tuple[Callable[[Region], np.ndarray], Callable[[], None]]:
+    """A region reader that decodes the whole image once, and its closer."""
+    state: dict[str, np.ndarray] = {}
+
+    def read(region: Region) -> np.ndarray:
+        if "a" not in state:
+            state["a"] = load()
+        return np.array(state["a"][region])
+
+    return read, state.clear
+
+
+def _open_pil(path: Path) -> InputImage:
+    try:
+        with Image.open(path) as img:
+            mode, (w, h), fmt = img.mode, img.size, img.format
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise NCAError(f"Cannot read image {path} ({exc}); check that it is a complete PNG/JPEG/BMP file.") from None
+    if mode not in _PIL_MODES:
+        raise NCAError(f"Image {path} uses the unsupported pixel mode {mode}; save it as 8-bit RGB or greyscale.")
+    channels, dtype = _PIL_MODES[mode]
+
+    def load() -> np.ndarray:
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return _pil_pixels(img)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise NCAError(f"Cannot decode image {path} ({exc}); the file is probably truncated or corrupted.") from None
+
+    read, close = _cached(load)
+    return InputImage(path, "image", 2, (h, w), channels, dtype, {"format": fmt, "mode": mode}, read, close)
+
+
+def _tiff_dtype(dtype: np.dtype) -> np.dtype:
+    """uint8, uint16 and float32 stay; bool becomes uint8; everything else float32."""
+    dtype = np.dtype(dtype)
+    if dtype in (np.uint8, np.uint16, np.float32):
+        return dtype
+    if dtype == np.bool_:
+        return np.dtype(np.uint8)
+    return np.dtype(np.float32)
+
+
+def _open_tiff(path: Path) -> InputImage:
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, shape, dtype = series.axes, tuple(series.shape), series.dtype
+            page = tif.pages[0]
+            memmappable = bool(page.is_memmappable) and len(tif.pages) == 1
+            is_palette = page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None
+            colormap = page.colormap
+            per_cm = page.resolutionunit == tifffile.RESUNIT.CENTIMETER
+            xres = page.get_resolution()[0] if per_cm else 0.0
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as exc:
+        raise NCAError(f"Cannot read TIFF {path} ({exc}); check that the file is complete.") from None
+
+    keep = [i for i, a in enumerate(axes) if a in "YXS" or shape[i] != 1]
+    core = "".join(axes[i] for i in keep)
+    if core not in ("YX", "YXS", "SYX"):
+        raise NCAError(f"TIFF {path} has axes {axes} {shape}; save a single 2D image (grey or RGB) or convert stacks to NIfTI.")
+    kept_shape = tuple(shape[i] for i in keep)
+    samples = kept_shape[core.index("S")] if "S" in core else 1
+    h, w = kept_shape[core.index("Y")], kept_shape[core.index("X")]
+    is_palette = is_palette and samples == 1
+    out_dtype = np.dtype(np.uint8) if is_palette else _tiff_dtype(dtype)
+    channels = 3 if is_palette or samples >= 3 else 1
+
+    def to_channels_last(arr: np.ndarray) -> np.ndarray:
+        arr = arr.reshape(kept_shape)
+        if core == "SYX":
+            return np.moveaxis(arr, 0, -1)
+        return arr[..., None] if core == "YX" else arr
+
+    def convert(arr: np.ndarray) -> np.ndarray:
+        if is_palette:
+            cmap = np.asarray(colormap)
+            lut = (cmap.T // (257 if cmap.max() > 255 else 1)).astype(np.uint8)
+            return lut[arr[..., 0]]
+        if arr.shape[-1] == 4 and arr.dtype == np.uint8:
+            return rgba_to_rgb(arr)
+        if arr.shape[-1] not in (1, 3):
+            arr = arr[..., :3] if arr.shape[-1] > 3 else arr[..., :1]
+        return arr.astype(out_dtype, copy=False)
+
+    mapped = None
+    if memmappable:
+        try:
+            mapped = to_channels_last(tifffile.memmap(path, mode="r"))
+        except ValueError:
+            mapped = None
+    if mapped is not None:
+        state = {"a": mapped}
+
+        def read(region: Region) -> np.ndarray:
+            return convert(np.array(state["a"][region]))
+
+        close = state.clear
+    else:
+
+        def load() -> np.ndarray:
+            try:
+                return to_channels_last(tifffile.imread(path, series=0))
+            except (tifffile.TiffFileError, OSError, ValueError) as exc:
+                raise NCAError(f"Cannot decode TIFF {path} ({exc}); the file is probably truncated or corrupted.") from None
+
+        cached, close = _cached(load)
+
+        def read(region: Region) -> np.ndarray:
+            return convert(cached(region))
+
+    meta: dict[str, Any] = {"format": "tiff", "axes": axes}
+    if xres > 0:
+        meta.update(mpp=1e4 / float(xres), mpp_source="file")
+    return InputImage(path, "image", 2, (h, w), channels, out_dtype, meta, read, close)
+
+
+def open_image(path: Path) -> InputImage:
+    """Open a PNG, JPEG, BMP or plain (untiled) TIFF image.
+
+    Reads return ``[h, w, C]``: C = 1 for grey, 3 for colour (alpha composited on white);
+    uint8, uint16 or float32 as stored. TIFF reads map uncompressed files instead of
+    decoding them whole.
+    """
+    path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return _open_tiff(path)
+    return _open_pil(path)
+
+
+def _dicom_value(ds: pydicom.Dataset, keyword: str, sub: str):
+    """``keyword`` from the dataset or from its shared functional group ``sub``."""
+    if keyword in ds:
+        return ds[keyword].value
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared and sub in shared[0] and keyword in shared[0][sub][0]:
+        return shared[0][sub][0][keyword].value
+    return None
+
+
+def _dicom_geometry(ds: pydicom.Dataset, frames: int) -> dict[str, Any]:
+    """Spacing (and for multi-frame, origin/direction) in SimpleITK order."""
+    ps = _dicom_value(ds, "PixelSpacing", "PixelMeasuresSequence")
+    sx, sy = (float(ps[1]), float(ps[0])) if ps else (1.0, 1.0)
+    if frames == 1:
+        return {"spacing": (sx, sy)}
+    sz = _dicom_value(ds, "SpacingBetweenSlices", "PixelMeasuresSequence") or _dicom_value(
+        ds, "SliceThickness", "PixelMeasuresSequence"
+    )
+    geom: dict[str, Any] = {"spacing": (sx, sy, float(sz) if sz else 1.0)}
+    iop = _dicom_value(ds, "ImageOrientationPatient", "PlaneOrientationSequence")
+    if iop is not None and len(iop) == 6:
+        r, c = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
+        geom["direction"] = tuple(float(v) + 0.0 for v in np.stack([r, c, np.cross(r, c)], axis=1).ravel())
+    ipp = _dicom_value(ds, "ImagePositionPatient", "PlanePositionSequence")
+    if ipp is not None and len(ipp) == 3:
+        geom["origin"] = tuple(float(v) for v in ipp)
+    return geom
+
+
+def open_dicom(path: Path) -> InputImage:
+    """Open one DICOM file. Grey data comes back as float32 after rescale slope/intercept,
+    with MONOCHROME1 inverted so that higher means brighter; colour data as uint8 RGB.
+    A multi-frame file is a ``[F, H, W]`` volume (kind ``"volume"``)."""
+    path = Path(path)
+    try:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except InvalidDicomError:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except (InvalidDicomError, OSError, ValueError, TypeError, EOFError) as exc:
+        raise NCAError(f"Cannot read DICOM file {path} ({exc}); check that it is a complete DICOM image.") from None
+    if "Rows" not in ds or "Columns" not in ds:
+        raise NCAError(f"The DICOM file {path} holds no image (no Rows/Columns); pass a DICOM image file.")
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1))
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    colour = samples > 1
+    slope = float(_dicom_value(ds, "RescaleSlope", "PixelValueTransformationSequence") or 1.0)
+    intercept = float(_dicom_value(ds, "RescaleIntercept", "PixelValueTransformationSequence") or 0.0)
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+
+    def load() -> np.ndarray:
+        try:
+            full = pydicom.dcmread(path, force=True)
+            arr = full.pixel_array
+        except Exception as exc:  # pixel decoding raises many types, all meaning "cannot decode"
+            raise NCAError(
+                f"Cannot decode the pixels of DICOM file {path} ({exc}); convert it to uncompressed DICOM or install a decoder such as pylibjpeg."
+            ) from None
+        if colour:
+            arr = arr.reshape((frames, rows, cols, samples) if frames > 1 else (rows, cols, samples))
+            return np.ascontiguousarray(arr[..., :3]).astype(np.uint8, copy=False)
+        arr = arr.reshape((frames, rows, cols) if frames > 1 else (rows, cols)).astype(np.float32)
+        if photometric == "MONOCHROME1":
+            lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+            arr = np.float32(lo + hi) - arr
+        if slope != 1.0 or intercept != 0.0:
+            arr = arr * np.float32(slope) + np.float32(intercept)
+        return arr[..., None]
+
+    read, close = _cached(load)
+    meta = {
+        **_dicom_geometry(ds, frames),
+        "photometric": photometric,
+        "rescale": (slope, intercept),
+        "modality": str(ds.get("Modality", "")),
+        "default_output_suffix": ".nii.gz" if frames > 1 else ".png",
+    }
+    if "FrameTime" in ds:
+        meta["frame_time_ms"] = float(ds.FrameTime)
+    spatial = (frames, rows, cols) if frames > 1 else (rows, cols)
+    return InputImage(
+        path,
+        "volume" if frames > 1 else "image",
+        len(spatial),
+        spatial,
+        3 if colour else 1,
+        np.uint8 if colour else np.float32,
+        meta,
+        read,
+        close,
+    )
+
+
+def write_mask_image(path: str | Path, labels: np.ndarray) -> Path:
+    """Write a ``[H, W]`` uint8 label image as PNG or (zlib-compressed) TIFF, atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in MASK_SUFFIXES:
+        raise NCAError(f"Cannot write a mask to {path}: use a .png or .tif file name (lossy formats would alter labels).")
+    if labels.ndim != 2 or labels.dtype != np.uint8:
+        raise ValueError(f"labels must be uint8 [H, W], got {labels.dtype} {labels.shape}")
+    with atomic_path(path) as tmp:
+        if suffix == ".png":
+            Image.fromarray(np.ascontiguousarray(labels)).save(tmp, format="PNG")
+        else:
+            tifffile.imwrite(tmp, labels, compression="zlib", photometric="minisblack")
+    return path
