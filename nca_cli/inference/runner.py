@@ -83,19 +83,22 @@ def buffer_layout(shapes: Sequence[Sequence[int]], factors: Sequence[Sequence[in
     return offsets, sizes, total
 
 
-def _upsample_in_place(src: torch.Tensor, dst: torch.Tensor, factor: Sequence[int]) -> None:
+def _upsample_in_place(src: torch.Tensor, dst: torch.Tensor, factor: Sequence[int], chunk_bytes: int = 1 << 23) -> None:
     """Nearest-upsample channels-last ``src`` into ``dst``. Both may view one buffer with ``src``
-    at the tail of the region ``dst`` grows into: slab k of ``src`` is copied out before the
-    rows it feeds are written, and those rows end before slab k+1 begins."""
-    f0 = factor[0]
-    n0 = dst.shape[1]
+    at the tail of the region ``dst`` grows into. Walking the first axis forward, the output of
+    source rows ``[0, k)`` ends before source row ``k`` begins (``buffer_layout`` guarantees it),
+    so copying a chunk of source rows out before writing their output is always safe."""
+    f0, n0 = factor[0], dst.shape[1]
+    row_bytes = max(1, src[0, :1].numel() * src.element_size())
+    rows = max(1, chunk_bytes // row_bytes)
     for b in range(src.shape[0]):
-        for y in range(src.shape[1]):
-            y0, y1 = y * f0, min((y + 1) * f0, n0)
-            if y0 >= y1:
+        for y in range(0, src.shape[1], rows):
+            y1 = min(y + rows, src.shape[1])
+            o0, o1 = y * f0, min(y1 * f0, n0)
+            if o0 >= o1:
                 continue
-            slab = src[b, y].clone()
-            dst[b, y0:y1] = upsample(slab.unsqueeze(0), factor[1:], dst.shape[2:-1], channels_last=True)
+            chunk = src[b, y:y1].clone()
+            dst[b, o0:o1] = upsample(chunk.unsqueeze(0), factor, (o1 - o0, *dst.shape[2:-1]), channels_last=True)[0]
 
 
 def drive(

@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from nca_cli.inference.runner import TensorSource, _upsample_in_place, buffer_layout, drive
+from nca_cli.models import NCAConfig, OctreeNCA
+from nca_cli.models.pyramid import upsample
+
+
+@pytest.mark.parametrize("shapes,factor", [
+    ([(13, 9), (7, 5)], [2, 2]),
+    ([(5, 13, 9), (3, 7, 5)], [2, 2, 2]),
+    ([(6, 8, 8), (6, 4, 4)], [1, 2, 2]),
+    ([(40, 12), (10, 3)], [4, 4]),
+])
+@pytest.mark.parametrize("chunk", [1, 97, 1 << 23])
+def test_in_place_upsample_equals_out_of_place(shapes, factor, chunk):
+    batch, channels = 2, 3
+    offsets, sizes, total = buffer_layout(shapes, [factor], batch, channels)
+    assert total >= sizes[0] and offsets[1] + sizes[1] <= total
+    buf = torch.full((total,), float("nan"))
+    src = buf[offsets[1]:offsets[1] + sizes[1]].view(batch, *shapes[1], channels)
+    src.copy_(torch.randn(src.shape))
+    expected = upsample(src.clone(), factor, shapes[0], channels_last=True)
+    dst = buf[:sizes[0]].view(batch, *shapes[0], channels)
+    _upsample_in_place(src, dst, factor, chunk_bytes=chunk)
+    assert torch.equal(dst, expected)
+
+
+def test_one_buffer_for_all_levels():
+    shapes = [(320, 320), (160, 160), (80, 80), (40, 40), (20, 20)]
+    offsets, sizes, total = buffer_layout(shapes, [[2, 2]] * 4, 1, 16)
+    assert total == sizes[0]            # divisible sizes: exactly one finest state
+
+
+def random_model(dims, inp, out, fire_rate=0.5, seed=0):
+    cfg = NCAConfig(dims=dims, input_channels=inp, output_channels=out, levels=3, steps=[3, 4, 5],
+                    factors=[[2] * dims, [1] + [2] * (dims - 1)] if dims == 3 else [], fire_rate=fire_rate)
+    m = OctreeNCA(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return m
+
+
+@pytest.mark.parametrize("dims,shape", [(2, (37, 29)), (3, (7, 19, 22))])
+def test_driver_with_reference_step_equals_model_forward(dims, shape):
+    m = random_model(dims, 2, 1)
+    x = torch.rand(2, 2, *shape)
+    expected, _ = m(x, seed=4)
+    state = drive(m, TensorSource(x, m.config.factors, m.config.pyramid), impl="torch", seed=4)
+    got = state[..., 2:3].movedim(-1, 1)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dims,shape", [(2, (37, 29)), (3, (7, 19, 22))])
+@pytest.mark.parametrize("fire_rate", [0.5, 1.0])
+def test_fused_octree_equals_reference(dims, shape, fire_rate):
+    from nca_cli.kernels import fused_available
+
+    if not fused_available("cpu"):
+        pytest.skip("fused CPU kernel unavailable")
+    m = random_model(dims, 1 if dims == 3 else 3, 2, fire_rate)
+    x = torch.rand(2, m.config.input_channels, *shape)
+    ref = m.predict_logits(x, seed=1, impl="torch")
+    fused = m.predict_logits(x, seed=1, impl="fused")
+    assert torch.allclose(fused, ref, atol=1e-4, rtol=1e-4)
+    half = m.predict_logits(x, seed=1, impl="fused", state_dtype=torch.float16)
+    ref_half = m.predict_logits(x, seed=1, impl="torch", state_dtype=torch.float16)
+    assert (half - ref_half).abs().max() < 5e-2 * max(1.0, ref_half.abs().max().item())
