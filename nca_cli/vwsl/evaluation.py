@@ -1,0 +1,96 @@
+"""Labeled target-domain data for measuring an adaptation: Dice and mean predicted variance.
+
+``--eval-dir`` is either a prepared dataset (its test split, or all cases when the test split
+is empty) or a folder with ``images/`` and ``masks/`` whose files pair up by name (``a.png``
+with ``a.png`` or ``a.tif``; a mask value k marks class k, and with one class any non-zero
+value is foreground).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import io
+from ..errors import NCAError
+from ..io.volume import full_suffix
+from ..training.losses import dice_score
+from .inputs import list_images, read_input
+
+Case = tuple[torch.Tensor, torch.Tensor]   # image [1, IN, *spatial], target [1, K, *spatial]
+
+
+def _stem(path: Path) -> str:
+    suffix = full_suffix(path)
+    return path.name[: len(path.name) - len(suffix)] if suffix else path.name
+
+
+def _prepared_cases(root: Path, model) -> list[Case]:
+    from ..data.dataset import PreparedDataset
+
+    ds = PreparedDataset(root, "test")
+    if len(ds) == 0:
+        ds = PreparedDataset(root, "all")
+    c = model.config
+    if ds.dims != c.dims or ds.channels != c.input_channels or ds.num_classes != c.output_channels:
+        raise NCAError(f"Evaluation dataset {root} holds {ds.dims}D data with {ds.channels} channel(s) and "
+                       f"{ds.num_classes} class(es) but the model is {c.dims}D with {c.input_channels} input channel(s) "
+                       f"and {c.output_channels} class(es); pass labeled data of the model's kind.")
+    cases = []
+    for i in range(len(ds)):
+        x = torch.from_numpy(ds.to_float(ds.image(i))).movedim(-1, 0)
+        y = torch.from_numpy(ds.to_masks(ds.label(i))).movedim(-1, 0).float()
+        cases.append((x[None].contiguous(), y[None].contiguous()))
+    return cases
+
+
+def _folder_cases(root: Path, model) -> list[Case]:
+    masks = {_stem(p): p for p in list_images(root / "masks")}
+    classes = model.config.output_channels
+    cases = []
+    for path in list_images(root / "images"):
+        mask_path = masks.get(_stem(path))
+        if mask_path is None:
+            raise NCAError(f"Evaluation image {path} has no mask in {root / 'masks'}; add {_stem(path)}.png there "
+                           f"or remove the image.")
+        x = read_input(path, model)
+        mask = io.open_input(mask_path)
+        try:
+            pixels = mask.read()
+        finally:
+            mask.close()
+        label = pixels[..., 0] if pixels.shape[-1] == 1 else pixels.max(axis=-1)
+        if tuple(label.shape) != tuple(x.shape[1:]):
+            raise NCAError(f"Mask {mask_path} has shape {tuple(label.shape)} but its image is {tuple(x.shape[1:])}; "
+                           f"pass masks of the images' size.")
+        if classes == 1:
+            y = (label > 0)[None]
+        else:
+            y = np.stack([label == k + 1 for k in range(classes)])
+        cases.append((x[None], torch.from_numpy(np.ascontiguousarray(y)).float()[None]))
+    return cases
+
+
+def load_eval_cases(eval_dir: str | Path, model) -> list[Case]:
+    """Labeled cases of ``eval_dir`` (a prepared dataset, or ``images/`` + ``masks/``)."""
+    root = Path(eval_dir)
+    if (root / "dataset.yaml").is_file():
+        return _prepared_cases(root, model)
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        return _folder_cases(root, model)
+    raise NCAError(f"Evaluation folder {root} is neither a prepared dataset (no dataset.yaml) nor an images/ + masks/ "
+                   f"folder; pass a folder written by `nca prepare` or one with those two subfolders.")
+
+
+@torch.no_grad()
+def evaluate(model, cases: list[Case], predictions: int, device: torch.device | str = "cpu") -> dict:
+    """Mean over cases of the Dice of the median of ``predictions`` stochastic runs' logits
+    (``> 0``), and the mean per-pixel variance of those runs' sigmoid probabilities."""
+    dices, variances = [], []
+    for x, y in cases:
+        runs = torch.stack([model.predict_logits(x.to(device), seed=s, impl="torch").float().cpu()
+                            for s in range(predictions)])
+        dices.append(dice_score(runs.median(dim=0).values > 0, y).mean().item())
+        variances.append(torch.sigmoid(runs).var(dim=0, unbiased=False).mean().item())
+    return {"dice": float(np.mean(dices)), "mean_variance": float(np.mean(variances)), "cases": len(cases)}

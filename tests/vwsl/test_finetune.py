@@ -1,0 +1,133 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from nca_cli import checkpoint
+from nca_cli.errors import NCAError
+from nca_cli.fileio import sha256_file
+from nca_cli.models import register_model
+from nca_cli.vwsl.finetune import finetune, metrics_path_for
+
+from .conftest import TINY_MEDNCA, disk_image, tiny_model, write_png
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
+
+
+def _fails(tmp_path, unlabeled, model_file, match):
+    out = tmp_path / "out"
+    with pytest.raises(NCAError, match=match):
+        finetune(unlabeled, model_file, out / "adapted.pt", epochs=1, predictions=2, quiet=True)
+    assert _files(out) == []
+
+
+def test_empty_folder(tmp_path, model_file):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    _fails(tmp_path, tmp_path / "empty", model_file, "holds no readable images")
+
+
+def test_text_file_named_png(tmp_path, model_file, unlabeled):
+    (unlabeled / "broken.png").write_text("this is not an image")
+    _fails(tmp_path, unlabeled, model_file, "broken.png")
+
+
+def test_rgb_image_for_a_grey_model(tmp_path, model_file, unlabeled):
+    write_png(unlabeled / "colour.png", np.zeros((32, 32, 3), np.uint8) + 90)
+    _fails(tmp_path, unlabeled, model_file, r"colour\.png has 3 channel\(s\) but the model takes 1")
+
+
+class _Conv(nn.Module):
+    config = {"architecture": "vwsl_test_conv", "dims": 2, "input_channels": 1, "output_channels": 1}
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+
+register_model("vwsl_test_conv")(lambda cfg: _Conv())
+
+
+def test_checkpoint_that_is_not_an_nca(tmp_path, unlabeled):
+    path = tmp_path / "conv.pt"
+    checkpoint.save_model(path, _Conv(), None)
+    _fails(tmp_path, unlabeled, path, "not an NCA")
+
+
+def test_finetune_end_to_end(tmp_path, model_file, unlabeled):
+    eval_dir = tmp_path / "labeled"
+    for i in range(2):
+        img, mask = disk_image((32, 32), seed=10 + i)
+        write_png(eval_dir / "images" / f"e{i}.png", img)
+        write_png(eval_dir / "masks" / f"e{i}.png", mask * 255)
+    out = tmp_path / "out" / "adapted.pt"
+    res = finetune(unlabeled, model_file, out, epochs=2, predictions=3, gamma=100.0, eval_dir=eval_dir, seed=4,
+                   quiet=True)
+    assert json.loads(json.dumps(res)) == res                    # the CLI prints it as JSON
+    assert res["images"] == 3 and res["epochs"] == 2 and not res["cache_reused"]
+
+    model, payload = checkpoint.load_model(out, require_nca=True)
+    ad = payload["metadata"]["adaptation"]
+    assert payload["metadata"]["epochs"] == 1                    # the source's metadata is kept
+    assert ad["method"] == "vwsl" and ad["gamma"] == 100.0 and ad["epochs"] == 2 and ad["predictions"] == 3
+    assert ad["source_checkpoint_sha256"] == sha256_file(model_file)
+    assert ad["unlabeled"] == str(unlabeled) and ad["images"] == 3
+    ev = ad["eval"]
+    assert ev["cases"] == 2 and 0 <= ev["dice_before"] <= 1 and 0 <= ev["dice_after"] <= 1
+    assert ev["mean_variance_before"] > 0 and res["eval"] == ev
+    source, _ = checkpoint.load_model(model_file)
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
+
+    lines = [json.loads(x) for x in metrics_path_for(out).read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert all(np.isfinite(r["loss"]) and r["l1"] > 0 for r in lines)
+    assert sorted(p.name for p in (out.parent / "adapted.vwsl-cache").iterdir()) == \
+        ["0000.npz", "0001.npz", "0002.npz", "key.json"]
+
+    # same seed, same output: the cache is reused and the result is identical
+    again = finetune(unlabeled, model_file, out, epochs=2, predictions=3, gamma=100.0, seed=4, quiet=True)
+    assert again["cache_reused"]
+    repeat, _ = checkpoint.load_model(out)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), repeat.state_dict().values()))
+
+
+def test_recipe_crop_and_prepared_eval_dataset(tmp_path, unlabeled):
+    recipe = {"name": "tiny", "model": TINY_MEDNCA, "data": {"crop": [16, 16], "crop_levels": 1},
+              "vwsl": {"epochs": 1, "gamma": 10.0, "predictions": 2, "lr": 1e-3, "batch_size": 2, "seed": 1}}
+    recipe_file = tmp_path / "tiny.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe))
+    model_file = tmp_path / "model.pt"
+    checkpoint.save_model(model_file, tiny_model(), None)
+
+    root = tmp_path / "prepared"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    cases = []
+    for i in range(2):
+        img, mask = disk_image((24, 24), seed=20 + i)
+        np.save(root / "images" / f"c{i}.npy", img[..., None])
+        np.save(root / "labels" / f"c{i}.npy", mask)
+        cases.append({"id": f"c{i}", "patient": f"p{i}", "image": f"images/c{i}.npy", "label": f"labels/c{i}.npy",
+                      "shape": [24, 24]})
+    (root / "dataset.yaml").write_text(yaml.safe_dump({
+        "name": "t", "synthetic": True, "kind": "xray", "modality": "XR", "dims": 2, "channels": 1,
+        "classes": ["lung"], "spacing": [1.0, 1.0], "normalization": {"divide_by": 255, "method": "none"},
+        "split": {"seed": 0, "val_fraction": 0, "test_fraction": 0.5, "train": ["c0"], "val": [], "test": ["c1"]},
+        "cases": cases}))
+
+    res = finetune(unlabeled, model_file, tmp_path / "a.pt", recipe=recipe_file, eval_dir=root, quiet=True)
+    assert res["epochs"] == 1 and res["gamma"] == 10.0 and res["predictions"] == 2 and res["seed"] == 1
+    assert res["crop"] == [16, 16] and res["crop_levels"] == 1
+    assert res["eval"]["cases"] == 1                           # the test split only
+    _, payload = checkpoint.load_model(tmp_path / "a.pt")
+    assert payload["recipe"]["name"] == "tiny"
+
+
+def test_output_must_not_replace_the_model(tmp_path, model_file, unlabeled):
+    with pytest.raises(NCAError, match="starting model"):
+        finetune(unlabeled, model_file, model_file, epochs=1, predictions=2, quiet=True)
