@@ -8,7 +8,7 @@ from nca_cli.models import NCAConfig, OctreeNCA
 
 def random_model(dims, inp, out, levels=3, steps=(3, 3, 4), seed=0, factors=None):
     cfg = NCAConfig(dims=dims, input_channels=inp, output_channels=out, levels=levels, steps=list(steps),
-                    hidden=16, factors=factors or [])
+                    factors=factors or [])  # default shape: served by the prebuilt kernel library
     m = OctreeNCA(cfg)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -1,0 +1,130 @@
+// Python binding of the CPU launcher (nca_cpu.h) and the FMA throughput probe.
+// The model shapes compiled in are registered by generated instantiation files
+// (nca_cli/kernels/build.py), each calling nca_cpu::add<Cfg, Storage>().
+#include <torch/extension.h>
+
+#include <chrono>
+#include <new>
+#include <utility>
+
+#include "nca_cpu.h"
+
+namespace nca_cpu {
+
+std::map<Key, RunFn>& registry() {
+    static std::map<Key, RunFn> r;
+    return r;
+}
+
+std::pair<double, double> fma_peak(int threads, int64_t iters) {
+    // Independent FMA chains held in registers: enough of them to cover the FMA latency
+    // on every FMA port (32 vector registers with AVX-512, 16 otherwise).
+#if defined(__AVX512F__)
+    constexpr int CHAINS = 16;
+#else
+    constexpr int CHAINS = 10;
+#endif
+    threads = std::max(1, threads);
+    float sink = 0.0f;
+    auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(threads) reduction(+ : sink)
+    {
+        vf acc[CHAINS];
+        const vf a = vf{} + 0.9999999f;
+        const vf b = vf{} + 1e-7f;
+        for (int j = 0; j < CHAINS; ++j) acc[j] = vf{} + static_cast<float>(omp_get_thread_num() + j);
+        for (int64_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 16
+            for (int j = 0; j < CHAINS; ++j) acc[j] = acc[j] * a + b;
+        }
+        vf s = {};
+        for (int j = 0; j < CHAINS; ++j) s += acc[j];
+        for (int l = 0; l < LANES; ++l) sink += s[l];
+    }
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    volatile float keep = sink;
+    (void)keep;
+    return {2.0 * LANES * CHAINS * static_cast<double>(iters) * threads, secs};
+}
+
+}  // namespace nca_cpu
+
+namespace {
+
+int storage_code(const torch::Tensor& t) {
+    switch (t.scalar_type()) {
+        case torch::kFloat32: return nca::F32::code;
+        case torch::kFloat16: return nca::F16::code;
+        case torch::kBFloat16: return nca::BF16::code;
+        default: TORCH_CHECK(false, "state must be float32, float16 or bfloat16, got ", t.scalar_type());
+    }
+    return -1;
+}
+
+nca_cpu::Key make_key(int64_t dims, int64_t channels, int64_t hidden, int64_t in, int64_t kernel, int64_t storage) {
+    return nca_cpu::Key{static_cast<int>(dims), static_cast<int>(channels), static_cast<int>(hidden),
+                        static_cast<int>(in), static_cast<int>(kernel), static_cast<int>(storage)};
+}
+
+bool has(int64_t dims, int64_t channels, int64_t hidden, int64_t in, int64_t kernel, int64_t storage) {
+    return nca_cpu::registry().count(make_key(dims, channels, hidden, in, kernel, storage)) > 0;
+}
+
+void run(torch::Tensor state, torch::Tensor weights, int64_t dims, int64_t channels, int64_t hidden, int64_t in,
+         int64_t kernel, int64_t steps, int64_t seed, int64_t level, std::vector<int64_t> origin, int64_t threshold,
+         int64_t threads) {
+    TORCH_CHECK(state.device().is_cpu() && weights.device().is_cpu(), "state and weights must be on the CPU");
+    TORCH_CHECK(state.is_contiguous(), "state must be contiguous (channels last)");
+    TORCH_CHECK(state.dim() == dims + 2 && state.size(-1) == channels, "state must be [B, *spatial, C]");
+    TORCH_CHECK(weights.scalar_type() == torch::kFloat32 && weights.is_contiguous() && weights.dim() == 1,
+                "weights must be a contiguous float32 vector");
+    TORCH_CHECK(static_cast<int64_t>(origin.size()) == dims, "origin needs one entry per spatial axis");
+    const int64_t taps = (dims == 3 ? kernel : 1) * kernel * kernel;
+    const int64_t nweights = channels * taps + channels + hidden * 2 * channels + hidden + (channels - in) * hidden;
+    TORCH_CHECK(weights.numel() == nweights, "expected ", nweights, " packed weights, got ", weights.numel());
+    auto it = nca_cpu::registry().find(make_key(dims, channels, hidden, in, kernel, storage_code(state)));
+    TORCH_CHECK(it != nca_cpu::registry().end(), "no compiled kernel for this model shape and dtype");
+    nca_cpu::Problem pb{};
+    pb.batch = state.size(0);
+    pb.size[0] = dims == 3 ? state.size(1) : 1;
+    pb.size[1] = state.size(dims == 3 ? 2 : 1);
+    pb.size[2] = state.size(dims == 3 ? 3 : 2);
+    pb.origin[0] = dims == 3 ? origin[0] : 0;
+    pb.origin[1] = origin[dims - 2];
+    pb.origin[2] = origin[dims - 1];
+    pb.seed = static_cast<uint64_t>(seed);
+    pb.level = static_cast<uint32_t>(level);
+    pb.steps = steps;
+    pb.threshold = static_cast<uint32_t>(threshold);
+    pb.threads = static_cast<int>(std::max<int64_t>(1, threads));
+    if (state.numel() == 0 || steps <= 0) return;
+    void* data = state.data_ptr();
+    const float* w = weights.data_ptr<float>();
+    nca_cpu::RunFn fn = it->second;
+    {
+        pybind11::gil_scoped_release release;
+        fn(data, w, pb);
+    }
+}
+
+std::vector<std::vector<int64_t>> instances() {
+    std::vector<std::vector<int64_t>> out;
+    for (const auto& kv : nca_cpu::registry()) out.emplace_back(kv.first.begin(), kv.first.end());
+    return out;
+}
+
+std::pair<double, double> fma_peak(int64_t threads, int64_t iters) {
+    pybind11::gil_scoped_release release;
+    return nca_cpu::fma_peak(static_cast<int>(threads), iters);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    m.doc() = "Fused NCA step on the CPU (OpenMP, in place).";
+    m.def("run", &run, "Run steps of the fused NCA step in place on a channels-last state.");
+    m.def("has", &has, "Whether a model shape and storage dtype is compiled in.");
+    m.def("instances", &instances, "Compiled (dims, channels, hidden, in, kernel, storage) tuples.");
+    m.def("fma_peak", &fma_peak, "Float32 FMA throughput probe: (FLOPs done, wall seconds).");
+    m.def("lanes", []() { return nca_cpu::LANES; }, "Cells per SIMD vector.");
+}

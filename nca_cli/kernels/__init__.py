@@ -1,0 +1,165 @@
+"""Fused NCA step: one kernel per step that needs no memory beyond the state.
+
+The cell update lives in ``cuda/nca_cell.h`` and is shared by a CPU launcher (OpenMP,
+updates a channels-last state in place, band by band) and a CUDA launcher (double
+buffered). Both compute exactly ``BackboneNCA.step`` with the fire mask of
+``nca_cli.firemask``; arithmetic is float32.
+
+Precision: with float32 storage the fused CPU step matches ``BackboneNCA.run`` to about
+1e-6 (only the summation order differs). With float16 / bfloat16 storage the state is
+rounded to nearest even after every step, as ``BackboneNCA.run(..., state_dtype=...)`` does;
+an intermediate that lies within float32 rounding noise of a half-way point may round the
+other way, so single elements can differ by one unit in the last place of the storage type
+(2^-10 relative for float16, 2^-7 for bfloat16), and those differences propagate through
+later steps.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ..firemask import MASK32, threshold
+from ..models.backbone import BackboneNCA
+from .build import STORAGES, KernelBuildError, Shape, kernel_module
+
+IMPLS = ("auto", "fused", "torch")
+
+_available: dict[str, bool] = {}
+_shape_ok: dict[tuple[str, Shape], bool] = {}
+
+
+def _kind(device: torch.device | str) -> str:
+    return torch.device(device).type
+
+
+def _warn_unavailable(kind: str, cause: str) -> None:
+    warnings.warn(f"Fused NCA kernels unavailable on {kind} ({cause}); using the PyTorch path.",
+                  RuntimeWarning, stacklevel=3)
+
+
+def fused_available(device: torch.device | str = "cpu") -> bool:
+    """Whether the fused kernels work on ``device``'s type; builds them on first use.
+
+    The answer is cached per device type. On failure (no compiler, no ninja, no CUDA
+    toolkit, compile error) one RuntimeWarning names the cause and False is returned.
+    """
+    kind = _kind(device)
+    if kind not in _available:
+        try:
+            kernel_module(kind)
+            _available[kind] = True
+        except Exception as exc:  # any build or load failure means: use the PyTorch path
+            cause = str(exc) if isinstance(exc, KernelBuildError) else f"{type(exc).__name__}: {exc}"
+            _warn_unavailable(kind, cause)
+            _available[kind] = False
+    return _available[kind]
+
+
+def backbone_shape(backbone: BackboneNCA) -> Shape:
+    """``(dims, channels, hidden, input_channels, kernel_size)`` of a backbone."""
+    return (backbone.dims, backbone.channels, backbone.hidden, backbone.input_channels, backbone.kernel_size)
+
+
+def _shape_available(kind: str, shape: Shape) -> bool:
+    key = (kind, shape)
+    if key not in _shape_ok:
+        try:
+            kernel_module(kind, shape)
+            _shape_ok[key] = True
+        except Exception as exc:  # on-demand build of an uncommon shape failed
+            _warn_unavailable(kind, f"shape {shape}: {exc}")
+            _shape_ok[key] = False
+    return _shape_ok[key]
+
+
+def resolve_impl(impl: str, backbones: BackboneNCA | Iterable[BackboneNCA], device: torch.device | str) -> str:
+    """Pick "fused" or "torch" for ``impl`` in {"auto", "fused", "torch"}.
+
+    "auto" gives "fused" when the kernels build on ``device`` and every backbone is
+    fusable, else "torch"; "fused" falls back to "torch" with a warning when it cannot run.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "torch":
+        return "torch"
+    models = [backbones] if isinstance(backbones, nn.Module) else list(backbones)
+    blocked = [m for m in models if not m.fusable]
+    if blocked:
+        if impl == "fused":
+            warnings.warn(f"Fused NCA kernels do not implement {blocked[0].extra_repr()} (batch norm, full "
+                          f"perception or fc1 on all channels); using the PyTorch path.", RuntimeWarning,
+                          stacklevel=2)
+        return "torch"
+    kind = _kind(device)
+    if not fused_available(kind):
+        return "torch"
+    for shape in sorted({backbone_shape(m) for m in models}):
+        if not _shape_available(kind, shape):
+            return "torch"
+    return "fused"
+
+
+def pack_weights(backbone: BackboneNCA, device: torch.device | str) -> torch.Tensor:
+    """The backbone's weights as the one float32 vector ``cuda/nca_cell.h`` reads."""
+    parts = [backbone.p0.weight, backbone.p0.bias, backbone.fc0.weight, backbone.fc0.bias, backbone.fc1.weight]
+    flat = torch.cat([p.detach().reshape(-1).to(device=device, dtype=torch.float32) for p in parts])
+    return flat.contiguous()
+
+
+def to_channels_last(state: torch.Tensor) -> torch.Tensor:
+    """``[B, C, *spatial]`` -> contiguous ``[B, *spatial, C]`` (a copy)."""
+    return state.movedim(1, -1).contiguous()
+
+
+def from_channels_last(state: torch.Tensor) -> torch.Tensor:
+    """``[B, *spatial, C]`` -> contiguous ``[B, C, *spatial]`` (a copy)."""
+    return state.movedim(-1, 1).contiguous()
+
+
+def fused_run(
+    backbone: BackboneNCA,
+    state: torch.Tensor,
+    steps: int,
+    *,
+    seed: int = 0,
+    level: int = 0,
+    origin: Sequence[int] | None = None,
+    threads: int | None = None,
+) -> torch.Tensor:
+    """Run ``steps`` steps of ``backbone`` on a channels-last ``[B, *spatial, C]`` state.
+
+    Same result as ``BackboneNCA.run`` (step indices 0..steps-1 in the fire mask).
+    ``state`` must be contiguous, float32 / float16 / bfloat16, on the CPU or a CUDA device;
+    it is updated in place and returned. ``origin``: absolute coordinate of the first cell
+    (tiles). ``threads``: CPU threads, default ``torch.get_num_threads()``.
+    """
+    if not backbone.fusable:
+        raise ValueError(f"backbone is not fusable: {backbone.extra_repr()}")
+    dims, channels = backbone.dims, backbone.channels
+    if state.dim() != dims + 2 or state.shape[-1] != channels:
+        raise ValueError(f"expected a channels-last [B, {'D, ' if dims == 3 else ''}H, W, {channels}] state, "
+                         f"got shape {tuple(state.shape)}")
+    if state.dtype not in STORAGES:
+        raise TypeError(f"state dtype must be float32, float16 or bfloat16, got {state.dtype}")
+    if not state.is_contiguous():
+        raise ValueError("state must be contiguous (use to_channels_last)")
+    origin = [0] * dims if origin is None else [int(o) for o in origin]
+    if len(origin) != dims:
+        raise ValueError(f"origin needs {dims} entries, got {len(origin)}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    kind = state.device.type
+    try:
+        mod = kernel_module(kind, backbone_shape(backbone))
+    except KernelBuildError as exc:
+        raise RuntimeError(f"fused kernels unavailable: {exc}") from exc
+    weights = pack_weights(backbone, state.device)
+    args = (weights, dims, channels, backbone.hidden, backbone.input_channels, backbone.kernel_size, int(steps),
+            int(seed) & MASK32, int(level) & MASK32, origin, threshold(backbone.fire_rate))
+    if kind == "cpu":
+        mod.run(state, *args, int(threads) if threads else torch.get_num_threads())
+        return state
+    return mod.run(state, *args)

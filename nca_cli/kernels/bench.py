@@ -1,0 +1,387 @@
+"""Fused step against the PyTorch step: time, FLOP rate against a measured FMA peak, memory.
+
+Run as ``python -m nca_cli.kernels.bench [--out FILE.md]``; ``nca benchmark --kernel`` calls
+``run_kernel_benchmark``.
+
+- Time per step: median of ``repeats`` timed calls after one warm-up call, wall clock.
+- FLOPs: multiply-adds count 2. Perception ``2·C·K^d`` per cell; fc0 ``2·2C·hidden`` and
+  fc1 ``2·hidden·(C-IN)`` per cell that fires (the fused kernel skips the matrix work of
+  cells that do not fire; the counts come from the same fire mask). "Dense" counts every
+  cell, which is what the PyTorch step computes.
+- FMA peak: ``fma_peak`` of the CPU extension, independent float32 FMA chains held in
+  registers on every thread, median of 3, measured before and after the fused timing (the
+  larger is used). Both are also divided by the process CPU time, which gives a fraction of
+  peak that does not depend on other processes sharing the cores.
+- Memory (CPU): each measurement runs in a fresh process that allocates the state, resets
+  the kernel's peak-RSS counter (``/proc/self/clear_refs``), runs one step and reads
+  ``VmHWM``; "extra" is that peak minus the resident size just before the step, so it is
+  every byte the step itself needed on top of its input. Where the counter cannot be reset,
+  ``ru_maxrss`` is used instead (the method is reported). CUDA: ``max_memory_allocated``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..firemask import fire_mask
+from ..models.backbone import BackboneNCA
+
+CHANNELS, HIDDEN, KERNEL = 16, 64, 3
+# task -> (name, spatial shape, input channels)
+CASES = {
+    "pathology": ("2D RGB", (2048, 2048), 3),
+    "radiology": ("3D MRI", (256, 256, 64), 1),
+    "surgery": ("3D RGB", (256, 256, 64), 3),
+}
+DEFAULT_TASKS = ("pathology", "radiology")
+
+
+def make_backbone(dims: int, input_channels: int, fire_rate: float, seed: int = 0) -> BackboneNCA:
+    """A backbone with random weights, fc1 included (it is zero-initialised)."""
+    torch.manual_seed(seed)
+    m = BackboneNCA(dims, CHANNELS, HIDDEN, input_channels, KERNEL, fire_rate)
+    torch.nn.init.normal_(m.fc1.weight, std=0.05)
+    return m.eval()
+
+
+def step_flops(dims: int, input_channels: int) -> tuple[int, int]:
+    """FLOPs per cell: (perception, fc0 + fc1)."""
+    perception = 2 * CHANNELS * KERNEL ** dims
+    mlp = 2 * 2 * CHANNELS * HIDDEN + 2 * HIDDEN * (CHANNELS - input_channels)
+    return perception, mlp
+
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_probe(impl: str, shape: Sequence[int], input_channels: int, fire_rate: float, threads: int) -> dict:
+    """In this (fresh) process: bytes one step needs above the state, CPU. See module docstring."""
+    from . import fused_run, kernel_module
+
+    torch.set_num_threads(threads)
+    dims = len(shape)
+    m = make_backbone(dims, input_channels, fire_rate)
+    if impl == "fused":
+        kernel_module("cpu")
+        state = torch.empty(1, *shape, CHANNELS).normal_()
+    else:
+        state = torch.empty(1, CHANNELS, *shape).normal_()
+    reset = _reset_peak_rss()
+    base = _proc_status_kib("VmRSS")
+    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with torch.no_grad():
+        if impl == "fused":
+            fused_run(m, state, 1, threads=threads)
+        else:
+            out = m.step(state)
+            del out
+    if reset and base is not None:
+        peak, method = _proc_status_kib("VmHWM"), "VmHWM after clear_refs"
+    else:
+        peak, method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss"
+        base = base if base is not None else maxrss_before
+    return {"extra_bytes": max(0, peak - base) * 1024, "state_bytes": state.numel() * state.element_size(),
+            "method": method}
+
+
+def _measure_memory(impl: str, shape: Sequence[int], input_channels: int, fire_rate: float, threads: int) -> dict:
+    spec = json.dumps({"impl": impl, "shape": list(shape), "input_channels": input_channels,
+                       "fire_rate": fire_rate, "threads": threads})
+    proc = subprocess.run([sys.executable, "-m", "nca_cli.kernels.bench", "--probe", spec],
+                          capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"extra_bytes": None, "state_bytes": None, "method": f"failed: {tail}"}
+    return json.loads(lines[-1])
+
+
+def _median_time(fn, repeats: int, sync=None) -> tuple[float, float]:
+    """Median (wall seconds, process CPU seconds) of ``repeats`` calls after a warm-up call."""
+    fn()
+    if sync:
+        sync()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        c0, t0 = time.process_time(), time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def fma_peak(threads: int, repeats: int = 3) -> tuple[float, float]:
+    """Measured float32 FMA throughput of ``threads`` threads, median of ``repeats``:
+    (GFLOP/s of wall time, GFLOP/s per CPU-second, i.e. per core actually running)."""
+    from . import kernel_module
+
+    mod = kernel_module("cpu")
+    wall, per_core = [], []
+    for _ in range(repeats):
+        c0 = time.process_time()
+        flops, seconds = mod.fma_peak(threads, 50_000_000)
+        wall.append(flops / seconds * 1e-9)
+        per_core.append(flops / max(time.process_time() - c0, 1e-9) * 1e-9)
+    return statistics.median(wall), statistics.median(per_core)
+
+
+def _loadavg() -> float | None:
+    """1-minute load average: other processes sharing the cores slow every measurement."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_kernel_benchmark(
+    sizes: dict[str, Sequence[int]] | None = None,
+    steps: int = 1,
+    threads: int | None = None,
+    *,
+    repeats: int = 3,
+    fire_rate: float = 0.5,
+    memory: bool = True,
+    task: str | None = None,
+    device: str = "cpu",
+) -> dict:
+    """Time the fused and the PyTorch step side by side; returns ``{"rows": [...], ...}``.
+
+    ``sizes`` maps a case name (``pathology``, ``radiology``, ``surgery``) to a spatial
+    shape, overriding the default shape of that case; ``task`` picks one case. Default: a
+    2048x2048 2D state (IN=3) and a 256x256x64 3D state (IN=1), C=16, hidden 64.
+    """
+    from . import fused_available
+
+    dev = torch.device(device)
+    if not fused_available(dev):
+        return {"rows": [], "error": f"the fused kernels cannot be built or loaded on {dev.type}"}
+    tasks = [task] if task else list(sizes) if sizes else list(DEFAULT_TASKS)
+    unknown = [t for t in tasks if t not in CASES]
+    if unknown:
+        raise ValueError(f"unknown kernel benchmark case {unknown[0]!r}; choose from {sorted(CASES)}")
+    previous_threads = torch.get_num_threads()
+    threads = int(threads) if threads else previous_threads
+    torch.set_num_threads(threads)
+    try:
+        return _run_cases(tasks, sizes or {}, steps, threads, repeats, fire_rate, memory, dev)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_cases(tasks: list[str], sizes: dict, steps: int, threads: int, repeats: int, fire_rate: float,
+               memory: bool, dev: torch.device) -> dict:
+    from . import fused_run, to_channels_last
+
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    load_before = _loadavg()
+    rows = []
+    for name in tasks:
+        label, shape, inp = CASES[name]
+        shape = tuple(int(s) for s in sizes.get(name, shape))
+        dims = len(shape)
+        m = make_backbone(dims, inp, fire_rate).to(dev)
+        cells = 1
+        for s in shape:
+            cells *= s
+        state_cf = torch.randn(1, CHANNELS, *shape, device=dev)
+        state_cl = to_channels_last(state_cf)
+        peaks = [fma_peak(threads)] if dev.type == "cpu" else []
+        fused_s, fused_cpu = _median_time(lambda: fused_run(m, state_cl, steps, threads=threads), repeats, sync)
+        if dev.type == "cpu":
+            peaks.append(fma_peak(threads))
+        del state_cl
+        with torch.no_grad():
+            torch_s, _ = _median_time(lambda: m.run(state_cf, steps), repeats, sync)
+        del state_cf
+        fused_s, fused_cpu, torch_s = fused_s / steps, fused_cpu / steps, torch_s / steps
+        # The larger of the peaks measured just before and after the fused timing.
+        peak = max(p[0] for p in peaks) if peaks else None
+        peak_core = max(p[1] for p in peaks) if peaks else None
+        firing = sum(int(fire_mask(shape, seed=0, level=0, step=t, fire_rate=fire_rate).sum()) for t in range(steps))
+        fired = firing / (steps * cells)
+        perception, mlp = step_flops(dims, inp)
+        executed = (perception + fired * mlp) * cells
+        dense = (perception + mlp) * cells
+        row = {
+            "case": f"{label} {'x'.join(map(str, shape))}",
+            "cells": cells,
+            "fire_rate": fire_rate,
+            "fused_s": fused_s,
+            "torch_s": torch_s,
+            "speedup": torch_s / fused_s,
+            "fused_gflops": executed / fused_s * 1e-9,
+            "fused_dense_gflops": dense / fused_s * 1e-9,
+            "torch_gflops": dense / torch_s * 1e-9,
+            "peak_gflops": peak,
+            "peak_fraction": executed / fused_s * 1e-9 / peak if peak else None,
+            "fused_cpu_s": fused_cpu if dev.type == "cpu" else None,
+            "peak_gflops_per_core": peak_core,
+            "peak_fraction_cpu_time": (executed / fused_cpu * 1e-9 / peak_core
+                                       if peak_core and dev.type == "cpu" else None),
+        }
+        if memory and dev.type == "cpu":
+            for impl in ("fused", "torch"):
+                mem = _measure_memory(impl, shape, inp, fire_rate, threads)
+                row[f"{impl}_extra_bytes"] = mem["extra_bytes"]
+                row[f"{impl}_extra_fraction"] = (mem["extra_bytes"] / mem["state_bytes"]
+                                                 if mem["extra_bytes"] is not None else None)
+                row["memory_method"] = mem["method"]
+        elif memory and dev.type == "cuda":
+            for impl in ("fused", "torch"):
+                row[f"{impl}_extra_bytes"], row[f"{impl}_extra_fraction"] = _cuda_memory(m, impl, shape, dev)
+            row["memory_method"] = "torch.cuda.max_memory_allocated"
+        rows.append(row)
+    return {
+        "rows": rows,
+        "device": str(dev),
+        "threads": threads,
+        "steps": steps,
+        "repeats": repeats,
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+                    "platform": platform.platform(), "loadavg_before": load_before, "loadavg_after": _loadavg()},
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _cuda_memory(m: BackboneNCA, impl: str, shape: Sequence[int], dev: torch.device) -> tuple[int, float]:
+    from . import fused_run
+
+    if impl == "fused":
+        state = torch.randn(1, *shape, CHANNELS, device=dev)
+    else:
+        state = torch.randn(1, CHANNELS, *shape, device=dev)
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    base = torch.cuda.memory_allocated(dev)
+    with torch.no_grad():
+        out = fused_run(m, state, 1) if impl == "fused" else m.step(state)
+    torch.cuda.synchronize(dev)
+    extra = torch.cuda.max_memory_allocated(dev) - base
+    state_bytes = state.numel() * state.element_size()
+    del out, state
+    return extra, extra / state_bytes
+
+
+def _fmt(value, spec: str, scale: float = 1.0) -> str:
+    return "-" if value is None else format(value * scale, spec)
+
+
+def format_markdown(result: dict) -> str:
+    """The result of ``run_kernel_benchmark`` as a Markdown report."""
+    mach = result.get("machine", {})
+    lines = [
+        "# Fused NCA step vs PyTorch step",
+        "",
+        f"Machine: {mach.get('cpu', '?')}, {mach.get('cores', '?')} cores; torch {mach.get('torch', '?')}; "
+        f"device {result.get('device')}; {result.get('threads')} threads; {result.get('date', '')}; "
+        f"1-minute load average {_fmt(mach.get('loadavg_before'), '.1f')} before, "
+        f"{_fmt(mach.get('loadavg_after'), '.1f')} after (other processes on the same cores).",
+        f"C=16, hidden 64, kernel 3, random weights (fc1 non-zero), batch 1; time per step = median of "
+        f"{result.get('repeats')} calls of {result.get('steps')} step(s) after a warm-up call.",
+        "",
+        "| case | fire rate | fused s/step | PyTorch s/step | speed-up | fused GFLOP/s executed "
+        "| fused GFLOP/s dense-equiv. | PyTorch GFLOP/s | FMA peak GFLOP/s | fused % of peak "
+        "| fused % of peak, CPU time | fused extra peak MiB (% of state) | PyTorch extra peak MiB (% of state) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result.get("rows", []):
+        mem = []
+        for impl in ("fused", "torch"):
+            b, f = r.get(f"{impl}_extra_bytes"), r.get(f"{impl}_extra_fraction")
+            mem.append("-" if b is None else f"{b / 2**20:.1f} ({100 * f:.1f} %)")
+        lines.append(
+            f"| {r['case']} | {r['fire_rate']} | {_fmt(r['fused_s'], '.3f')} | {_fmt(r['torch_s'], '.3f')} "
+            f"| {_fmt(r['speedup'], '.1f')}x | {_fmt(r['fused_gflops'], '.1f')} | {_fmt(r['fused_dense_gflops'], '.1f')} "
+            f"| {_fmt(r['torch_gflops'], '.1f')} | {_fmt(r['peak_gflops'], '.1f')} "
+            f"| {_fmt(r['peak_fraction'], '.0f', 100)} % | {_fmt(r.get('peak_fraction_cpu_time'), '.0f', 100)} % "
+            f"| {mem[0]} | {mem[1]} |")
+    methods = {r.get("memory_method") for r in result.get("rows", []) if r.get("memory_method")}
+    lines += [
+        "",
+        "- FLOPs count a multiply-add as 2: perception 2·C·K^d per cell, fc0 + fc1 "
+        "2·(2C·64 + 64·(C-IN)) per cell that fires. \"Executed\" counts the matrix work only for the "
+        "cells that fire (the fused kernel skips the rest); \"dense-equiv.\" counts every cell, as the "
+        "PyTorch step computes it.",
+        "- FMA peak: independent float32 FMA chains in registers on every thread, measured in the "
+        "same process just before and just after the fused timing (median of 3 each, the larger "
+        "is used). \"% of peak\" divides wall-clock rates; \"% of peak, CPU time\" divides rates per "
+        "CPU-second of the process (kernel FLOPs / process CPU time against FMA FLOPs / CPU time), "
+        "which stays meaningful when other processes share the cores.",
+        f"- Extra peak memory: {', '.join(sorted(methods)) or 'not measured'}; a fresh process per "
+        "measurement, peak resident size during one step minus the resident size just before it "
+        "(the state itself excluded).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nca_cli.kernels.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--fire-rate", type=float, default=0.5)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument("--task", choices=sorted(CASES), default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=None, help="write the Markdown table to this file")
+    parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.probe:
+        spec = json.loads(args.probe)
+        print(json.dumps(memory_probe(spec["impl"], spec["shape"], spec["input_channels"], spec["fire_rate"],
+                                      spec["threads"])))
+        return 0
+    result = run_kernel_benchmark(steps=args.steps, threads=args.threads, repeats=args.repeats,
+                                  fire_rate=args.fire_rate, memory=not args.no_memory, task=args.task,
+                                  device=args.device)
+    text = format_markdown(result)
+    print(text)
+    if args.out is not None:
+        from ..fileio import atomic_path
+
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
