@@ -1,4 +1,4 @@
-"""Peak memory of one training step of the baselines, at equal patch and batch.
+"""Peak memory of one training step of the baselines and the NCAs, at equal patch and batch.
 
 Each configuration runs in a fresh Python process: build the network, the data and an Adam
 optimiser, reset the peak counter, run one step (forward, loss, backward, optimiser step),
@@ -14,6 +14,15 @@ Configurations, for a patch P and the meU-net expanded patch E = 1.5 P (multiple
     meunet@P+E     meU-net step: P through the whole network + E with the first level frozen
     segresnet@P    SegResMamba without its Mamba blocks
     segresmamba@P  SegResMamba
+    unet3d@P       the UNet baseline of the NCA papers (package ``unet`` UNet3D, 19,071,297
+                   parameters), one class, BCE + Dice
+    octree@P       OctreeNCA, recipes/octree_radiology.yaml (5 levels), the whole patch through
+                   every level (no crop), BCE + Dice, backpropagation through all steps
+    m3d@P          M3D-NCA, recipes/m3d_radiology_3levels.yaml, the same way
+    octree@P-crop  OctreeNCA as its recipe trains: the two finest levels on a random crop of
+                   P/4 per axis (the recipe's 6x80x80 crop of 24x320x320 volumes), the coarser
+                   levels on the whole patch; loss on the crop
+    m3d@P-crop     M3D-NCA the same way (its recipe crops the two finest levels too)
 
     python benchmarks/training_memory.py --patch 64 --batch 1 [--device cuda] [--json out.json]
 """
@@ -26,8 +35,12 @@ import resource
 import subprocess
 import sys
 
-CONFIGS = ("unet@P", "unet@E", "meunet@P+E", "segresnet@P", "segresmamba@P")
+CONFIGS = ("unet@P", "unet@E", "meunet@P+E", "segresnet@P", "segresmamba@P", "unet3d@P", "octree@P", "m3d@P",
+           "octree@P-crop", "m3d@P-crop")
 NUM_CLASSES = 2
+NCA_RECIPES = {"octree@P": "octree_radiology.yaml", "m3d@P": "m3d_radiology_3levels.yaml",
+               "octree@P-crop": "octree_radiology.yaml", "m3d@P-crop": "m3d_radiology_3levels.yaml"}
+RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
 
 
 def _rss_peak_reset() -> bool:
@@ -62,7 +75,16 @@ def run_config(name: str, patch: int, batch: int, device: str) -> dict:
     torch.manual_seed(0)
     big = expanded_size((patch,) * 3)[0]
     size = big if name == "unet@E" else patch
-    if name.startswith("unet"):
+    if name in NCA_RECIPES:
+        from nca_cli.models import build_model
+        from nca_cli.recipes import load_recipe
+
+        model = build_model(load_recipe(os.path.join(RECIPES, NCA_RECIPES[name]))["model"])
+    elif name == "unet3d@P":
+        from nca_cli.models.baselines import build_unet
+
+        model = build_unet(3, 1, 1)
+    elif name.startswith("unet"):
         model = UNetBody(1, NUM_CLASSES)
     elif name.startswith("meunet"):
         model = MeUNet(1, NUM_CLASSES)
@@ -82,6 +104,18 @@ def run_config(name: str, patch: int, batch: int, device: str) -> dict:
         optimizer.zero_grad(set_to_none=True)
         if name.startswith("meunet"):
             loss = meunet_training_loss(model, volume, labels, patch, generator)
+        elif name in NCA_RECIPES or name == "unet3d@P":
+            from nca_cli.training.losses import bce_dice_loss
+
+            target = labels[:, None].float()
+            if name in NCA_RECIPES:
+                crop = (patch // 4,) * 3 if name.endswith("-crop") else None
+                logits, region = model(volume, seed=0, patch=crop, crop_levels=2 if crop else 0,
+                                       generator=torch.Generator().manual_seed(0))
+                target = target[(slice(None), slice(None), *region)] if region else target
+            else:
+                logits = model(volume)
+            loss = bce_dice_loss(logits, target)
         elif name.startswith("unet"):
             loss = meunet_loss(model(volume), labels)
         else:
@@ -107,7 +141,8 @@ def run_config(name: str, patch: int, batch: int, device: str) -> dict:
             peak, method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ru_maxrss"
     return {
         "config": name,
-        "patch": f"{patch}^3+{big}^3" if name.startswith("meunet") else f"{size}^3",
+        "patch": f"{patch}^3+{big}^3" if name.startswith("meunet") else
+                 f"{size}^3, crop {patch // 4}^3" if name.endswith("-crop") else f"{size}^3",
         "batch": batch,
         "parameters": sum(p.numel() for p in model.parameters()),
         "peak_bytes": peak,
@@ -175,7 +210,12 @@ def ratios(results: list[dict]) -> dict[str, float]:
     by = {r["config"]: r for r in results if "error" not in r}
     pairs = {"meunet@P+E / unet@E": ("meunet@P+E", "unet@E"),
              "meunet@P+E / unet@P": ("meunet@P+E", "unet@P"),
-             "segresmamba@P / segresnet@P": ("segresmamba@P", "segresnet@P")}
+             "segresmamba@P / segresnet@P": ("segresmamba@P", "segresnet@P"),
+             "octree@P / unet3d@P": ("octree@P", "unet3d@P"),
+             "m3d@P / unet3d@P": ("m3d@P", "unet3d@P"),
+             "octree@P-crop / unet3d@P": ("octree@P-crop", "unet3d@P"),
+             "m3d@P-crop / unet3d@P": ("m3d@P-crop", "unet3d@P"),
+             "octree@P / meunet@P+E": ("octree@P", "meunet@P+E")}
     return {k: by[a]["step_bytes"] / by[b]["step_bytes"] for k, (a, b) in pairs.items() if a in by and b in by}
 
 

@@ -52,7 +52,7 @@ def prepare(
     kind: str = typer.Argument(..., help="msd-prostate, peso, cholecseg8k, chexmask, generic or synthetic."),
     src: Optional[Path] = typer.Argument(None, help="Source folder in the dataset's own layout (not for synthetic)."),
     output: Path = typer.Option(..., "-o", "--output", help="Prepared dataset folder to create."),
-    synthetic_kind: str = typer.Option("pathology", "--kind", help="synthetic only: pathology, radiology, surgery or xray."),
+    synthetic_kind: str = typer.Option("pathology", "--kind", help="synthetic only: pathology, radiology, surgery, xray or microct."),
     cases: Optional[int] = typer.Option(None, "--cases", min=1, help="synthetic only: number of cases (default per kind)."),
     size: Optional[int] = typer.Option(None, "--size", min=16, help="synthetic only: slide/image side (default per kind)."),
     shifted: bool = typer.Option(False, "--shifted", help="synthetic xray only: the shifted target domain (phone photo of a monitor)."),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +50,24 @@ NCA_MODEL = {
 }
 
 BASELINE_MODEL = {
-    "architecture": Key("str", required=True),
+    "architecture": Key("str", required=True),  # a choice among the registered names, set at validation
     "dims": Key("int", required=True, lo=2, hi=3),
     "input_channels": Key("int", required=True, lo=1, hi=64),
     "output_channels": Key("int", required=True, lo=1, hi=64),
-    "options": Key("any", None),
+    "options": Key("section"),
+}
+
+# Value checks of the baseline options; which options an architecture takes (and their
+# defaults) comes from ``nca_cli.models.BASELINE_OPTIONS``.
+BASELINE_OPTION_KEYS = {
+    "num_encoding_blocks": Key("int", lo=2, hi=8),
+    "out_channels_first_layer": Key("int", lo=1, hi=1024),
+    "expand": Key("float", lo=1.0, hi=4.0),
+    "mode": Key("choice", choices=("post_concat", "input_concat")),
+    "stage1": Key("path"),
+    "scan_chunk": Key("int", lo=1, hi=1 << 20),
+    "widths": Key("ints", lo=8, hi=4096),
+    "blocks_down": Key("ints", lo=1, hi=64),
 }
 
 SCHEMA: dict[str, Any] = {
@@ -206,19 +219,77 @@ def validate_recipe(raw: Any, path: str | None = None) -> dict:
     if not isinstance(model, dict):
         raise RecipeError(f"Recipe{_where(path)} needs a 'model' section; add one (see recipes/ for examples).")
     arch = model.get("architecture", "octree_nca")
-    schema = NCA_MODEL if arch in NCA_ARCHITECTURES else BASELINE_MODEL
-    recipe["model"] = {k: v for k, v in _validate_section(model, schema, "model", path).items()
+    if arch not in NCA_ARCHITECTURES:
+        recipe["model"] = _validate_baseline(raw, model, recipe, path)
+        return recipe
+    recipe["model"] = {k: v for k, v in _validate_section(model, NCA_MODEL, "model", path).items()
                        if v is not None or k in model}
-    if arch in NCA_ARCHITECTURES:
-        from .models.octree import NCAConfig
-        try:
-            NCAConfig.from_dict(recipe["model"])
-        except ValueError as exc:
-            raise RecipeError(f"Recipe model section{_where(path)} is inconsistent: {exc}; fix the model section.") from None
-        levels = recipe["model"].get("levels", 5)
-        if recipe["data"]["crop_levels"] >= levels and recipe["data"]["crop"]:
-            raise RecipeError(f"Recipe key 'data.crop_levels'{_where(path)} must be below model.levels ({levels}); lower it.")
+    from .models.octree import NCAConfig
+    try:
+        NCAConfig.from_dict(recipe["model"])
+    except ValueError as exc:
+        raise RecipeError(f"Recipe model section{_where(path)} is inconsistent: {exc}; fix the model section.") from None
+    levels = recipe["model"].get("levels", 5)
+    if recipe["data"]["crop_levels"] >= levels and recipe["data"]["crop"]:
+        raise RecipeError(f"Recipe key 'data.crop_levels'{_where(path)} must be below model.levels ({levels}); lower it.")
     return recipe
+
+
+def _validate_baseline(raw: dict, model: dict, recipe: dict, path: str | None) -> dict:
+    """The model section of a baseline recipe, options filled in; also checks the loss and
+    the patch the baseline trains on."""
+    from .models import BASELINE_OPTIONS, SIGMOID_BASELINES, baseline_names
+
+    names = baseline_names()
+    schema = dict(BASELINE_MODEL, architecture=Key("choice", required=True, choices=(*NCA_ARCHITECTURES, *names)))
+    section = _validate_section(model, schema, "model", path)
+    arch = section["architecture"]
+    accepted = BASELINE_OPTIONS.get(arch, {})
+    options = model.get("options") or {}
+    if not isinstance(options, dict):
+        raise RecipeError(f"Recipe key 'model.options'{_where(path)} must be a mapping of option: value; fix its indentation.")
+    if options and not accepted:
+        raise RecipeError(f"Unknown recipe key 'model.options.{next(iter(options))}'{_where(path)}; "
+                          f"the {arch} model takes no options, so remove model.options.")
+    option_schema = {k: replace(BASELINE_OPTION_KEYS.get(k, Key("any")), default=v) for k, v in accepted.items()}
+    section["options"] = _validate_section(options, option_schema, "model.options", path)
+
+    loss = "bce_dice" if arch in SIGMOID_BASELINES else "dice_ce"
+    given = (raw.get("training") or {}).get("loss")
+    if given is not None and given != loss:
+        raise RecipeError(f"Recipe key 'training.loss'{_where(path)} is {given} but {arch} trains with {loss}; "
+                          f"set training.loss: {loss}.")
+    recipe["training"]["loss"] = loss
+    data = recipe["data"]
+    if data["crop"]:
+        raise RecipeError(f"Recipe key 'data.crop'{_where(path)} applies to NCAs only; remove it and set data.patch.")
+    patch = data["patch"]
+    if not patch:
+        raise RecipeError(f"Recipe{_where(path)} needs data.patch: the {arch} model trains on patches; "
+                          f"set data.patch (one size per axis).")
+    if len(patch) != section["dims"]:
+        raise RecipeError(f"Recipe key 'data.patch'{_where(path)} has {len(patch)} sizes for a {section['dims']}D model; "
+                          f"give one size per axis.")
+    try:
+        divisor = baseline_divisor(section)
+    except ValueError as exc:
+        raise RecipeError(f"Recipe model section{_where(path)} is inconsistent: {exc}; fix the model section.") from None
+    if any(p % divisor for p in patch):
+        fixed = [-(-p // divisor) * divisor for p in patch]
+        raise RecipeError(f"Recipe key 'data.patch'{_where(path)} must be a multiple of {divisor} on every axis for "
+                          f"{arch}, got {patch}; use {fixed}.")
+    return section
+
+
+def baseline_divisor(section: dict) -> int:
+    """The size every spatial axis of a baseline's input must be a multiple of (the network is
+    built on the meta device, which allocates nothing)."""
+    import torch
+
+    from .models import build_model
+
+    with torch.device("meta"):
+        return int(build_model(section).divisor)
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
@@ -259,10 +330,14 @@ def apply_overrides(raw: dict, overrides: list[str], path: str | None = None) ->
 
 def resolve_dataset(recipe: dict) -> Path | None:
     """The dataset folder, relative paths taken from the recipe's folder first, then the cwd."""
-    ds = recipe["data"].get("dataset")
-    if not ds:
+    return resolve_path(recipe, recipe["data"].get("dataset"))
+
+
+def resolve_path(recipe: dict, value: str | None) -> Path | None:
+    """A path named in the recipe, relative paths taken from the recipe's folder first, then the cwd."""
+    if not value:
         return None
-    p = Path(ds).expanduser()
+    p = Path(value).expanduser()
     if not p.is_absolute():
         src = recipe.get("_source")
         if src and (Path(src).parent / p).exists():

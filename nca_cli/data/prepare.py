@@ -6,7 +6,7 @@ common to all kinds: ``seed`` (split seed, default 0), ``val_fraction`` (0.1),
 module's ``fill_*`` keywords).
 
 ``kind="synthetic"`` takes no ``src``: options ``kind`` (pathology, radiology, surgery,
-xray), ``cases``, ``size``, ``seed`` and ``shifted`` go to ``make_synthetic``, which writes the
+xray, microct), ``cases``, ``size``, ``seed`` and ``shifted`` go to ``make_synthetic``, which writes the
 raw layout into ``dst/raw-synthetic-<kind>/``; the matching converter then turns it into
 the prepared dataset at ``dst`` (named ``synthetic-<kind>``, ``synthetic: true``). Both are
 built in one partial folder and appear together, or not at all.
@@ -23,7 +23,7 @@ from .chexmask import fill_chexmask
 from .generic import fill_generic
 from .msd_prostate import fill_msd_prostate
 from .peso import fill_peso
-from .synthetic import SYNTHETIC_KINDS, make_synthetic
+from .synthetic import MICROCT_CLASSES, SYNTHETIC_KINDS, make_synthetic
 from .writer import DatasetWriter
 
 FILLERS: dict[str, Callable] = {
@@ -34,7 +34,9 @@ FILLERS: dict[str, Callable] = {
     "generic": fill_generic,
 }
 KINDS = (*FILLERS, "synthetic")
-SYNTHETIC_SOURCE = {"pathology": "peso", "radiology": "msd-prostate", "surgery": "cholecseg8k", "xray": "chexmask"}
+SYNTHETIC_SOURCE = {"pathology": "peso", "radiology": "msd-prostate", "surgery": "cholecseg8k", "xray": "chexmask",
+                    "microct": "generic"}
+SYNTHETIC_FILL = {"microct": {"classes": list(MICROCT_CLASSES), "modality": "microCT"}}  # converter defaults
 WRITER_OPTIONS = ("seed", "val_fraction", "test_fraction", "overwrite")
 SYNTHETIC_OPTIONS = ("kind", "cases", "size", "shifted")
 
@@ -72,7 +74,7 @@ def prepare(kind: str, src, dst, /, **options) -> Path:
     seed = writer_options.get("seed", 0)
     with DatasetWriter(dst, **writer_options) as writer:
         raw = make_synthetic(which, writer.root / f"raw-synthetic-{which}", seed=seed, **synth)
-        fill(raw, writer, **options)
+        fill(raw, writer, **{**SYNTHETIC_FILL.get(which, {}), **options})
         suffix = "-shifted" if synth.get("shifted") else ""
         writer.set_info(
             name=f"synthetic-{which}{suffix}",

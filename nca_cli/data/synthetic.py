@@ -19,11 +19,16 @@ xray        ``images/cxr_NNNN.png`` + ``chexmask.csv`` (RLE lungs and heart):   
             bright thorax, darker lungs, heart, spine, ribs; ``shifted=True``
             gives the target domain (gamma/contrast change and a moiré pattern,
             as a phone photo of a monitor), from different patients
+microct     ``imagesTr/microct_NN_0000.nii.gz`` uint16 + ``labelsTr/microct_NN.nii.gz``  generic
+            (1 matrix, 2 pore, 3 inclusion; 0 = air around the sample): a
+            cylindrical porous sample at 5 µm, pores as dark as the air outside
+            (telling them apart needs context), bright inclusions, cupping, blur
+            and noise
 ==========  =====================================================================  ============
 
 ``size``: pathology slide side (int) or (H, W); radiology (D, H, W) or in-plane side;
-surgery (frames, H, W) or frame height (width 16:9, 80 frames); xray image side. Output
-is deterministic for a seed and takes seconds at the default sizes.
+surgery (frames, H, W) or frame height (width 16:9, 80 frames); xray image side; microct
+(D, H, W) or side. Output is deterministic for a seed and takes seconds at the default sizes.
 """
 from __future__ import annotations
 
@@ -45,9 +50,11 @@ from .cholecseg8k import COLORS
 from .resize import resize_image
 from .synthetic_slide import make_synthetic_slide, value_noise
 
-SYNTHETIC_KINDS = ("pathology", "radiology", "surgery", "xray")
-DEFAULT_CASES = {"pathology": 4, "radiology": 8, "surgery": 6, "xray": 30}
-DEFAULT_SIZE = {"pathology": 2048, "radiology": (16, 128, 128), "surgery": (80, 240, 427), "xray": 256}
+SYNTHETIC_KINDS = ("pathology", "radiology", "surgery", "xray", "microct")
+DEFAULT_CASES = {"pathology": 4, "radiology": 8, "surgery": 6, "xray": 30, "microct": 6}
+DEFAULT_SIZE = {"pathology": 2048, "radiology": (16, 128, 128), "surgery": (80, 240, 427), "xray": 256,
+                "microct": (64, 64, 64)}
+MICROCT_CLASSES = ("matrix", "pore", "inclusion")
 _WORKERS = min(4, os.cpu_count() or 1)  # threads writing video frames
 
 
@@ -291,6 +298,52 @@ def _xray(out: Path, cases: int, size, seed: int, shifted: bool) -> None:
             writer.writerow([name, f"{dice:.4f}", f"{dice + 0.02:.4f}", "", encode_rle(left), encode_rle(right), encode_rle(heart), h, w, f"subject_{i // 2:04d}"])
 
 
+# ---------------------------------------------------------------- microCT (porous material)
+def _microct_case(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """uint16 volume and its labels (0 air, 1 matrix, 2 pore, 3 inclusion)."""
+    d, h, w = shape
+    yy = (np.arange(h, dtype=np.float32)[:, None] - (h - 1) / 2 - rng.uniform(-1, 1)) / (0.5 * min(h, w))
+    xx = (np.arange(w, dtype=np.float32)[None, :] - (w - 1) / 2 - rng.uniform(-1, 1)) / (0.5 * min(h, w))
+    radius = np.sqrt(yy**2 + xx**2)
+    sample = np.broadcast_to(radius < rng.uniform(0.72, 0.88), shape)
+    label = np.where(sample, 1, 0).astype(np.uint8)
+    field = _smooth3d(rng, shape, tuple(max(2, n // 6) for n in shape))
+    label[sample & (field > np.quantile(field, 1.0 - rng.uniform(0.18, 0.3)))] = 2
+    zz, ys, xs = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij", sparse=True)
+    inside = np.argwhere(label == 1)
+    scale = min(shape) / 64
+    for _ in range(int(rng.integers(4, 9))):
+        if not len(inside):
+            break
+        c = inside[rng.integers(len(inside))]
+        r = rng.uniform(2.0, 4.5) * max(scale, 0.5)
+        ball = (zz - c[0]) ** 2 + (ys - c[1]) ** 2 + (xs - c[2]) ** 2 <= r * r
+        label[ball & sample] = 3
+    level = np.array([0.08, 0.5, 0.08, 0.9], np.float32)  # air, matrix, pore, inclusion
+    img = level[label] * np.where(label == 1, 1.0 + 0.15 * radius**2, 1.0)  # cupping in the matrix
+    img = img + 0.04 * (_smooth3d(rng, shape, tuple(max(2, n // 3) for n in shape)) - 0.5)
+    for axis in range(3):  # partial-volume blur
+        img = 0.25 * np.roll(img, 1, axis) + 0.5 * img + 0.25 * np.roll(img, -1, axis)
+    img = img + rng.normal(0, 0.04, shape).astype(np.float32)
+    return np.clip(img * 40000 + 4000, 0, 65535).astype(np.uint16), label
+
+
+def _microct(out: Path, cases: int, size, seed: int) -> None:
+    import SimpleITK as sitk
+
+    shape = (size,) * 3 if isinstance(size, int) else tuple(size)
+    rng = np.random.default_rng(seed)
+    (out / "imagesTr").mkdir(parents=True)
+    (out / "labelsTr").mkdir()
+    for i in range(cases):
+        volume, label = _microct_case(rng, shape)
+        for array, path in ((volume, out / "imagesTr" / f"microct_{i:02d}_0000.nii.gz"),
+                            (label, out / "labelsTr" / f"microct_{i:02d}.nii.gz")):
+            image = sitk.GetImageFromArray(array)
+            image.SetSpacing((0.005, 0.005, 0.005))
+            sitk.WriteImage(image, str(path))
+
+
 def make_synthetic(kind: str, out_dir: str | Path, *, cases: int | None = None, size=None, seed: int = 0, shifted: bool = False) -> Path:
     """Write a synthetic raw dataset of ``kind`` (see module docstring) into ``out_dir``.
 
@@ -316,6 +369,8 @@ def make_synthetic(kind: str, out_dir: str | Path, *, cases: int | None = None, 
             _radiology(tmp, cases, size, seed)
         elif kind == "surgery":
             _surgery(tmp, cases, size, seed)
+        elif kind == "microct":
+            _microct(tmp, cases, size, seed)
         else:
             _xray(tmp, cases, size, seed, shifted)
         if out.exists():

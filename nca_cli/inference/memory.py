@@ -92,6 +92,7 @@ def tiled_bytes(model, shape, *, split: int, tile, dtype, impl: str, ensemble: i
         core = [slice(pick(g) * t, min(pick(g) * t + t, n)) for g, t, n in zip(grid, tile, shapes[0])]
         sample.append(Tile(core, tile_regions(core, shapes, c.factors, c.steps, c.kernel_sizes, split)))
     work = max(tile_working_elements(t, 1, c.channels, split) for t in sample) * b
+    work += math.prod(tile) * (4 * c.output_channels + 2)     # a core's float32 logits and its labels
     if impl == "torch":
         biggest = max(math.prod(r.stop - r.start for r in t.regions[0]) for t in sample)
         work += biggest * torch_step_bytes_per_cell(c.channels, c.hidden, c.perception)

@@ -41,8 +41,9 @@ class FileSource:
     """Pyramid source over an opened ``nca_cli.io`` input (batch 1)."""
 
     def __init__(self, image, factors: Sequence[Sequence[int]], mode: str, dtype: torch.dtype,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", keep: bool = True):
         self.image = image
+        self.keep = keep  # False: each coarse level is dropped once written (one single pass)
         self.batch = 1
         self.shapes = level_shapes(image.spatial_shape, factors)
         self.dtype = dtype
@@ -82,6 +83,8 @@ class FileSource:
         if level > 0:
             src = self.levels[level][(slice(None), slice(None), *region)]
             state[..., :inp].copy_(src.movedim(1, -1))
+            if not self.keep:
+                self.levels[level] = None
             return
         step = self._band_rows([r.stop - r.start for r in region], 1)
         for r0 in range(region[0].start, region[0].stop, step):

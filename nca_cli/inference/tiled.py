@@ -61,14 +61,23 @@ def plan_tiles(shapes, factors, steps, kernel_sizes, split: int, tile: Sequence[
     return tiles
 
 
-def _upsample_region(prev: torch.Tensor, prev_start: Sequence[int], region: Sequence[slice], factor) -> torch.Tensor:
+def _upsample_region(prev: torch.Tensor, prev_start: Sequence[int], region: Sequence[slice], factor,
+                     chunk_bytes: int = 1 << 23) -> torch.Tensor:
     """Channels-last nearest upsampling of the nodes ``prev`` (starting at ``prev_start``) onto
-    the absolute cells ``region``: cell i reads node i // factor."""
-    out = prev
-    for axis, (s, p0, f) in enumerate(zip(region, prev_start, factor)):
-        idx = torch.div(torch.arange(s.start, s.stop, device=prev.device), f, rounding_mode="floor") - p0
-        out = out.index_select(axis + 1, idx)
-    return out.contiguous()
+    the absolute cells ``region``: cell i reads node i // factor. Filled a band of rows at a
+    time, so no intermediate larger than a band exists."""
+    shape = [s.stop - s.start for s in region]
+    out = torch.empty((prev.shape[0], *shape, prev.shape[-1]), dtype=prev.dtype, device=prev.device)
+    idx = [torch.div(torch.arange(s.start, s.stop, device=prev.device), f, rounding_mode="floor") - p0
+           for s, p0, f in zip(region, prev_start, factor)]
+    rows = max(1, chunk_bytes // max(1, out[0, :1].numel() * out.element_size()))
+    for b in range(prev.shape[0]):
+        for r0 in range(0, shape[0], rows):
+            block = prev[b].index_select(0, idx[0][r0:r0 + rows])
+            for axis in range(1, len(shape)):
+                block = block.index_select(axis, idx[axis])
+            out[b, r0:r0 + block.shape[0]] = block
+    return out
 
 
 def tile_working_elements(tile: Tile, batch: int, channels: int, split: int) -> int:
@@ -111,7 +120,8 @@ def run_tiled(
             run(model.backbones[level], state, c.steps[level], seed, level, [s.start for s in region])
             prev, prev_start = state, [s.start for s in region]
         local = [slice(cs.start - rs.start, cs.stop - rs.start) for cs, rs in zip(t.core, t.regions[0])]
+        del state
         yield t.core, prev[(slice(None), *local)]
-        del prev
+        del prev   # the tile's state is gone before the next tile starts
         if on_tile is not None:
             on_tile(k + 1, len(tiles))

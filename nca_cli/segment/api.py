@@ -69,6 +69,8 @@ def segment_inputs(items: list[str], output: Path, model_file: Path, opts: Segme
                    part_id: int = 0, skip_existing: bool = False) -> list[dict]:
     from ..checkpoint import load_model
     from ..io import open_input
+    from ..models import is_nca
+    from .patchwise import nca_only_flags, recipe_window
     from .pipeline import _default_output_name, segment_one
 
     if not items:
@@ -79,7 +81,15 @@ def segment_inputs(items: list[str], output: Path, model_file: Path, opts: Segme
         raise NCAError("--uncertainty needs --ensemble N with N >= 2 (the spread of N runs).")
     inputs = expand_inputs(items)
     inputs = inputs[part_id::num_parts]
-    model, _ = load_model(model_file, require_nca=True)
+    model, payload = load_model(model_file)
+    window = None
+    if not is_nca(model):
+        flags = nca_only_flags(opts)
+        if flags:
+            many = len(flags) > 1
+            raise NCAError(f"{', '.join(flags)} {'apply' if many else 'applies'} to NCA models only, and {model_file} "
+                           f"holds a {model.config['architecture']} model; drop {'them' if many else 'it'}.")
+        window = recipe_window(payload)
     output = Path(output)
     single = len(expand_inputs(items)) == 1 and output.suffix and not output.is_dir()
     results = []
@@ -95,7 +105,7 @@ def segment_inputs(items: list[str], output: Path, model_file: Path, opts: Segme
                 results.append({"input": str(path), "output": str(out), "status": "skipped (exists)"})
                 continue
             progress.new_input(path)
-            meta = segment_one(path, out, model, Path(model_file), opts, progress)
+            meta = segment_one(path, out, model, Path(model_file), opts, progress, window)
             meta_path = out.parent / ("run_metadata.json" if single else f"{out.name.split('.')[0]}.run_metadata.json")
             write_json(meta_path, meta)
             results.append({"input": str(path), "output": str(out), "status": "done", "metadata": str(meta_path),
@@ -140,3 +150,13 @@ class _Progress:
     def tile_done(self, done: int, total: int):
         if self.tiles is not None:
             self.bar.update(self.tiles, completed=done, total=total)
+
+    def window_done(self, done: int, total: int):
+        """Sliding-window progress of a baseline model (one bar per input)."""
+        if done == 1 or self.tiles is None:
+            for task in (self.levels, self.tiles):
+                if task is not None:
+                    self.bar.remove_task(task)
+            self.levels = None
+            self.tiles = self.bar.add_task(f"{self.name} windows", total=total)
+        self.bar.update(self.tiles, completed=done, total=total)

@@ -71,12 +71,19 @@ def write_labels(image, labels: np.ndarray, out: Path) -> None:
         io.write_mask_image(out, labels)
 
 
-def segment_one(in_path: Path, out_path: Path, model, model_file: Path, opts, progress=None) -> dict:
-    """Segment ``in_path`` into ``out_path``; returns the run metadata (also written beside it)."""
+def segment_one(in_path: Path, out_path: Path, model, model_file: Path, opts, progress=None, window=None) -> dict:
+    """Segment ``in_path`` into ``out_path``; returns the run metadata (also written beside it).
+
+    Models other than NCAs run patch-wise (``patchwise``; ``window``: their training patch)."""
     from .. import io
     from ..kernels import resolve_impl
+    from ..models import is_nca
     from ..training.trainer import resolve_device
 
+    if not is_nca(model):
+        from .patchwise import segment_patchwise
+
+        return segment_patchwise(in_path, out_path, model, model_file, opts, progress, window)
     t_start = time.perf_counter()
     rss0 = current_rss_bytes()
     device = resolve_device(opts.device)
@@ -94,7 +101,8 @@ def segment_one(in_path: Path, out_path: Path, model, model_file: Path, opts, pr
         baseline = rss0 if device.type == "cpu" else 0
         plan = plan_run(model, image.spatial_shape, dtype=dtype, impl=impl, budget=budget, tiling=opts.tiling,
                         tile_size=opts.tile_size, ensemble=opts.ensemble, baseline=baseline, name=str(in_path))
-        source = FileSource(image, c.factors, c.pyramid, dtype, device)
+        source = FileSource(image, c.factors, c.pyramid, dtype, device,
+                            keep=plan.mode != "single" or opts.ensemble > 1)
         shape = image.spatial_shape
         labels = np.zeros(shape, dtype=np.uint8)
         acc = EnsembleAccumulator(opts.ensemble, shape, c.output_channels) if opts.ensemble > 1 else None
@@ -128,6 +136,7 @@ def segment_one(in_path: Path, out_path: Path, model, model_file: Path, opts, pr
                                              state_dtype=dtype, device=device, on_level=on_level,
                                              on_tile=progress.tile_done if progress is not None else None):
                     emit(run, core, state[0][..., out_ch].float())
+                    del state  # let the tile's memory go before the next tile is computed
         del source
         nqm, std_map = None, None
         if acc is not None:

@@ -2,7 +2,8 @@
 
 Per epoch: ``batches_per_epoch`` Adam steps on augmented batches, one exponential learning-
 rate decay step, one EMA update. Every ``validate_every`` epochs the EMA model is evaluated
-with the median of ``ensemble`` stochastic runs. ``last.pt`` holds everything needed to
+(NCAs: the median of ``ensemble`` stochastic runs; baselines: sliding-window Dice of the whole
+validation cases). Batches, loss and validation per architecture: ``steps``. ``last.pt`` holds everything needed to
 continue bit-for-bit (model, EMA, optimiser, scheduler, generator states, epoch).
 """
 from __future__ import annotations
@@ -20,10 +21,9 @@ from .. import checkpoint
 from ..errors import NCAError
 from ..fileio import atomic_path
 from ..recipes import resolve_dataset
-from .augment import augment
-from .batches import BatchSampler, validation_cases
 from .ema import EMA
-from .losses import bce_dice_loss, dice_score
+from .losses import dice_score
+from .steps import training_step
 
 LAST, BEST, MODEL, METRICS, RESOLVED = "last.pt", "best.pt", "model.pt", "metrics.jsonl", "recipe.yaml"
 
@@ -129,6 +129,8 @@ def evaluate(model, cases, *, ensemble: int, impl: str = "auto") -> float:
 
 
 def _check_dataset(ds, recipe, path) -> None:
+    from ..models import softmax_classes
+
     m = recipe["model"]
     if ds.dims != m["dims"]:
         raise NCAError(f"Dataset {path} is {ds.dims}D but the recipe's model is {m['dims']}D; "
@@ -136,9 +138,11 @@ def _check_dataset(ds, recipe, path) -> None:
     if ds.channels != m["input_channels"]:
         raise NCAError(f"Dataset {path} has {ds.channels} image channel(s) but the model takes {m['input_channels']}; "
                        f"set model.input_channels={ds.channels} or use another dataset.")
-    if ds.num_classes != m["output_channels"]:
-        raise NCAError(f"Dataset {path} has {ds.num_classes} class(es) but the model predicts {m['output_channels']}; "
-                       f"set model.output_channels={ds.num_classes}.")
+    background = 1 if softmax_classes(m) else 0  # softmax models predict the background as class 0
+    if ds.num_classes + background != m["output_channels"]:
+        raise NCAError(f"Dataset {path} has {ds.num_classes} class(es) but the model predicts {m['output_channels']}"
+                       f"{' softmax classes' if background else ''}; set model.output_channels={ds.num_classes + background}"
+                       f"{' (the classes plus background)' if background else ''}.")
 
 
 def train(recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False, device: str = "auto",
@@ -169,6 +173,7 @@ def train(recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False, dev
         _check_dataset(train_ds, recipe, ds_path)
         torch.manual_seed(tr["seed"])
         model = build_model(recipe["model"]).to(dev)
+        step = training_step(model, recipe, train_ds)
         ema = EMA(model, tr["ema_decay"])
         opt = torch.optim.Adam(model.parameters(), lr=tr["lr"], betas=tuple(tr["betas"]))
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=tr["lr_decay"])
@@ -187,9 +192,8 @@ def train(recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False, dev
             start, best = int(state["epoch"]), float(state["best_dice"])
             history_ok = start
         ddp_model = dist.wrap(model)
-        sampler = BatchSampler(train_ds, data["batch_size"], data.get("patch"), data["require_foreground"])
         per_epoch = data.get("batches_per_epoch") or max(1, len(train_ds) // data["batch_size"])
-        val_cases = validation_cases(val_ds, data.get("patch")) if dist.main and len(val_ds) else []
+        val_cases = step.validation_cases(val_ds) if dist.main and len(val_ds) else []
         if dist.main:
             run_dir.mkdir(parents=True, exist_ok=True)
             with atomic_path(run_dir / RESOLVED) as tmp:
@@ -206,14 +210,9 @@ def train(recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False, dev
                 model.train()
                 losses = []
                 for b in range(per_epoch):
-                    x, y = sampler.batch(gen)
-                    x = augment(x, tr["augmentation"], gen).to(dev)
-                    y = y.to(dev)
-                    logits, region = forward(ddp_model, x, recipe, seed=_fire_seed(tr["seed"], epoch, b, dist.rank),
-                                             generator=gen)
-                    if region is not None:
-                        y = y[(slice(None), slice(None), *region)]
-                    loss = bce_dice_loss(logits, y, tr["dice_weight"])
+                    x, y = step.batch(gen)
+                    loss = step.loss(ddp_model, x.to(dev), y.to(dev), seed=_fire_seed(tr["seed"], epoch, b, dist.rank),
+                                     generator=gen)
                     if not torch.isfinite(loss):
                         raise NCAError(f"Training diverged at epoch {epoch + 1} (loss is {loss.item()}); "
                                        f"lower training.lr in {recipe.get('_source', 'the recipe')}.")
@@ -228,7 +227,7 @@ def train(recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False, dev
                 validate = (epoch + 1) % tr["validate_every"] == 0 or epoch + 1 == total_epochs
                 improved = False
                 if validate and dist.main and val_cases:
-                    dice = evaluate(ema.shadow, val_cases, ensemble=tr["ensemble"], impl=impl)
+                    dice = step.validate(ema.shadow, val_cases, ensemble=tr["ensemble"], impl=impl)
                     record["val_dice"] = dice
                     improved = dice > best
                     if improved:

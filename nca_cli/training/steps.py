@@ -1,0 +1,312 @@
+"""Training steps per architecture: the batches a model sees, its loss and its validation.
+
+==============  =================================================  ====================================
+architecture    batch                                              loss
+==============  =================================================  ====================================
+NCAs            ``BatchSampler`` (patches or whole cases)          ``bce_dice_loss`` on the logits of
+                                                                   the region the NCA returns
+unet            ``BatchSampler`` patches, multi-hot masks          ``bce_dice_loss`` (sigmoid per class)
+segresmamba,    ``BatchSampler`` patches; the multi-hot masks      ``meunet_loss``: soft Dice +
+segresnet       become a label map (0 = background)                class-weighted cross-entropy
+meunet          standard patch P (drawn as ``BatchSampler``        ``meunet_loss`` of P, plus
+                does) and the expanded patch E = expand x P        ``meunet_loss`` of E at half
+                (multiple of 16) centred on it; outside the        resolution (first level without
+                volume images read 0 and labels are ignored        gradient, deep-supervision head)
+meunet_cascade  patches P with the one-hot stage-1 labels at the   ``meunet_loss`` of stage 2
+                same place (stage 1 run once over each whole
+                training case, sliding window)
+==============  =================================================  ====================================
+
+The cascade's stage 1 is a trained meU-net: ``model.options.stage1`` names its model.pt, whose
+weights are copied into the (frozen) stage 1 when training starts. Augmentation (intensity
+only) touches the image channels. NCAs validate as before (median of an ensemble on fixed
+patches or cases); baselines validate on the whole validation cases with the sliding-window
+inference of ``nca segment`` (window = ``data.patch``), Dice of the foreground classes.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.dataset import as_numpy_generator
+from ..errors import NCAError
+from .augment import augment
+from .batches import BatchSampler, validation_cases
+from .losses import bce_dice_loss
+
+
+def masks_to_labels(masks: torch.Tensor) -> torch.Tensor:
+    """Multi-hot masks ``[B, K, *spatial]`` of exclusive classes -> labels ``[B, *spatial]``
+    (int64; 0 = background, k = class k)."""
+    return torch.where(masks.amax(1) > 0, masks.argmax(1) + 1, 0)
+
+
+def _window(array: np.ndarray, start: Sequence[int], size: Sequence[int], fill, dtype=None) -> np.ndarray:
+    """``array[start:start+size]`` over the leading axes; positions outside read ``fill``."""
+    lead = len(size)
+    out = np.full(tuple(size) + array.shape[lead:], fill, dtype=dtype or array.dtype)
+    src, dst = [], []
+    for s, n, total in zip(start, size, array.shape):
+        lo, hi = max(s, 0), min(s + n, total)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+class PatchSampler:
+    """Batches of a standard patch and a ``context`` window centred on it, with positions known.
+
+    The standard patch starts uniformly over the volume (an axis shorter than the patch
+    starts at 0); with ``require_foreground`` up to ``tries`` positions are tried, then the
+    patch is placed around a random foreground voxel. Returns images ``[B, C, *context]``
+    (float32), labels ``[B, *context]`` (int64, -1 outside the volume) and, for ``extra``
+    per-case maps, their windows (int64, -1 outside).
+    """
+
+    def __init__(self, dataset, batch_size: int, patch: Sequence[int], context: Sequence[int],
+                 require_foreground: bool = False, tries: int = 10):
+        if len(dataset) == 0:
+            raise NCAError(f"The training split of {dataset.root} is empty; prepare the dataset with more cases.")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.patch = tuple(patch)
+        self.context = tuple(context)
+        self.require_foreground = require_foreground
+        self.tries = tries
+
+    def _start(self, i: int, label: np.ndarray, rng: np.random.Generator) -> list[int]:
+        def draw() -> list[int]:
+            return [int(rng.integers(0, max(n - k, 0) + 1)) for n, k in zip(label.shape, self.patch)]
+
+        start = draw()
+        if not self.require_foreground:
+            return start
+        for _ in range(self.tries):
+            if np.asarray(label[tuple(slice(s, s + k) for s, k in zip(start, self.patch))]).any():
+                return start
+            start = draw()
+        pos = self.dataset._foreground_position(i, label, rng)
+        if pos is None:
+            return start
+        return [int(np.clip(p - rng.integers(0, k), 0, max(n - k, 0))) for p, k, n in zip(pos, self.patch, label.shape)]
+
+    def batch(self, g: torch.Generator, extra: Sequence[np.ndarray] | None = None):
+        rng = as_numpy_generator(g)
+        idx = torch.randint(0, len(self.dataset), (self.batch_size,), generator=g).tolist()
+        images, labels, maps = [], [], []
+        for i in idx:
+            label = self.dataset.label(i)
+            start = self._start(i, label, rng)
+            corner = [s - (c - p) // 2 for s, c, p in zip(start, self.context, self.patch)]
+            image = self.dataset.to_float(_window(self.dataset.image(i), corner, self.context, 0))
+            images.append(torch.from_numpy(image).movedim(-1, 0))
+            labels.append(torch.from_numpy(_window(label, corner, self.context, -1, np.int64)))
+            if extra is not None:
+                maps.append(torch.from_numpy(_window(extra[i], corner, self.context, -1, np.int64)))
+        out = torch.stack(images), torch.stack(labels)
+        return out + (torch.stack(maps),) if extra is not None else out
+
+
+class NCAStep:
+    """The NCA training step (unchanged)."""
+
+    def __init__(self, recipe: dict, dataset):
+        data = recipe["data"]
+        self.recipe = recipe
+        self.sampler = BatchSampler(dataset, data["batch_size"], data.get("patch"), data["require_foreground"])
+
+    def batch(self, g: torch.Generator):
+        x, y = self.sampler.batch(g)
+        return augment(x, self.recipe["training"]["augmentation"], g), y
+
+    def loss(self, model, x, y, *, seed: int, generator: torch.Generator) -> torch.Tensor:
+        from .trainer import forward
+
+        logits, region = forward(model, x, self.recipe, seed=seed, generator=generator)
+        if region is not None:
+            y = y[(slice(None), slice(None), *region)]
+        return bce_dice_loss(logits, y, self.recipe["training"]["dice_weight"])
+
+    def validation_cases(self, dataset):
+        return validation_cases(dataset, self.recipe["data"].get("patch"))
+
+    def validate(self, model, cases, *, ensemble: int, impl: str) -> float:
+        from .trainer import evaluate
+
+        return evaluate(model, cases, ensemble=ensemble, impl=impl)
+
+
+class BaselineStep:
+    """Patches from ``BatchSampler``; ``bce_dice_loss`` (sigmoid models) or ``meunet_loss``
+    on the label map (softmax models)."""
+
+    def __init__(self, model: nn.Module, recipe: dict, dataset):
+        from ..models import softmax_classes
+
+        self.recipe = recipe
+        self.data = recipe["data"]
+        self.patch = list(self.data["patch"])
+        self.softmax = softmax_classes(recipe["model"])
+        self.sampler = self._sampler(model, dataset)
+
+    def _sampler(self, model: nn.Module, dataset):
+        return BatchSampler(dataset, self.data["batch_size"], self.patch, self.data["require_foreground"])
+
+    def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return augment(x, self.recipe["training"]["augmentation"], g)
+
+    def batch(self, g: torch.Generator):
+        x, y = self.sampler.batch(g)
+        return self._augment(x, g), (masks_to_labels(y) if self.softmax else y)
+
+    def loss(self, model, x, y, *, seed: int, generator: torch.Generator) -> torch.Tensor:
+        from ..models.baselines import meunet_loss
+
+        logits = model(x)
+        return meunet_loss(logits, y) if self.softmax else bce_dice_loss(logits, y, self.recipe["training"]["dice_weight"])
+
+    def validation_cases(self, dataset) -> list:
+        return [(dataset, i) for i in range(len(dataset))]
+
+    def validate(self, model: nn.Module, cases, **_) -> float:
+        """Mean over cases of the mean foreground-class Dice of sliding-window predictions."""
+        from ..segment.patchwise import logit_rows, rows_to_masks, window_size
+
+        scores = []
+        for dataset, i in cases:
+            image, label = dataset.image(i), dataset.label(i)
+            spatial = label.shape
+
+            def read(r0: int, r1: int, image=image, dataset=dataset) -> torch.Tensor:
+                return torch.from_numpy(dataset.to_float(image[r0:r1])).movedim(-1, 0)[None]
+
+            inter = total = 0
+            for r0, r1, logits in logit_rows(model, read, spatial, window_size(model, spatial, self.patch)):
+                mask = rows_to_masks(logits, self.softmax)
+                target = torch.from_numpy(dataset.to_masks(np.asarray(label[r0:r1]))).movedim(-1, 0).bool()
+                axes = tuple(range(1, mask.dim()))
+                inter = inter + (mask & target).sum(axes).double()
+                total = total + (mask.sum(axes) + target.sum(axes)).double()
+            dice = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+            scores.append(dice.mean().item())
+        return float(sum(scores) / len(scores))
+
+
+class MeUNetStep(BaselineStep):
+    """The meU-net step: standard patch + centred expanded patch, both losses summed."""
+
+    def _sampler(self, model: nn.Module, dataset):
+        from ..models.baselines.meunet import expanded_size
+
+        self.big = expanded_size(self.patch, model.config["options"]["expand"], model.divisor)
+        return PatchSampler(dataset, self.data["batch_size"], self.patch, self.big, self.data["require_foreground"])
+
+    def batch(self, g: torch.Generator):
+        x, y = self.sampler.batch(g)
+        return self._augment(x, g), y
+
+    def loss(self, model, x, y, *, seed: int, generator: torch.Generator) -> torch.Tensor:
+        from ..models.baselines import meunet_loss
+
+        core = model.module if hasattr(model, "module") else model
+        inner = tuple(slice((b - p) // 2, (b - p) // 2 + p) for b, p in zip(self.big, self.patch))
+        standard = meunet_loss(model(x[(slice(None), slice(None), *inner)]), y[(slice(None), *inner)])
+        half = y[(slice(None),) + (slice(None, None, 2),) * len(self.patch)]
+        return standard + meunet_loss(core.forward_expanded(x), half)
+
+
+class CascadeStep(BaselineStep):
+    """Stage 2 of the meU-net cascade, fed the frozen stage 1's labels of the whole case."""
+
+    def __init__(self, model: nn.Module, recipe: dict, dataset):
+        load_stage1(model, recipe)
+        self.model = model
+        self.dataset = dataset
+        self.maps: list[np.ndarray] | None = None
+        super().__init__(model, recipe, dataset)
+
+    def _sampler(self, model: nn.Module, dataset):
+        return PatchSampler(dataset, self.data["batch_size"], self.patch, self.patch, self.data["require_foreground"])
+
+    def _stage1_maps(self) -> list[np.ndarray]:
+        from ..segment.patchwise import Stage1Mean, blended_rows, window_size
+
+        stage1 = Stage1Mean(self.model)
+        maps = []
+        for i in range(len(self.dataset)):
+            image, spatial = self.dataset.image(i), self.dataset.label(i).shape
+            out = np.zeros(spatial, np.uint8)
+
+            def read(r0: int, r1: int, image=image) -> torch.Tensor:
+                return torch.from_numpy(self.dataset.to_float(image[r0:r1])).movedim(-1, 0)[None]
+
+            for r0, r1, probs in blended_rows(stage1, read, spatial, window_size(self.model, spatial, self.patch)):
+                out[r0:r1] = probs.argmax(0).numpy()
+            maps.append(out)
+        return maps
+
+    def batch(self, g: torch.Generator):
+        if self.maps is None:  # after a resume has restored the weights
+            self.maps = self._stage1_maps()
+        x, y, stage1 = self.sampler.batch(g, self.maps)
+        k = self.recipe["model"]["output_channels"]
+        onehot = F.one_hot(stage1.clamp(min=0), k).movedim(-1, 1).float() * (stage1 >= 0).unsqueeze(1)
+        return torch.cat([self._augment(x, g), onehot], dim=1), y
+
+    def loss(self, model, x, y, *, seed: int, generator: torch.Generator) -> torch.Tensor:
+        from ..models.baselines import meunet_loss
+
+        c = self.recipe["model"]["input_channels"]
+        return meunet_loss(model(x[:, :c], stage1_prediction=x[:, c:]), y)
+
+
+def load_stage1(model: nn.Module, recipe: dict) -> None:
+    """Copy the weights of the meU-net named by ``model.options.stage1`` into the cascade."""
+    from ..checkpoint import load_model
+    from ..models.baselines import MeUNet
+    from ..recipes import resolve_path
+
+    src = recipe.get("_source", "the recipe")
+    path = resolve_path(recipe, recipe["model"]["options"].get("stage1"))
+    if path is None:
+        raise NCAError(f"The cascade in {src} needs a trained stage 1: train recipes/meunet_microct.yaml first, "
+                       f"then set model.options.stage1 to its model.pt.")
+    stage1, _ = load_model(path)
+    m = recipe["model"]
+    if not isinstance(stage1, MeUNet) or any(stage1.config[k] != m[k] for k in ("dims", "input_channels", "output_channels")):
+        raise NCAError(f"The stage 1 {path} named in {src} is not a {m['dims']}D meU-net with {m['input_channels']} "
+                       f"input and {m['output_channels']} output channels; pass the model.pt of a matching meunet run.")
+    model.stage1[0].load_state_dict(stage1.state_dict())
+
+
+def check_patch(model: nn.Module, recipe: dict) -> None:
+    """Raise ``NCAError`` unless the recipe's patch suits the model's ``divisor``."""
+    patch, div = recipe["data"].get("patch"), int(model.divisor)
+    if not patch or any(p % div for p in patch):
+        raise NCAError(f"The {recipe['model']['architecture']} model in {recipe.get('_source', 'the recipe')} trains on "
+                       f"patches that are multiples of {div} on every axis, got data.patch={patch}; fix data.patch.")
+
+
+def training_step(model: nn.Module, recipe: dict, dataset):
+    """The step object for ``model`` (see the module docstring)."""
+    from ..models import is_nca, softmax_classes
+    from ..models.baselines import MeUNet, MeUNetCascade
+
+    if is_nca(model):
+        return NCAStep(recipe, dataset)
+    check_patch(model, recipe)
+    if softmax_classes(recipe["model"]) and dataset.label_encoding != "index":
+        raise NCAError(f"The dataset {dataset.root} has overlapping classes ({dataset.label_encoding} labels), which a "
+                       f"softmax model cannot predict; use the unet recipe or an NCA.")
+    if isinstance(model, MeUNetCascade):
+        return CascadeStep(model, recipe, dataset)
+    if isinstance(model, MeUNet):
+        return MeUNetStep(model, recipe, dataset)
+    return BaselineStep(model, recipe, dataset)
