@@ -1,0 +1,139 @@
+"""``nca benchmark``: largest single pass, memory/time curves and the fused step, side by side."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from .. import __version__
+from ..errors import NCAError
+from ..fileio import write_json
+from ..inference.memory import available_memory, format_size, parse_size
+from .curve import run_curve, write_csv, write_plot
+from .report import PAPER_BUDGET, PAPER_TABLE2, WEIGHTS_NOTE, machine_info, print_results
+from .search import MaxSizeResult, SearchSettings, find_max_size
+from .subjects import Subject, select_subjects
+
+MACHINE_FRACTION = 0.75     # share of the available memory one measuring process may use
+
+
+def _fused_ready(subjects: list[Subject], device) -> str | None:
+    """Build the fused kernels once in this process (so measuring processes only load them);
+    returns why they cannot run, or None."""
+    if not any(s.impl == "fused" for s in subjects):
+        return None
+    from ..kernels import fused_available
+
+    return None if fused_available(device) else f"the fused kernels cannot be built or loaded on {device.type}"
+
+
+def comparisons(task: str, rows: list[dict], budget: int) -> list[str]:
+    """Sentences comparing the fused float16 row with the paper and with our PyTorch row."""
+    by_key = {(r["model"], r["impl"], r["state_dtype"]): r for r in rows}
+    fused = by_key.get(("octree_nca", "fused", "float16"))
+    torch_row = by_key.get(("octree_nca", "torch", "float32"))
+    if fused is None or fused["max_value"] is None:
+        return []
+    out = []
+    unit = fused["value_unit"]
+    paper = PAPER_TABLE2.get(task, {}).get("OctreeNCA-CUDA")
+    if paper:
+        scaled = paper[0] * budget / PAPER_BUDGET
+        out.append(f"OctreeNCA fused float16: {fused['max_value']:.1f} {unit} = {fused['max_value'] / scaled:.2f}x the "
+                   f"paper's CUDA kernel ({paper[0]} {unit} per 24 GiB"
+                   + ("" if budget == PAPER_BUDGET else f", {scaled:.1f} {unit} scaled to this budget") + ").")
+    if torch_row is not None and torch_row["max_value"]:
+        line = (f"OctreeNCA fused float16: {fused['max_value'] / torch_row['max_value']:.2f}x our PyTorch "
+                f"OctreeNCA path in the same run ({torch_row['max_value']:.1f} {unit}")
+        mem = torch_row.get("memory_limit_value")
+        if torch_row["crash"] and mem:
+            line += (f", bounded by a crash; {fused['max_value'] / mem:.2f}x the {mem:.1f} {unit} its memory "
+                     f"alone would allow")
+        out.append(line + ").")
+    return out
+
+
+def run_benchmarks(
+    max_size: bool,
+    curve: bool,
+    kernel: bool,
+    task: str,
+    models: list[str] | None,
+    impls: list[str] | None,
+    memory_budget: str | None,
+    device: str,
+    json_out: Path | None,
+    plot: Path | None,
+    csv_out: Path | None,
+    quiet: bool,
+    *,
+    verify_seconds: float = 120.0,
+    curve_seconds: float = 60.0,
+) -> dict:
+    """Run the chosen benchmarks, print tables (unless ``quiet``), write JSON/CSV/PNG.
+
+    ``memory_budget``: bytes one pass may add (default: the device's available memory);
+    smaller than the machine simulates a smaller device. ``verify_seconds``: the longest
+    pass run to verify a limit; beyond it (or beyond this machine's memory) the limit is
+    extrapolated and labelled so.
+    """
+    from ..training.trainer import resolve_device
+
+    if (plot is not None or csv_out is not None) and not curve:
+        raise NCAError("--plot and --csv describe the --curve measurements; add --curve.")
+    dev = resolve_device(device)
+    available = available_memory(dev)
+    budget = parse_size(memory_budget) if memory_budget else available
+    if budget <= 0:
+        raise NCAError(f"The memory budget '{memory_budget}' must be positive; write it like 24GiB.")
+    console = Console(stderr=True)
+    log = (lambda text: None) if quiet else (lambda text: console.print(f"[dim]{text}[/dim]"))
+    results: dict = {"tool": "nca", "version": __version__, "weights": WEIGHTS_NOTE, "machine": machine_info(dev)}
+    subjects = select_subjects(task, models, impls) if (max_size or curve) else []
+    blocked = _fused_ready(subjects, dev)
+
+    def runnable() -> list[Subject]:
+        return [s for s in subjects if not (blocked and s.impl == "fused")]
+
+    if max_size:
+        settings = SearchSettings(budget=budget, machine_bytes=int(MACHINE_FRACTION * available), device=str(dev),
+                                  verify_seconds=verify_seconds)
+        rows = []
+        t0 = time.perf_counter()
+        for s in subjects:
+            if blocked and s.impl == "fused":
+                rows.append(_unavailable_row(task, s, budget, blocked))
+                continue
+            log(f"{s.label} ({s.impl_label}), budget {format_size(budget)}")
+            rows.append(find_max_size(task, s, settings, log=lambda text, s=s: log(f"  {text}")).to_dict())
+        results["max_size"] = {"task": task, "budget_bytes": budget, "machine": results["machine"],
+                               "available_bytes": available, "verify_seconds": verify_seconds,
+                               "elapsed_seconds": time.perf_counter() - t0, "rows": rows,
+                               "paper": {"budget_bytes": PAPER_BUDGET, "device": "Nvidia RTX 4090 (24 GiB)",
+                                         "table2": PAPER_TABLE2.get(task)},
+                               "comparisons": comparisons(task, rows, budget)}
+    if curve:
+        cap = min(budget, int(MACHINE_FRACTION * available))
+        points = run_curve(task, runnable(), budget=cap, device=str(dev), seconds_cap=curve_seconds, log=log)
+        results["curve"] = {"task": task, "budget_bytes": budget, "points": points,
+                            "skipped": [s.key for s in subjects if s not in runnable()]}
+        if csv_out is not None:
+            write_csv(csv_out, points)
+        if plot is not None:
+            write_plot(plot, points, task)
+    if kernel:
+        from ..kernels.bench import run_kernel_benchmark
+
+        results["kernel"] = run_kernel_benchmark(task=task, device=str(dev))
+    if json_out is not None:
+        write_json(json_out, results)
+    if not quiet:
+        print_results(results, Console() if sys.stdout.isatty() else Console(width=160))
+    return results
+
+
+def _unavailable_row(task: str, subject: Subject, budget: int, why: str) -> dict:
+    row = MaxSizeResult(task, subject, budget, verification="unavailable", verified_text=why)
+    return row.to_dict()

@@ -1,0 +1,53 @@
+"""Real measurements in fresh processes: a tiny OctreeNCA on its PyTorch path and a tiny budget."""
+import pytest
+
+from nca_cli.benchmark.geometry import GEOMETRIES
+from nca_cli.benchmark.measure import make_spec, run_measurement
+from nca_cli.benchmark.search import SearchSettings, find_max_size
+from nca_cli.benchmark.subjects import Subject, build_subject_model
+
+MiB = 2 ** 20
+TINY = {"architecture": "octree_nca", "dims": 2, "input_channels": 3, "output_channels": 1, "levels": 3,
+        "steps": [2, 2, 4], "channels": 16, "hidden": 64}
+SUBJECT = Subject("octree_nca", "torch", "float32", TINY)
+
+
+def test_random_weights_are_fixed_and_probe_keeps_the_model():
+    a = build_subject_model(SUBJECT, seed=3)
+    b = build_subject_model(SUBJECT, seed=3, probe=True)
+    assert all(bb.fc1.weight.abs().sum() > 0 for bb in a.backbones)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert (pa == pb).all()
+    assert a.config.steps == [2, 2, 4] and b.config.steps == [2, 2, 2]
+
+
+def test_one_measurement_reports_memory_attributable_to_the_pass():
+    small = run_measurement(make_spec("pathology", SUBJECT, 128, probe=False, device="cpu"), timeout=120)
+    big = run_measurement(make_spec("pathology", SUBJECT, 256, probe=False, device="cpu"), timeout=120)
+    assert small["ok"] and big["ok"], (small, big)
+    assert small["pixels"] == 128 * 128 and small["shape"] == [128, 128] and small["steps"] == [2, 2, 4]
+    assert small["peak_abs_bytes"] == small["baseline_bytes"] + small["peak_bytes"]
+    # a float32 16-channel state alone is 64 B/px; the PyTorch step needs several of them
+    for r in (small, big):
+        assert 64 * r["pixels"] < r["peak_bytes"] < 5000 * r["pixels"]
+    assert big["peak_bytes"] > 2 * small["peak_bytes"]                  # 4x the pixels
+    assert 0.0 <= small["foreground_fraction"] <= 1.0
+
+
+def test_failed_measurement_is_reported_not_raised():
+    broken = Subject("octree_nca", "torch", "float32", {**TINY, "levels": 2})   # steps no longer match levels
+    r = run_measurement(make_spec("pathology", broken, 64, probe=False, device="cpu"), timeout=120)
+    assert r["ok"] is False and "steps" in r["error"]
+
+
+@pytest.mark.slow
+def test_search_finds_a_size_that_fits_and_one_and_a_half_times_that_does_not():
+    budget = 40 * MiB
+    settings = SearchSettings(budget=budget, machine_bytes=4 * 2 ** 30, min_points=2, max_points=3,
+                              timing_seconds=0.0, startup_seconds=120)
+    res = find_max_size("pathology", SUBJECT, settings)
+    assert res.verification == "measured", res.verified_text
+    assert res.peak_at_size <= budget
+    bigger = GEOMETRIES["pathology"].size_for_pixels(1.5 * GEOMETRIES["pathology"].pixels(res.size))
+    over = run_measurement(make_spec("pathology", SUBJECT, round(bigger), probe=True, device="cpu"), timeout=120)
+    assert over["ok"] and over["peak_bytes"] > budget
