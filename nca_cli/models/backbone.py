@@ -21,6 +21,7 @@ from ..firemask import fire_mask
 
 NORMALIZATIONS = (None, "batch")
 PERCEPTIONS = ("depthwise", "full2")
+POINTWISE_LIMIT = 1 << 31  # bytes of one pointwise-layer output computed in one call
 
 
 def reflect_index(n: int, pad: int, device=None) -> torch.Tensor:
@@ -124,7 +125,12 @@ class BackboneNCA(nn.Module):
     def _pointwise(self, x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
         w = layer.weight.reshape(*layer.weight.shape, *([1] * self.dims))
         conv = F.conv2d if self.dims == 2 else F.conv3d
-        return conv(x, w, layer.bias)
+        out_bytes = x.numel() // x.shape[1] * w.shape[0] * x.element_size()
+        if out_bytes < POINTWISE_LIMIT or x.shape[2] == 1:
+            return conv(x, w, layer.bias)
+        # oneDNN's CPU convolution fails on outputs of 4 GiB and more: split the first spatial axis.
+        parts = -(-out_bytes // POINTWISE_LIMIT)
+        return torch.cat([conv(c, w, layer.bias) for c in x.chunk(parts, dim=2)], dim=2)
 
     def delta(self, state: torch.Tensor) -> torch.Tensor:
         """The update every cell would apply (before the fire mask), ``[B, C-IN, *spatial]``."""

@@ -41,13 +41,16 @@ def test_failed_measurement_is_reported_not_raised():
 
 
 @pytest.mark.slow
-def test_search_finds_a_size_that_fits_and_one_and_a_half_times_that_does_not():
+def test_search_finds_a_size_that_fits_and_one_and_a_half_times_that_does_not(monkeypatch):
+    # a fixed mmap threshold makes glibc return every freed tensor at once, so peaks of these
+    # small passes do not depend on what earlier allocations left in the heap
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     budget = 40 * MiB
     settings = SearchSettings(budget=budget, machine_bytes=4 * 2 ** 30, min_points=2, max_points=3,
                               timing_seconds=0.0, startup_seconds=120)
     res = find_max_size("pathology", SUBJECT, settings)
-    assert res.verification == "measured", res.verified_text
+    assert res.verification == "measured", (res.verified_text, res.measurements)
     assert res.peak_at_size <= budget
     bigger = GEOMETRIES["pathology"].size_for_pixels(1.5 * GEOMETRIES["pathology"].pixels(res.size))
     over = run_measurement(make_spec("pathology", SUBJECT, round(bigger), probe=True, device="cpu"), timeout=120)
-    assert over["ok"] and over["peak_bytes"] > budget
+    assert over["ok"] and over["peak_bytes"] > budget, (res.size, over, res.measurements)

@@ -91,3 +91,14 @@ def test_batchnorm_and_full_perception_variants():
     assert not nca.fusable and BackboneNCA(2).fusable
     s = torch.randn(2, 16, 6, 6)
     assert torch.equal(nca.run(s, 2)[:, :1], s[:, :1])
+
+
+def test_large_pointwise_layers_are_split_without_changing_the_result(monkeypatch):
+    import nca_cli.models.backbone as backbone
+
+    g = torch.Generator().manual_seed(6)
+    nca = randomize(BackboneNCA(2, 16, 64, input_channels=3, fire_rate=0.5), g)
+    s = torch.randn(1, 16, 40, 30, generator=g)
+    whole = nca.run(s, 3, seed=1)
+    monkeypatch.setattr(backbone, "POINTWISE_LIMIT", 1000)   # forces many chunks
+    assert torch.allclose(nca.run(s, 3, seed=1), whole, atol=1e-5, rtol=1e-5)
