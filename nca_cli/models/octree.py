@@ -150,7 +150,7 @@ class OctreeNCA(nn.Module):
             else:
                 state = upsample(state, c.factors[level], [s.stop - s.start for s in region] if region else shapes[level])
                 if patch is not None and crop_levels and level == crop_levels - 1 and region is None:
-                    region = self._random_region(shapes, level, patch, generator)
+                    region = self.random_region(shapes, level, patch, generator)
                     state = state[(slice(None), slice(None), *region)]
             if region is not None:
                 inp = inp[(slice(None), slice(None), *region)]
@@ -165,7 +165,7 @@ class OctreeNCA(nn.Module):
         logits = state[:, c.input_channels:c.input_channels + c.output_channels]
         return logits, (tuple(region) if region is not None else None)
 
-    def _random_region(self, shapes, level, patch, generator) -> list[slice]:
+    def random_region(self, shapes, level, patch, generator) -> list[slice]:
         """A random crop at ``level`` whose level-0 footprint has size ``patch``."""
         scale = [1] * self.config.dims
         for f in self.config.factors[:level]:

@@ -26,7 +26,6 @@ class EnsembleAccumulator:
 
     def finish(self, labels: np.ndarray, want_std: bool) -> tuple[np.ndarray | None, float]:
         """Median logits → ``labels`` (in place); returns (std of probabilities, NQM)."""
-        runs = self.data.shape[0]
         std_map = np.zeros(self.data.shape[1:-1], dtype=np.float32) if want_std else None
         sum_std = sum_mean = 0.0
         rows = max(1, (1 << 22) // max(1, int(np.prod(self.data.shape[2:]))))

@@ -18,7 +18,6 @@ up to a multiple of the model's ``divisor`` and never larger than the image need
 from __future__ import annotations
 
 import math
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -200,11 +199,10 @@ def nca_only_flags(opts) -> list[str]:
 def segment_patchwise(in_path: Path, out_path: Path, model: nn.Module, model_file: Path, opts, progress=None,
                       window: Sequence[int] | None = None) -> dict:
     """Segment ``in_path`` into ``out_path`` with a baseline; returns the run metadata."""
-    from .. import __version__, io
-    from ..fileio import sha256_file
+    from .. import io
     from ..inference.sources import Normalizer
     from ..training.trainer import resolve_device
-    from .pipeline import _sibling, _write_preview, peak_rss_bytes, write_labels
+    from .pipeline import run_record, write_outputs
 
     t_start = time.perf_counter()
     device = resolve_device(opts.device)
@@ -236,32 +234,12 @@ def segment_patchwise(in_path: Path, out_path: Path, model: nn.Module, model_fil
         for r0, r1, logits in logit_rows(model, read, shape, win, device=device, progress=tick,
                                          folder=out_path.parent):
             labels[r0:r1] = rows_to_labels(logits, softmax)
-        write_labels(image, labels, out_path)
-        written = [str(out_path)]
-        if opts.preview is not None:
-            prev = _sibling(opts.preview, out_path)
-            _write_preview(image, labels, prev)
-            written.append(str(prev))
-        if opts.overlay is not None and image.kind == "video":
-            ov = _sibling(opts.overlay, out_path)
-            io.write_overlay_mp4(ov, image.read(), labels, image.meta.get("fps", 25.0))
-            written.append(str(ov))
-        wall = time.perf_counter() - t_start
-        cells = int(np.prod(shape))
-        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
-        return {
-            "tool": "nca", "version": __version__, "input": str(in_path), "outputs": written,
-            "checkpoint": str(model_file), "checkpoint_sha256": sha256_file(model_file),
-            "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
-            "architecture": model.config["architecture"],
-            "seed": opts.seed, "device": str(device), "impl": "sliding-window", "state_dtype": "float32",
-            "input_kind": image.kind, "shape": list(shape), "megapixels": cells / 1e6,
+        written = write_outputs(image, labels, out_path, opts)
+        return run_record(image, in_path, model_file, opts, device, labels, written, t_start) | {
+            "architecture": model.config["architecture"], "impl": "sliding-window", "state_dtype": "float32",
             "mode": "sliding-window", "split_level": None, "tile": list(win), "tiles": windows[0],
             "overlap": OVERLAP, "predicted_peak_bytes": None, "memory_budget_bytes": None,
-            "peak_memory_bytes": int(peak), "peak_memory_bytes_per_pixel": peak / cells,
-            "wall_seconds": wall, "megapixels_per_second": cells / 1e6 / wall,
-            "level_seconds": {}, "ensemble": 1, "nqm": None, "foreground_fraction": float((labels > 0).mean()),
-            "host": platform.node(), "torch": torch.__version__,
+            "level_seconds": {}, "ensemble": 1, "nqm": None,
         }
     finally:
         image.close()

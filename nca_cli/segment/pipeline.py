@@ -11,8 +11,8 @@ import torch
 
 from .. import __version__
 from ..errors import NCAError
-from ..fileio import sha256_file, write_json
-from ..inference.memory import available_memory, format_size, parse_size, plan_run
+from ..fileio import sha256_file
+from ..inference.memory import available_memory, parse_size, plan_run
 from ..inference.runner import drive
 from ..inference.sources import FileSource
 from ..inference.tiled import run_tiled
@@ -142,43 +142,58 @@ def segment_one(in_path: Path, out_path: Path, model, model_file: Path, opts, pr
         if acc is not None:
             std_map, nqm = acc.finish(labels, want_std=opts.uncertainty is not None)
             del acc
-        write_labels(image, labels, out_path)
-        written = [str(out_path)]
-        if opts.uncertainty is not None and std_map is not None:
-            unc = _sibling(opts.uncertainty, out_path)
-            if image.dims == 3:
-                _write_float_volume(unc, std_map, image)
-            else:
-                _write_float_tiff(unc, std_map, image.meta.get("mpp"))
-            written.append(str(unc))
-        if opts.preview is not None:
-            prev = _sibling(opts.preview, out_path)
-            _write_preview(image, labels, prev)
-            written.append(str(prev))
-        if opts.overlay is not None and image.kind == "video":
-            ov = _sibling(opts.overlay, out_path)
-            io.write_overlay_mp4(ov, image.read(), labels, image.meta.get("fps", 25.0))
-            written.append(str(ov))
-        wall = time.perf_counter() - t_start
-        cells = int(np.prod(shape))
-        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
-        meta = {
-            "tool": "nca", "version": __version__, "input": str(in_path), "outputs": written,
-            "checkpoint": str(model_file), "checkpoint_sha256": sha256_file(model_file),
-            "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
-            "seed": opts.seed, "device": str(device), "impl": impl, "state_dtype": opts.state_dtype,
-            "input_kind": image.kind, "shape": list(shape), "megapixels": cells / 1e6,
+        written = write_outputs(image, labels, out_path, opts, std_map)
+        return run_record(image, in_path, model_file, opts, device, labels, written, t_start) | {
+            "impl": impl, "state_dtype": opts.state_dtype,
             "mode": plan.mode, "split_level": plan.split, "tile": plan.tile, "tiles": plan.tiles,
             "predicted_peak_bytes": plan.predicted_bytes, "memory_budget_bytes": budget,
-            "peak_memory_bytes": int(peak), "peak_memory_bytes_per_pixel": peak / cells,
-            "wall_seconds": wall, "megapixels_per_second": cells / 1e6 / wall,
             "level_seconds": {str(k): v for k, v in sorted(level_times.items())},
-            "ensemble": opts.ensemble, "nqm": nqm, "foreground_fraction": float((labels > 0).mean()),
-            "host": platform.node(), "torch": torch.__version__,
+            "ensemble": opts.ensemble, "nqm": nqm,
         }
-        return meta
     finally:
         image.close()
+
+
+def write_outputs(image, labels: np.ndarray, out_path: Path, opts, std_map: np.ndarray | None = None) -> list[str]:
+    """The mask, and the uncertainty map, preview and video overlay when asked; returns the paths."""
+    from .. import io
+
+    write_labels(image, labels, out_path)
+    written = [str(out_path)]
+    if opts.uncertainty is not None and std_map is not None:
+        unc = _sibling(opts.uncertainty, out_path)
+        if image.dims == 3:
+            _write_float_volume(unc, std_map, image)
+        else:
+            _write_float_tiff(unc, std_map, image.meta.get("mpp"))
+        written.append(str(unc))
+    if opts.preview is not None:
+        prev = _sibling(opts.preview, out_path)
+        _write_preview(image, labels, prev)
+        written.append(str(prev))
+    if opts.overlay is not None and image.kind == "video":
+        ov = _sibling(opts.overlay, out_path)
+        io.write_overlay_mp4(ov, image.read(), labels, image.meta.get("fps", 25.0))
+        written.append(str(ov))
+    return written
+
+
+def run_record(image, in_path: Path, model_file: Path, opts, device, labels: np.ndarray, written: list[str],
+               t_start: float) -> dict:
+    """The run_metadata.json fields every model kind shares (measured now: wall time, peak memory)."""
+    wall = time.perf_counter() - t_start
+    shape = image.spatial_shape
+    cells = int(np.prod(shape))
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
+    return {
+        "tool": "nca", "version": __version__, "input": str(in_path), "outputs": written,
+        "checkpoint": str(model_file), "checkpoint_sha256": sha256_file(model_file),
+        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
+        "seed": opts.seed, "device": str(device), "input_kind": image.kind, "shape": list(shape),
+        "megapixels": cells / 1e6, "peak_memory_bytes": int(peak), "peak_memory_bytes_per_pixel": peak / cells,
+        "wall_seconds": wall, "megapixels_per_second": cells / 1e6 / wall,
+        "foreground_fraction": float((labels > 0).mean()), "host": platform.node(), "torch": torch.__version__,
+    }
 
 
 def _sibling(path: Path, out_path: Path) -> Path:

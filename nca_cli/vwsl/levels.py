@@ -6,7 +6,6 @@ rule), so its finest output equals the model's own forward. The crop is chosen b
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -23,18 +22,8 @@ def random_crop(model: OctreeNCA, spatial_shape: Sequence[int], patch: Sequence[
     (the rule ``OctreeNCA.forward`` trains with); ``None`` when no crop is asked for."""
     if not patch or not crop_levels:
         return None
-    c = model.config
     level = crop_levels - 1
-    shapes = model.level_shapes(spatial_shape)
-    scale = [1] * c.dims
-    for f in c.factors[:level]:
-        scale = [a * b for a, b in zip(scale, f)]
-    region = []
-    for n, p, s in zip(shapes[level], patch, scale):
-        size = min(n, max(1, math.ceil(p / s)))
-        hi = n - size
-        start = int(torch.randint(0, hi + 1, (1,), generator=generator).item()) if hi > 0 else 0
-        region.append(slice(start, start + size))
+    region = model.random_region(model.level_shapes(spatial_shape), level, patch, generator)
     return level, tuple(region)
 
 
