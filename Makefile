@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nca-installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test test-all demo clean
+.PHONY: install test demo clean
 
 $(PY):
 	@if python3 -c "import torch" >/dev/null 2>&1; then \
@@ -14,7 +14,7 @@ $(PY):
 		python3 -m venv $(VENV); \
 	fi
 
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml setup.py | $(PY)
 	@$(PY) -c "import torch" >/dev/null 2>&1 || $(PY) -m pip install $(TORCH)
 	$(PY) -m pip install -e ".[test]"
 	@touch $(STAMP)

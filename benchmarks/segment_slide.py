@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def random_model(path: Path) -> Path:
     import torch
 
-    from nca_cli import checkpoint
+    from nca_cli.models import checkpoint
     from nca_cli.models import build_model
     from nca_cli.recipes import load_recipe
 

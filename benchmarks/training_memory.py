@@ -245,7 +245,7 @@ def main() -> None:
     for name, value in ratios(results).items():
         print(f"{name}: {value:.2f}")
     if args.json:
-        from nca_cli.fileio import write_json
+        from nca_cli.core.files import write_json
 
         write_json(args.json, {"patch": args.patch, "batch": args.batch, "device": args.device,
                                "results": results, "ratios": ratios(results)})

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nca_cli import checkpoint
+from nca_cli.models import checkpoint
 from nca_cli.data.dataset import PreparedDataset
 from nca_cli.data.prepare import prepare
 from nca_cli.models import count_parameters

@@ -1,9 +1,22 @@
 """nca: single-pass segmentation of very large medical images with Neural Cellular Automata.
 
-Public API (stable): ``build_model``, ``load_recipe``, ``BackboneNCA``, ``OctreeNCA``,
-``MedNCA``, ``M3DNCA``, ``load_model``. Imported lazily so the CLI starts instantly.
+Public API (stable): ``build_model``, ``load_recipe``, ``load_model``, ``predict_logits``,
+``predictor_for``, ``BackboneNCA``, ``OctreeNCA``, ``MedNCA``, ``M3DNCA``, ``NCAConfig``,
+``NCAError``. Imported lazily so the CLI starts instantly.
+
+The package is layered; a module imports only from its own layer or those below it
+(``tests/test_layers.py`` checks it)::
+
+    cli, demo                                     commands
+    vwsl                                          unsupervised fine-tuning
+    training, segment, benchmark                  applications
+    inference                                     octree driver, tiles, windows, memory model, predictors
+    data, recipes                                 prepared datasets and converters; recipe files
+    kernels                                       fused NCA step (JIT-built C++/CUDA)
+    io, models                                    readers and writers; networks, registry, checkpoints
+    core                                          errors, files, device, seeds, progress, sizes, machine
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "build_model": ("nca_cli.models", "build_model"),
@@ -13,8 +26,10 @@ _LAZY = {
     "M3DNCA": ("nca_cli.models", "M3DNCA"),
     "NCAConfig": ("nca_cli.models", "NCAConfig"),
     "load_recipe": ("nca_cli.recipes", "load_recipe"),
-    "load_model": ("nca_cli.checkpoint", "load_model"),
-    "NCAError": ("nca_cli.errors", "NCAError"),
+    "load_model": ("nca_cli.models.checkpoint", "load_model"),
+    "predict_logits": ("nca_cli.inference.octree", "predict_logits"),
+    "predictor_for": ("nca_cli.inference.predictors", "predictor_for"),
+    "NCAError": ("nca_cli.core.errors", "NCAError"),
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -1,17 +1,22 @@
 """The ``nca`` command line: each command parses its options and calls the core package.
 
-Heavy modules (torch, readers, kernels) are imported inside the commands so ``nca --help``
-answers at once.
+The options of ``segment``, ``finetune-vwsl`` and ``benchmark`` are declared once, as fields of
+their options dataclass; the commands here are built from those fields. Heavy modules (torch,
+readers, kernels) are imported inside the commands, so ``nca --help`` answers at once.
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import sys
-from enum import Enum
+import typing
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Literal, Optional
 
 import typer
+
+from .core.options import REQUIRED, flag_of
 
 app = typer.Typer(
     name="nca",
@@ -23,28 +28,40 @@ app = typer.Typer(
 )
 
 
-class Impl(str, Enum):
-    auto = "auto"
-    fused = "fused"
-    torch = "torch"
+def _command(name: str, options_cls: type, run: Callable, help: str) -> None:
+    """Register ``name`` with one Typer parameter per field of ``options_cls``; the command
+    builds the dataclass and hands it to ``run``."""
+    hints = typing.get_type_hints(options_cls)
+    params = []
+    for f in dataclasses.fields(options_cls):
+        spec = flag_of(f)
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = None if spec.argument else f.default_factory()
+        else:
+            default = REQUIRED
+        kwargs = {"help": spec.help, "hidden": spec.hidden}
+        if spec.min is not None:
+            kwargs["min"] = spec.min
+        if spec.max is not None:
+            kwargs["max"] = spec.max
+        info = typer.Argument(default, **kwargs) if spec.argument else typer.Option(default, *spec.flags, **kwargs)
+        annotation = Literal[spec.choices] if spec.choices else hints[f.name]
+        if spec.argument and typing.get_origin(annotation) in (list, List):
+            annotation = Optional[annotation]
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation))
 
+    def command(**values):
+        for f in dataclasses.fields(options_cls):
+            if f.default_factory is not dataclasses.MISSING and values.get(f.name) is None:
+                values[f.name] = f.default_factory()
+        return run(options_cls(**values))
 
-class DType(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
-
-
-class Tiling(str, Enum):
-    auto = "auto"
-    off = "off"
-    force = "force"
-
-
-class Task(str, Enum):
-    pathology = "pathology"
-    surgery = "surgery"
-    radiology = "radiology"
+    command.__signature__ = inspect.Signature(params)
+    command.__doc__ = help
+    command.__name__ = name.replace("-", "_")
+    app.command(name)(command)
 
 
 @app.command()
@@ -59,11 +76,12 @@ def prepare(
     seed: int = typer.Option(0, "--seed", help="Seed of the train/val/test split (and of synthetic data)."),
     classes: Optional[str] = typer.Option(None, "--classes", help="generic only: comma-separated class names."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
 ):
     """Convert a public dataset's layout (or your own folders) into a prepared dataset."""
     from .data.prepare import prepare as run_prepare
 
-    options = {"seed": seed, "overwrite": overwrite}
+    options = {"seed": seed, "overwrite": overwrite, "quiet": quiet}
     if kind == "synthetic":
         options.update(kind=synthetic_kind, cases=cases, shifted=shifted)
         if size:
@@ -76,21 +94,34 @@ def prepare(
 
 @app.command()
 def train(
-    recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/)."),
+    recipe: str = typer.Argument(..., help="Recipe YAML, or the name of a shipped recipe (e.g. octree_pathology)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Run folder (default: runs/<recipe name>)."),
-    resume: bool = typer.Option(False, "--resume", "--continue", help="Continue the run in the run folder."),
+    resume: bool = typer.Option(False, "--resume", "--continue",
+                                help="Continue the run in the run folder, with the recipe recorded there."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override training.epochs."),
     overrides: List[str] = typer.Option([], "--set", help="Override a recipe key: section.key=value (repeatable)."),
-    impl: Impl = typer.Option(Impl.auto, "--impl", help="Inference path used for validation."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate the recipe, build the model, print its summary."),
+    impl: Literal["auto", "fused", "torch"] = typer.Option("auto", "--impl", help="Inference path used for validation."),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="Validate the recipe (and its dataset, when present), build the model, print its summary."),
     as_json: bool = typer.Option(False, "--json", help="With --dry-run: print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ):
     """Train a model from a recipe (multi-process: torchrun --nproc_per_node N -m nca_cli train ...)."""
     from .recipes import load_recipe
 
-    r = load_recipe(recipe, overrides)
+    if resume and dry_run:
+        raise typer.BadParameter("--dry-run validates a new run; drop --resume.")
+    changes = None
+    if resume:
+        from .training.trainer import resumed_recipe
+
+        first = load_recipe(recipe) if output is None else None
+        run_dir = output or Path("runs") / first["name"]
+        r, changes = resumed_recipe(run_dir, list(overrides), epochs)
+    else:
+        r = load_recipe(recipe, overrides + ([f"training.epochs={epochs}"] if epochs else []))
+        run_dir = output or Path("runs") / r["name"]
     if dry_run:
         from .training.summary import format_summary, model_summary
 
@@ -99,100 +130,45 @@ def train(
         return
     from .training.trainer import train as run_train
 
-    run_dir = output or Path("runs") / r["name"]
-    record = run_train(r, run_dir, resume=resume, device=device, epochs=epochs, quiet=quiet, impl=impl.value)
+    record = run_train(r, run_dir, resume=resume, device=device, quiet=quiet, impl=impl, changes=changes)
     if not quiet:
         typer.echo(f"run folder: {run_dir}  last epoch: {json.dumps(record)}")
 
 
-@app.command("finetune-vwsl")
-def finetune_vwsl(
-    unlabeled: Path = typer.Argument(..., help="Folder (or file) of unlabeled target-domain images."),
-    model: Path = typer.Option(..., "--model", "-m", help="model.pt of a trained NCA."),
-    output: Path = typer.Option(..., "-o", "--output", help="Adapted checkpoint to write (e.g. adapted.pt)."),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe whose vwsl section to use (default: the model's)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs (default 100)."),
-    gamma: Optional[float] = typer.Option(None, "--gamma", min=0.0, help="Weight of the L1 consistency term (default 1e3)."),
-    predictions: Optional[int] = typer.Option(None, "--predictions", min=2, help="Stochastic predictions per image (default 10)."),
-    eval_dir: Optional[Path] = typer.Option(None, "--eval-dir", help="Prepared dataset (or images/ + masks/) of labeled target data."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default: the recipe's vwsl.seed)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-):
-    """Adapt a trained NCA to unlabeled images with the Variance-Weighted Segmentation Loss."""
+def _finetune(opts) -> None:
     from .vwsl.finetune import finetune
 
-    result = finetune(unlabeled, model, output, recipe=recipe, epochs=epochs, gamma=gamma, predictions=predictions,
-                      eval_dir=eval_dir, device=device, seed=seed, quiet=quiet)
-    typer.echo(json.dumps(result, indent=2))
+    typer.echo(json.dumps(finetune(opts), indent=2))
 
 
-@app.command()
-def segment(
-    inputs: List[str] = typer.Argument(None, help="Input files, folders or globs."),
-    more_inputs: List[str] = typer.Option([], "-i", "--input", help="More inputs (repeatable)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Output file (one input) or folder (many)."),
-    model: Path = typer.Option(..., "--model", "-m", help="model.pt written by `nca train`."),
-    level: Optional[int] = typer.Option(None, "--level", min=0, help="Slides: pyramid level to segment."),
-    mpp: Optional[float] = typer.Option(None, "--mpp", min=0.0, help="Slides: resolution in µm/px (level chosen, or the slide's mpp when it has none)."),
-    start: Optional[float] = typer.Option(None, "--start", min=0.0, help="Videos: start time in seconds."),
-    duration: Optional[float] = typer.Option(None, "--duration", min=0.0, help="Videos: seconds to read."),
-    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Videos: at most this many frames."),
-    overlay: Optional[Path] = typer.Option(None, "--overlay", help="Videos: write an mp4 with the mask blended on the frames."),
-    preview: Optional[Path] = typer.Option(None, "--preview", help="Write a downscaled overlay PNG."),
-    uncertainty: Optional[Path] = typer.Option(None, "--uncertainty", help="With --ensemble: per-pixel standard deviation image."),
-    ensemble: int = typer.Option(1, "--ensemble", min=1, help="Stochastic runs; the median of their logits is used."),
-    state_dtype: DType = typer.Option(DType.float16, "--state-dtype", help="Storage type of the NCA state."),
-    memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="e.g. 8GiB (default: available memory)."),
-    tiling: Tiling = typer.Option(Tiling.auto, "--tiling", help="auto: tile only when one pass does not fit."),
-    tile_size: Optional[int] = typer.Option(None, "--tile-size", min=16, help="Tile side at level 0 (default: largest that fits)."),
-    impl: Impl = typer.Option(Impl.auto, "--impl", help="auto, fused or torch."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the stochastic updates."),
-    num_parts: int = typer.Option(1, "--num-parts", min=1, help="Split the input list into this many parts."),
-    part_id: int = typer.Option(0, "--part-id", min=0, help="Which part this process handles (0-based)."),
-    resume: bool = typer.Option(False, "--continue", help="Skip inputs whose output exists."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
-):
-    """Segment slides, volumes, videos or images in a single pass."""
-    from .segment.api import SegmentOptions, segment_inputs
+def _segment(opts) -> None:
+    from .segment.run import segment_inputs
 
-    opts = SegmentOptions(
-        level=level, mpp=mpp, start=start, duration=duration, max_frames=max_frames, overlay=overlay,
-        preview=preview, uncertainty=uncertainty, ensemble=ensemble, state_dtype=state_dtype.value,
-        memory_budget=memory_budget, tiling=tiling.value, tile_size=tile_size, impl=impl.value, device=device,
-        seed=seed, quiet=quiet,
-    )
-    results = segment_inputs(list(inputs or []) + list(more_inputs), output, model, opts,
-                             num_parts=num_parts, part_id=part_id, skip_existing=resume)
-    if not quiet:
+    results = segment_inputs(opts)
+    if not opts.quiet:
         for r in results:
             typer.echo(f"{r['input']} -> {r['output']}  ({r.get('status', 'done')})")
 
 
-@app.command()
-def benchmark(
-    max_size: bool = typer.Option(False, "--max-size", help="Largest single-pass input per model within the budget."),
-    curve: bool = typer.Option(False, "--curve", help="Peak memory and time against input size."),
-    kernel: bool = typer.Option(False, "--kernel", help="Fused vs PyTorch NCA step."),
-    task: Task = typer.Option(Task.pathology, "--task", help="pathology (square slides) , surgery (video) or radiology."),
-    models: List[str] = typer.Option([], "--models", help="Subset of models (repeatable)."),
-    impls: List[str] = typer.Option([], "--impl", help="Subset of implementations (repeatable)."),
-    memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="e.g. 24GiB (default: available memory)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write results as JSON."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="With --curve: write a PNG plot."),
-    csv_out: Optional[Path] = typer.Option(None, "--csv", help="With --curve: write a CSV."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-):
-    """Measure the largest single-pass input, throughput and memory, side by side."""
-    if not (max_size or curve or kernel):
-        raise typer.BadParameter("choose at least one of --max-size, --curve, --kernel")
+def _benchmark(opts) -> None:
     from .benchmark.api import run_benchmarks
 
-    run_benchmarks(max_size=max_size, curve=curve, kernel=kernel, task=task.value, models=models, impls=impls,
-                   memory_budget=memory_budget, device=device, json_out=json_out, plot=plot, csv_out=csv_out,
-                   quiet=quiet)
+    run_benchmarks(opts)
+
+
+def _register() -> None:
+    from .benchmark.options import BenchmarkOptions
+    from .segment.options import SegmentOptions
+    from .vwsl.options import FinetuneOptions
+
+    _command("finetune-vwsl", FinetuneOptions, _finetune,
+             "Adapt a trained NCA to unlabeled images with the Variance-Weighted Segmentation Loss.")
+    _command("segment", SegmentOptions, _segment, "Segment slides, volumes, videos or images in a single pass.")
+    _command("benchmark", BenchmarkOptions, _benchmark,
+             "Measure the largest single-pass input, throughput and memory, side by side.")
+
+
+_register()
 
 
 @app.command()
@@ -205,7 +181,7 @@ def version():
 
 def main(argv: Optional[list] = None) -> None:
     """Entry point: user errors end in one sentence on stderr and exit code 1."""
-    from .errors import NCAError
+    from .core.errors import NCAError
 
     try:
         app(args=argv)

@@ -15,25 +15,27 @@ import sys
 import time
 from pathlib import Path
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo_pathology.yaml"
+RECIPE = "demo_pathology"
 
 
 def held_out_dice(model_path: Path, dataset: Path, impl: str = "auto") -> tuple[float, int]:
     import numpy as np
     import torch
 
-    from .checkpoint import load_model
     from .data.dataset import PreparedDataset
+    from .inference.predictors import predictor_for
+    from .models.checkpoint import load_model
     from .training.losses import dice_score
 
     model, _ = load_model(model_path)
+    predictor = predictor_for(model, impl=impl, state_dtype="float16")
     test = PreparedDataset(dataset, "test")
     scores = []
     for i in range(len(test)):
         x = torch.from_numpy(test.to_float(np.asarray(test.image(i)))).movedim(-1, 0)[None]
         y = torch.from_numpy(np.ascontiguousarray(test.to_masks(np.asarray(test.label(i))), dtype=np.float32))
-        logits = model.predict_logits(x, impl=impl, state_dtype=torch.float16)
-        scores.append(dice_score(logits > 0, y.movedim(-1, 0)[None]).mean().item())
+        masks = predictor.masks(predictor.logits(x))
+        scores.append(dice_score(masks, y.movedim(-1, 0)[None]).mean().item())
     return float(sum(scores) / max(1, len(scores))), len(scores)
 
 
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
     cmd = [sys.executable, "-m", "nca_cli", "segment", str(slide), "-o", str(mask), "--model", str(run / "model.pt"),
            "--state-dtype", "float16", "--tiling", "off", "--preview", str(out / "preview.png")]
     subprocess.run(cmd, check=True)
-    meta = json.loads((out / "run_metadata.json").read_text())
+    meta = json.loads((out / "slide_mask.run_metadata.json").read_text())
     print()
     print("demo summary")
     print(f"  held-out Dice (synthetic test slides) : {dice:.3f}")
@@ -91,7 +93,8 @@ def main(argv=None) -> int:
           f"({meta['wall_seconds']:.1f} s)")
     print(f"  peak memory                            : {meta['peak_memory_bytes'] / 2 ** 30:.2f} GiB "
           f"= {meta['peak_memory_bytes_per_pixel']:.1f} bytes/pixel")
-    print(f"  outputs                                : {mask}, {out / 'preview.png'}, {out / 'run_metadata.json'}")
+    print(f"  outputs                                : {mask}, {out / 'preview.png'}, "
+          f"{out / 'slide_mask.run_metadata.json'}")
     print(f"  total time                             : {time.perf_counter() - t0:.0f} s")
     return 0
 

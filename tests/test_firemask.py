@@ -1,6 +1,7 @@
 import torch
 
-from nca_cli.firemask import fire_mask, fires_int, mix_int, step_key, threshold
+from nca_cli.core.firemask import fire_mask, fires_int, mix_int, step_key, threshold
+
 
 # Pinned values of the specification: the fused kernels (cuda/nca_cell.h) must agree.
 def test_pinned_values():

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from nca_cli.errors import NCAError
+from nca_cli.core.errors import NCAError
 from nca_cli.models import build_model, count_parameters
 from nca_cli.recipes import load_recipe
 

@@ -3,16 +3,24 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 from rich.console import Console
 
 from .. import __version__
-from ..errors import NCAError
-from ..fileio import write_json
-from ..inference.memory import available_memory, format_size, parse_size
+from ..core.device import resolve_device
+from ..core.errors import NCAError
+from ..core.files import write_json
+from ..core.machine import available_memory
+from ..core.sizes import format_size, parse_size
 from .curve import run_curve, write_csv, write_plot
-from .report import PAPER_BUDGET, PAPER_TABLE2, WEIGHTS_NOTE, machine_info, print_results
+from .options import BenchmarkOptions
+from .report import (
+    PAPER_BUDGET,
+    PAPER_TABLE2,
+    WEIGHTS_NOTE,
+    machine_info,
+    print_results,
+)
 from .search import MaxSizeResult, SearchSettings, find_max_size
 from .subjects import Subject, select_subjects
 
@@ -55,23 +63,7 @@ def comparisons(task: str, rows: list[dict], budget: int) -> list[str]:
     return out
 
 
-def run_benchmarks(
-    max_size: bool,
-    curve: bool,
-    kernel: bool,
-    task: str,
-    models: list[str] | None,
-    impls: list[str] | None,
-    memory_budget: str | None,
-    device: str,
-    json_out: Path | None,
-    plot: Path | None,
-    csv_out: Path | None,
-    quiet: bool,
-    *,
-    verify_seconds: float = 120.0,
-    curve_seconds: float = 60.0,
-) -> dict:
+def run_benchmarks(opts: BenchmarkOptions) -> dict:
     """Run the chosen benchmarks, print tables (unless ``quiet``), write JSON/CSV/PNG.
 
     ``memory_budget``: bytes one pass may add (default: the device's available memory);
@@ -79,8 +71,12 @@ def run_benchmarks(
     pass run to verify a limit; beyond it (or beyond this machine's memory) the limit is
     extrapolated and labelled so.
     """
-    from ..training.trainer import resolve_device
-
+    if not (opts.max_size or opts.curve or opts.kernel):
+        raise NCAError("Choose at least one of --max-size, --curve or --kernel for nca benchmark.")
+    max_size, curve, kernel, task = opts.max_size, opts.curve, opts.kernel, opts.task
+    models, impls, memory_budget, device = opts.models, opts.impls, opts.memory_budget, opts.device
+    json_out, plot, csv_out, quiet = opts.json_out, opts.plot, opts.csv_out, opts.quiet
+    verify_seconds, curve_seconds = opts.verify_seconds, opts.curve_seconds
     if (plot is not None or csv_out is not None) and not curve:
         raise NCAError("--plot and --csv describe the --curve measurements; add --curve.")
     dev = resolve_device(device)

@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from ..errors import NCAError
-from ..fileio import atomic_path
+from ..core.errors import NCAError
+from ..core.files import atomic_path
 from .geometry import GEOMETRIES
 from .measure import make_spec, run_measurement
 from .subjects import Subject

@@ -16,11 +16,8 @@ the stdout line that starts with ``RESULT_TAG``.
 """
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -29,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.machine import PeakMeter
 from .geometry import GEOMETRIES, Geometry
 from .subjects import Subject, build_subject_model
 from .synthetic import input_image, input_tensor
@@ -44,70 +42,6 @@ def make_spec(task: str, subject: Subject, size: int, *, probe: bool, device: st
             "device": str(device), "seed": int(seed)}
 
 
-def _proc_status(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _trim_heap() -> None:
-    """Hand freed heap memory back to the system (glibc), so that memory the warm-up freed is
-    not already resident at the baseline and silently reused by the measured pass."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class PeakMeter:
-    """Peak memory of a stretch of code, relative to its start."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.method = ""
-        self.baseline = 0
-
-    def start(self) -> None:
-        gc.collect()
-        _trim_heap()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.baseline = torch.cuda.memory_allocated(self.device)
-            self.method = "torch.cuda.max_memory_allocated"
-            return
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.method = "VmHWM (reset at the baseline)"
-        except OSError:
-            self.method = "ru_maxrss (process lifetime)"
-        rss = _proc_status("VmRSS")
-        if rss is None:
-            import psutil
-
-            rss = int(psutil.Process().memory_info().rss)
-        self.baseline = rss
-
-    def stop(self) -> dict:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-            return {"peak_bytes": peak - self.baseline, "peak_abs_bytes": peak, "baseline_bytes": self.baseline,
-                    "peak_reserved_bytes": torch.cuda.max_memory_reserved(self.device), "meter": self.method}
-        hwm = _proc_status("VmHWM") if self.method.startswith("VmHWM") else None
-        if hwm is None:
-            scale = 1 if sys.platform == "darwin" else 1024
-            hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-        return {"peak_bytes": hwm - self.baseline, "peak_abs_bytes": hwm, "baseline_bytes": self.baseline,
-                "meter": self.method}
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -118,7 +52,7 @@ def _pass_torch(model, subject: Subject, geometry: Geometry, shape, device, dtyp
     image = input_tensor(geometry, shape, seed)
     t0 = time.perf_counter()
     image = image.to(device).float().div_(255.0)    # the uint8 tensor is dropped here
-    with torch.no_grad():
+    with torch.inference_mode():
         logits = model(image, seed=seed)[0] if subject.is_nca else model(image)
         del image
         foreground = (logits > 0).sum().item() / logits.numel()
@@ -129,7 +63,7 @@ def _pass_torch(model, subject: Subject, geometry: Geometry, shape, device, dtyp
 
 def _pass_fused(model, subject: Subject, geometry: Geometry, shape, device, dtype, seed) -> tuple[float, float]:
     """The lean driver over an input read band by band; the mask is counted band by band."""
-    from ..inference.runner import drive
+    from ..inference.octree import drive
     from ..inference.sources import FileSource
 
     c = model.config
@@ -189,7 +123,9 @@ def run_measurement(spec: dict, timeout: float) -> dict:
     A failed run returns ``{"ok": False, "error": ...}`` with ``oom`` (out of memory,
     including a kill by the kernel's OOM killer), ``timeout`` or ``unavailable`` set.
     """
-    root = str(Path(__file__).resolve().parents[2])
+    import nca_cli
+
+    root = str(Path(nca_cli.__file__).resolve().parents[1])   # the child imports this very package
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     t0 = time.perf_counter()

@@ -9,7 +9,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..inference.memory import format_size
+from ..core.machine import cpu_name
+from ..core.resources import kernel_source_dir
+from ..core.sizes import format_size
 
 # OctreeNCA paper, Table 2: one pass on an Nvidia RTX 4090 (24 GiB); (max size, throughput).
 PAPER_BUDGET = 24 * 2 ** 30
@@ -23,22 +25,11 @@ WEIGHTS_NOTE = ("Untrained models with random weights (fixed seed): memory and t
                 "weights, the masks are meaningless.")
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def kernel_sources_sha256() -> str | None:
     """One hash over the fused kernel sources, to tell which kernel a result was measured with."""
-    from ..kernels.build import SOURCE_DIR
-
-    files = sorted(p for p in SOURCE_DIR.glob("*") if p.is_file()) if SOURCE_DIR.is_dir() else []
+    folder = kernel_source_dir()
+    files = sorted(p for p in folder.glob("*") if p.is_file() and p.suffix in (".h", ".cpp", ".cu")) \
+        if folder.is_dir() else []
     if not files:
         return None
     h = hashlib.sha256()

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import NCAError
+from ..core.errors import NCAError
+from ..core.resources import require_bundled_recipe
 from ..recipes import load_recipe
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
-
 TASK_RECIPES = {
-    "pathology": {"med_nca": "mednca_pathology.yaml", "octree_nca": "octree_pathology.yaml"},
-    "surgery": {"m3d_nca": "m3d_surgery.yaml", "octree_nca": "octree_surgery.yaml"},
-    "radiology": {"m3d_nca": "m3d_radiology_2levels.yaml", "octree_nca": "octree_radiology.yaml"},
+    "pathology": {"med_nca": "mednca_pathology", "octree_nca": "octree_pathology"},
+    "surgery": {"m3d_nca": "m3d_surgery", "octree_nca": "octree_surgery"},
+    "radiology": {"m3d_nca": "m3d_radiology_2levels", "octree_nca": "octree_radiology"},
 }
 UNET_SHAPES = {"pathology": (2, 3, 1), "surgery": (3, 3, 5), "radiology": (3, 1, 1)}   # dims, in, out
 MODEL_NAMES = {"unet": "UNet", "med_nca": "Med-NCA", "m3d_nca": "M3D-NCA", "octree_nca": "OctreeNCA"}
@@ -81,17 +79,13 @@ class Subject:
 
 
 def _recipe_model(task: str, model: str) -> dict:
-    path = RECIPES_DIR / TASK_RECIPES[task][model]
-    if not path.is_file():
-        raise NCAError(f"The benchmark recipe {path} is missing; run nca benchmark from a checkout that has recipes/.")
-    return dict(load_recipe(path)["model"])
+    return dict(load_recipe(require_bundled_recipe(TASK_RECIPES[task][model]))["model"])
 
 
 def _unet_divisor(dims: int, inp: int, out: int) -> int:
-    from ..models.baselines import build_unet
+    from ..recipes import model_divisor
 
-    with torch.device("meta"):
-        return int(build_unet(dims, inp, out).divisor)
+    return model_divisor({"architecture": "unet", "dims": dims, "input_channels": inp, "output_channels": out})
 
 
 def task_subjects(task: str) -> list[Subject]:
@@ -146,12 +140,11 @@ def build_subject_model(subject: Subject, *, probe: bool = False, seed: int = 0)
     the full pass; only the time shrinks.
     """
     from ..models import build_model
-    from ..models.baselines import build_unet
 
     torch.manual_seed(seed)
     cfg = copy.deepcopy(subject.config)
     if not subject.is_nca:
-        return build_unet(cfg["dims"], cfg["input_channels"], cfg["output_channels"]).eval()
+        return build_model(cfg).eval()
     model = build_model(cfg)
     if probe:
         model.config.steps = [min(PROBE_STEPS, s) for s in model.config.steps]

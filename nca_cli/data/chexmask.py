@@ -29,10 +29,12 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import NCAError
-from .normalize import UINT8, to_uint8
+from .. import io
+from ..core.errors import NCAError
+from ..io.formats import IMAGE_SUFFIXES, full_suffix, strip_suffix
+from ..io.normalize import Normalization, normalize
+from .layout import source_dir, visible_files
 from .resize import resize_image, resize_labels
-from .sources import IMAGE_SUFFIXES, full_suffix, read_image, source_dir, strip_suffix, visible_files
 from .writer import DatasetWriter, safe_id
 
 MASK_COLUMNS = ("Left Lung", "Right Lung", "Heart")
@@ -130,12 +132,19 @@ def _patient(row: dict, image_id: str, column: str | None) -> str:
     return image_id
 
 
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """8-bit kept; other types percentile-rescaled (the package's normalisation) to 0..255."""
+    if image.dtype == np.uint8:
+        return image
+    return np.rint(normalize(image, Normalization("percentile")) * 255.0).astype(np.uint8)
+
+
 def _grey(image: np.ndarray) -> np.ndarray:
     """[H, W, C] of any dtype to uint8 [H, W, 1]."""
-    if image.shape[-1] in (3, 4):
+    if image.shape[-1] >= 3:
         image = image[..., :3].astype(np.float32).mean(axis=-1, keepdims=True)
-        return np.rint(image).astype(np.uint8) if image.max() <= 255 else to_uint8(image)
-    return to_uint8(image[..., :1])
+        return np.rint(image).astype(np.uint8) if image.max() <= 255 else _to_uint8(image)
+    return _to_uint8(image[..., :1])
 
 
 def fill_chexmask(
@@ -194,7 +203,7 @@ def fill_chexmask(
                 heart_mask = decode_rle(row["Heart"], height, width) if heart else None
             except ValueError as exc:
                 raise NCAError(f"The CheXmask row {where} has a malformed mask ({exc}); re-download the table.") from None
-            image = read_image(found[0])
+            image = io.load(found[0]).array
             if image.shape[:2] != (height, width):
                 raise NCAError(
                     f"The image {found[0]} is {image.shape[1]}x{image.shape[0]} but its mask in {where} is {width}x{height}; "
@@ -217,13 +226,7 @@ def fill_chexmask(
         label_encoding="bitmask" if heart else "index",
         spacing=[1.0, 1.0],
         spacing_unit="px",
-        normalization=dict(UINT8),
+        normalization=Normalization("none", divide_by=255.0).entry("uint8"),
         source={"format": "chexmask", "path": str(src), "table": str(table), "image_size": list(size)},
     )
 
-
-def convert_chexmask(src, dst, *, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2, overwrite: bool = False, **options) -> Path:
-    """Convert chest X-rays with a CheXmask table in ``src`` into the prepared dataset ``dst``."""
-    with DatasetWriter(dst, overwrite=overwrite, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction) as writer:
-        fill_chexmask(src, writer, **options)
-    return Path(dst)

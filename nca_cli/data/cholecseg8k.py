@@ -40,10 +40,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import NCAError
-from .normalize import UINT8
+from .. import io
+from ..core.errors import NCAError
+from ..io.normalize import Normalization
+from .layout import source_dir, visible_files
 from .resize import resize_image, resize_labels
-from .sources import read_image, read_rgb, source_dir, visible_files
 from .writer import DatasetWriter, safe_id
 
 COLORS = {
@@ -108,8 +109,12 @@ def _read_frame(mask_path: Path, size: tuple[int, int], strict: bool) -> tuple[n
     image_path = mask_path.with_name(mask_path.name.replace(MASK_SUFFIX, "_endo.png"))
     if not image_path.is_file():
         raise NCAError(f"The mask {mask_path} has no frame {image_path}; restore the frame or remove the mask.")
-    frame = read_rgb(image_path)
-    colors = read_image(mask_path)
+    frame = io.load(image_path).array
+    if frame.dtype != np.uint8:
+        raise NCAError(f"The frame {image_path} is {frame.dtype}; an 8-bit RGB image is expected here.")
+    if frame.shape[-1] == 1:
+        frame = np.repeat(frame, 3, axis=-1)
+    colors = io.load(mask_path).array
     if colors.shape[-1] < 3:
         raise NCAError(f"The mask {mask_path} is not an RGB colour mask; use the frame_N_endo_color_mask.png files.")
     if colors.shape[:2] != frame.shape[:2]:
@@ -142,13 +147,7 @@ def fill_cholecseg8k(src, writer: DatasetWriter, *, frame_size: Sequence[int] = 
         classes=list(KEPT),
         spacing=[1.0, 1.0, 1.0],
         spacing_unit="px",
-        normalization=dict(UINT8),
+        normalization=Normalization("none", divide_by=255.0).entry("uint8"),
         source={"format": "cholecseg8k", "path": str(src), "frame_size": [h, w]},
     )
 
-
-def convert_cholecseg8k(src, dst, *, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2, overwrite: bool = False, **options) -> Path:
-    """Convert a CholecSeg8k folder ``src`` into the prepared dataset ``dst``."""
-    with DatasetWriter(dst, overwrite=overwrite, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction) as writer:
-        fill_cholecseg8k(src, writer, **options)
-    return Path(dst)

@@ -38,7 +38,8 @@ from typing import Sequence
 import numpy as np
 import yaml
 
-from ..errors import NCAError
+from ..core.errors import NCAError
+from ..io.normalize import Normalizer
 
 MANIFEST = "dataset.yaml"
 FORMAT_VERSION = 1
@@ -204,13 +205,46 @@ class PreparedDataset:
         """Label map of case ``i``: read-only uint8 memmap [*spatial]."""
         return self._load(self.case(i)["label"])
 
+    @property
+    def normalization(self) -> dict:
+        """How raw intensities were mapped (the manifest's ``normalization``)."""
+        return dict(self.manifest["normalization"])
+
     def to_float(self, image: np.ndarray) -> np.ndarray:
         """Model input from stored pixels: float32 ``image / normalization.divide_by``."""
-        return np.asarray(image, dtype=np.float32) / np.float32(self.manifest["normalization"]["divide_by"])
+        return Normalizer("none", divide_by=self.manifest["normalization"]["divide_by"])(image)
 
     def to_masks(self, label: np.ndarray) -> np.ndarray:
         """Binary masks [*spatial, num_classes] from a stored label map."""
         return label_masks(label, self.num_classes, self.label_encoding)
+
+    def patch_start(self, i: int | str, size: Sequence[int], generator, require_foreground: bool = False,
+                    tries: int = 10) -> list[int]:
+        """The corner of a random patch of ``size`` in case ``i`` (the one sampling rule).
+
+        Positions are uniform over the valid range (an axis shorter than the patch starts at 0).
+        With ``require_foreground`` up to ``tries`` random positions are tried, then the patch is
+        placed around a random foreground pixel found through a per-case index of foreground
+        blocks (built once, by one pass over the label); a case without any foreground gives a
+        random patch. ``generator``: a numpy or torch generator (one draw seeds the choices)."""
+        generator = as_numpy_generator(generator)
+        label = self.label(i)
+        size = _patch_size(size, label.ndim)
+
+        def random_start() -> list[int]:
+            return [int(generator.integers(0, max(n - k, 0) + 1)) for n, k in zip(label.shape, size)]
+
+        start = random_start()
+        if not require_foreground:
+            return start
+        for _ in range(tries):
+            if np.asarray(label[tuple(slice(s, s + k) for s, k in zip(start, size))]).any():
+                return start
+            start = random_start()
+        pos = self._foreground_position(i, label, generator)
+        if pos is None:
+            return start
+        return [int(np.clip(p - generator.integers(0, k), 0, max(n - k, 0))) for p, k, n in zip(pos, size, label.shape)]
 
     def sample_patch(
         self,
@@ -220,38 +254,12 @@ class PreparedDataset:
         require_foreground: bool = False,
         tries: int = 10,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """A random patch (image [*size, C], label [*size]) of case ``i`` as in-memory arrays.
-
-        ``generator`` is a ``numpy.random.Generator`` or a ``torch.Generator`` (one draw from
-        it seeds the patch's choices).
-
-        Positions are uniform over the valid range; an axis shorter than the patch starts at 0
-        and is zero-padded. With ``require_foreground`` up to ``tries`` random positions are
-        tried, then a patch is placed around a random foreground pixel found through a
-        per-case index of foreground blocks (built once, by one pass over the label). A case
-        without any foreground gives a random patch.
-        """
+        """A random patch (image [*size, C], label [*size]) of case ``i`` as in-memory arrays,
+        placed by :meth:`patch_start` and zero-padded past the far edge."""
         generator = as_numpy_generator(generator)
-        image, label = self.image(i), self.label(i)
-        size = _patch_size(size, label.ndim)
-
-        def random_start() -> list[int]:
-            return [int(generator.integers(0, max(n - k, 0) + 1)) for n, k in zip(label.shape, size)]
-
-        start = random_start()
-        if require_foreground:
-            for _ in range(tries):
-                lab = _crop(label, start, size)
-                if lab.any():
-                    return _crop(image, start, size), lab
-                start = random_start()
-            pos = self._foreground_position(i, label, generator)
-            if pos is not None:
-                start = [
-                    int(np.clip(p - generator.integers(0, k), 0, max(n - k, 0)))
-                    for p, k, n in zip(pos, size, label.shape)
-                ]
-        return _crop(image, start, size), _crop(label, start, size)
+        size = _patch_size(size, self.dims)
+        start = self.patch_start(i, size, generator, require_foreground, tries)
+        return _crop(self.image(i), start, size), _crop(self.label(i), start, size)
 
     def _foreground_position(self, i, label: np.ndarray, generator: np.random.Generator) -> tuple[int, ...] | None:
         cid = self.case(i)["id"]

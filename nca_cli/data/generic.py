@@ -30,11 +30,13 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import NCAError
+from .. import io
+from ..core.errors import NCAError
+from ..io.formats import is_image_file, is_volume_file, strip_suffix
+from ..io.normalize import HIGH_PERCENTILE, LOW_PERCENTILE, Normalization, normalize
 from .dataset import DATASET_KINDS
-from .normalize import HIGH_PERCENTILE, LOW_PERCENTILE, UINT8, percentile_rescale, percentile_settings
+from .layout import source_dir, visible_files
 from .resize import resize_image, resize_labels
-from .sources import is_image_file, is_volume_file, read_image, read_label_volume, read_volume, source_dir, strip_suffix, visible_files
 from .writer import DatasetWriter, safe_id
 
 CHANNEL = re.compile(r"(.+)_(\d{4})$")
@@ -66,18 +68,11 @@ def _image_index(folder: Path) -> tuple[dict[str, list[tuple[int, Path]]], dict[
     return {k: sorted(v) for k, v in channels.items()}, plain
 
 
-def _read_label_2d(path: Path) -> np.ndarray:
-    label = read_image(path)
-    if label.shape[-1] > 1:
-        colour = label[..., :3] if label.shape[-1] >= 3 else label[..., :1]
-        if (colour != colour[..., :1]).any():
-            raise NCAError(f"The label {path} is a colour image; save label maps as single-channel images of class values.")
-    return label[..., 0]
-
-
-def _read_image_2d(path: Path) -> np.ndarray:
-    image = read_image(path)
-    return image[..., :3] if image.shape[-1] == 4 else image[..., :1] if image.shape[-1] == 2 else image
+def _read_image(path: Path, three_d: bool) -> io.Loaded:
+    image = io.load(path)
+    if (image.dims == 3) != three_d:
+        raise NCAError(f"The image {path} is {image.dims}D but its label is {3 if three_d else 2}D; pair like with like.")
+    return image
 
 
 def _integer_labels(label: np.ndarray, path: Path) -> np.ndarray:
@@ -126,18 +121,11 @@ def fill_generic(
         three_d = is_volume_file(label_path)
         if any(is_volume_file(p) != three_d for p in image_paths):
             raise NCAError(f"The image {image_paths[0]} and its label {label_path} are not both 2D or both 3D files; pair like with like.")
-        if three_d:
-            label_vol = read_label_volume(label_path)
-            label = label_vol.array
-            volumes = [read_volume(p) for p in image_paths]
-            parts = [v.array for v in volumes]
-            if spacing is None:
-                spacing, unit = list(volumes[0].spacing), "mm"
-        else:
-            label = _read_label_2d(label_path)
-            parts = [_read_image_2d(p) for p in image_paths]
-            if spacing is None:
-                spacing = [1.0, 1.0]
+        label, _ = io.read_labels(label_path)
+        loaded = [_read_image(p, three_d) for p in image_paths]
+        parts = [v.array for v in loaded]
+        if spacing is None:
+            spacing, unit = (loaded[0].spacing, "mm") if three_d and loaded[0].spacing else ([1.0] * label.ndim, "px")
         for path, part in zip(image_paths, parts):
             if part.shape[:-1] != label.shape:
                 raise NCAError(
@@ -162,7 +150,7 @@ def fill_generic(
             keep_uint8 = image.dtype == np.uint8 and method != "percentile"
             method = method or ("none" if keep_uint8 else "percentile")
         if method == "percentile":
-            image = percentile_rescale(image, low, high)
+            image = normalize(image, Normalization("percentile", low, high))
         elif keep_uint8 and image.dtype != np.uint8:
             raise NCAError(f"The image {image_paths[0]} is {image.dtype} while earlier images were uint8; convert with normalization='percentile'.")
         elif not keep_uint8:
@@ -189,11 +177,11 @@ def fill_generic(
                 lut[v] = k
             writer.relabel(lut)
     if method == "percentile":
-        norm = percentile_settings(low, high)
+        norm = Normalization("percentile", low, high).entry("float32")
     elif keep_uint8:
-        norm = dict(UINT8)
+        norm = Normalization("none", divide_by=255.0).entry("uint8")
     else:
-        norm = {"method": "none", "dtype": "float32", "divide_by": 1.0}
+        norm = Normalization("none", divide_by=1.0).entry("float32")
     writer.set_info(
         name=src.name,
         kind=dataset_kind,
@@ -205,9 +193,3 @@ def fill_generic(
         source={"format": "generic", "path": str(src)},
     )
 
-
-def convert_generic(src, dst, *, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2, overwrite: bool = False, **options) -> Path:
-    """Convert a generic image/label folder ``src`` into the prepared dataset ``dst``."""
-    with DatasetWriter(dst, overwrite=overwrite, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction) as writer:
-        fill_generic(src, writer, **options)
-    return Path(dst)

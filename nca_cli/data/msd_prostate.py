@@ -9,15 +9,15 @@ patient; the default split is 70 % train, 10 % val, 20 % test.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..errors import NCAError
-from .normalize import HIGH_PERCENTILE, LOW_PERCENTILE, percentile_rescale, percentile_settings
+from .. import io
+from ..core.errors import NCAError
+from ..io.normalize import HIGH_PERCENTILE, LOW_PERCENTILE, Normalization, normalize
+from .layout import source_dir, visible_files
 from .resize import resize_image, resize_labels
-from .sources import is_volume_file, read_label_volume, read_volume, source_dir, strip_suffix, visible_files
 from .writer import DatasetWriter, safe_id
 
 DEFAULT_SHAPE = (24, 320, 320)
@@ -39,34 +39,37 @@ def fill_msd_prostate(
     images_dir, labels_dir = src / "imagesTr", src / "labelsTr"
     if not labels_dir.is_dir() or not images_dir.is_dir():
         raise NCAError(f"{src} has no imagesTr/ and labelsTr/ folders; pass the Task05_Prostate folder of the Medical Segmentation Decathlon.")
-    labels = [p for p in visible_files(labels_dir) if is_volume_file(p)]
+    labels = [p for p in visible_files(labels_dir) if io.is_volume_file(p)]
     if not labels:
         raise NCAError(f"{labels_dir} holds no NIfTI label files; pass the Task05_Prostate folder of the Medical Segmentation Decathlon.")
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 1:
         raise NCAError(f"The prostate output shape {shape} is not (D, H, W); give three positive sizes.")
     spacings = []
+    norm = Normalization("percentile", low, high)
     for label_path in labels:
         image_path = images_dir / label_path.name
         if not image_path.is_file():
             raise NCAError(f"The label {label_path} has no image {image_path}; restore the image or remove the label.")
-        volume = read_volume(image_path)
+        volume = io.load(image_path)
+        if volume.dims != 3:
+            raise NCAError(f"The image {image_path} is not a 3D volume; pass the Task05_Prostate NIfTI files.")
         if channel >= volume.array.shape[-1]:
             raise NCAError(f"The image {image_path} has {volume.array.shape[-1]} channel(s), so channel {channel} (T2) does not exist; pick an existing channel.")
-        label = read_label_volume(label_path)
-        if label.array.shape != volume.array.shape[:-1]:
+        label, _ = io.read_labels(label_path)
+        if label.shape != volume.array.shape[:-1]:
             raise NCAError(
-                f"The image {image_path} has shape {volume.array.shape[:-1]} but its label {label_path} has {label.array.shape}; they must match voxel for voxel."
+                f"The image {image_path} has shape {volume.array.shape[:-1]} but its label {label_path} has {label.shape}; they must match voxel for voxel."
             )
-        values = np.unique(label.array)
+        values = np.unique(label)
         unknown = [v for v in values.tolist() if v not in LABEL_VALUES]
         if unknown:
             raise NCAError(f"The label {label_path} contains value {unknown[0]:g}; MSD prostate labels must be 0, 1 or 2.")
-        image = resize_image(percentile_rescale(volume.array[..., channel : channel + 1], low, high), shape)
-        mask = resize_labels((label.array > 0).astype(np.uint8), shape)
-        spacing = [s * n / m for s, n, m in zip(volume.spacing, volume.array.shape[:-1], shape)]
+        image = resize_image(normalize(volume.array[..., channel : channel + 1], norm), shape)
+        mask = resize_labels((label > 0).astype(np.uint8), shape)
+        spacing = [s * n / m for s, n, m in zip(volume.spacing or [1.0] * 3, volume.array.shape[:-1], shape)]
         spacings.append(spacing)
-        case_id = safe_id(strip_suffix(label_path))
+        case_id = safe_id(io.strip_suffix(label_path))
         writer.add_case(case_id, case_id, image, mask, spacing=[round(s, 6) for s in spacing])
     writer.set_info(
         name="msd-prostate",
@@ -75,13 +78,7 @@ def fill_msd_prostate(
         classes=["prostate"],
         spacing=np.median(np.asarray(spacings), axis=0).round(6).tolist(),
         spacing_unit="mm",
-        normalization=percentile_settings(low, high),
+        normalization=norm.entry("float32"),
         source={"format": "msd-prostate", "path": str(src), "channel": channel},
     )
 
-
-def convert_msd_prostate(src, dst, *, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2, overwrite: bool = False, **options) -> Path:
-    """Convert an MSD Task05 prostate folder ``src`` into the prepared dataset ``dst``."""
-    with DatasetWriter(dst, overwrite=overwrite, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction) as writer:
-        fill_msd_prostate(src, writer, **options)
-    return Path(dst)

@@ -17,9 +17,10 @@ import inspect
 from pathlib import Path
 from typing import Callable
 
-from ..errors import NCAError
-from .cholecseg8k import fill_cholecseg8k
+from ..core.errors import NCAError
+from ..core.progress import Progress
 from .chexmask import fill_chexmask
+from .cholecseg8k import fill_cholecseg8k
 from .generic import fill_generic
 from .msd_prostate import fill_msd_prostate
 from .peso import fill_peso
@@ -49,16 +50,23 @@ def _check_options(kind: str, fill: Callable, options: dict, extra: tuple[str, .
         raise NCAError(f"The option {unknown[0]!r} does not apply to `prepare {kind}`; use only {allowed}.")
 
 
-def prepare(kind: str, src, dst, /, **options) -> Path:
-    """Prepare a dataset of ``kind`` from ``src`` into ``dst``; returns ``dst``."""
+def prepare(kind: str, src, dst, /, *, quiet: bool = True, **options) -> Path:
+    """Prepare a dataset of ``kind`` from ``src`` into ``dst``; returns ``dst``. Progress (cases
+    written) is shown unless ``quiet``."""
     if kind not in KINDS:
         raise NCAError(f"Unknown dataset kind {kind!r}; use one of {', '.join(KINDS)}.")
+    with Progress(quiet) as progress:
+        task = progress.add("cases written")
+        return _prepare(kind, src, Path(dst), options, lambda case_id, n: task.update(completed=n, info=case_id))
+
+
+def _prepare(kind: str, src, dst: Path, options: dict, on_case) -> Path:
     writer_options = {k: options.pop(k) for k in WRITER_OPTIONS if k in options}
-    dst = Path(dst)
     if kind != "synthetic":
         fill = FILLERS[kind]
         _check_options(kind, fill, options)
         with DatasetWriter(dst, **writer_options) as writer:
+            writer.on_case = on_case
             fill(src, writer, **options)
         return dst
 
@@ -73,6 +81,7 @@ def prepare(kind: str, src, dst, /, **options) -> Path:
     _check_options(f"synthetic {which}", fill, options, SYNTHETIC_OPTIONS)
     seed = writer_options.get("seed", 0)
     with DatasetWriter(dst, **writer_options) as writer:
+        writer.on_case = on_case
         raw = make_synthetic(which, writer.root / f"raw-synthetic-{which}", seed=seed, **synth)
         fill(raw, writer, **{**SYNTHETIC_FILL.get(which, {}), **options})
         suffix = "-shifted" if synth.get("shifted") else ""

@@ -5,7 +5,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import NCAError
+from ..core.errors import NCAError
 
 
 def _count(n: int, fraction: float) -> int:

@@ -44,7 +44,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import NCAError
+from ..core.errors import NCAError
 from .chexmask import encode_rle
 from .cholecseg8k import COLORS
 from .resize import resize_image

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_path
+from ..core.files import atomic_path
 
 _M = 0xFFFFFFFF
 GLASS = np.array([242, 239, 244], np.float32)

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..errors import NCAError
+from ..core.errors import NCAError
+from ..core.files import write_failure
 from .dataset import DATASET_KINDS, FORMAT_VERSION, LABEL_ENCODINGS, MANIFEST
 from .split import patient_split
 
@@ -61,6 +62,7 @@ class DatasetWriter:
         self.cases: dict[str, dict] = {}
         self._open: list[np.memmap] = []
         self.root: Path | None = None
+        self.on_case = None   # called with (case id, cases so far) as each case is added
 
     def __enter__(self) -> "DatasetWriter":
         dst = self.dst
@@ -102,6 +104,8 @@ class DatasetWriter:
             **extra,
         }
         self.cases[case_id] = case
+        if self.on_case is not None:
+            self.on_case(case_id, len(self.cases))
         return case
 
     def add_case(self, case_id: str, patient: str, image: np.ndarray, label: np.ndarray, **extra) -> None:
@@ -111,8 +115,11 @@ class DatasetWriter:
         if label.dtype != np.uint8:
             raise ValueError(f"case {case_id}: label must be uint8, got {label.dtype}")
         case = self._register(case_id, patient, label.shape, image.shape[-1], image.dtype, extra)
-        np.save(self.root / case["image"], np.ascontiguousarray(image))
-        np.save(self.root / case["label"], np.ascontiguousarray(label))
+        for key, array in (("image", image), ("label", label)):
+            try:
+                np.save(self.root / case[key], np.ascontiguousarray(array))
+            except OSError as exc:
+                raise write_failure(self.dst, exc) from None
 
     def create_case(self, case_id: str, patient: str, spatial: tuple[int, ...], channels: int, dtype, **extra) -> tuple[np.memmap, np.memmap]:
         """Allocate one case on disk and return writable memmaps (image, label) to fill."""

@@ -2,44 +2,15 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
-from ..errors import NCAError
-from .runner import buffer_layout
+from ..core.errors import NCAError
+from ..core.sizes import format_size
+from .octree import buffer_layout
 from .tiled import Tile, tile_regions, tile_working_elements
-
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
-          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
-
-
-def parse_size(text: str | int | float) -> int:
-    """``"8GiB"``, ``"512 MB"``, ``"1.5g"`` or a number of bytes."""
-    if isinstance(text, (int, float)):
-        return int(text)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise NCAError(f"Cannot read the memory size '{text}'; write it like 8GiB, 512MB or 2000000000.")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-def format_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def available_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    import psutil
-
-    return int(psutil.virtual_memory().available)
 
 
 def torch_step_bytes_per_cell(channels: int, hidden: int, perception: str = "depthwise") -> int:
@@ -137,3 +108,57 @@ def plan_run(model, shape, *, dtype, impl: str, budget: int, tiling: str = "auto
         raise NCAError(f"The memory budget {format_size(budget)} is too small to segment {name} even in tiles "
                        f"(at least {format_size(smallest)} needed); raise --memory-budget.")
     return best
+
+
+_FORWARD_PEAKS: dict[tuple, int] = {}
+
+
+def forward_peak_bytes(model, window: Sequence[int], channels: int, device) -> int:
+    """Measured peak memory of one forward pass of ``model`` over one window (batch 1), under
+    ``torch.inference_mode()``: the network's own working memory, including what its kernels
+    allocate outside PyTorch (convolution workspaces). Measured once per model and window."""
+    from ..core.machine import PeakMeter
+
+    key = (id(model), tuple(window), channels, str(device))
+    if key not in _FORWARD_PEAKS:
+        param = next(model.parameters())
+        x = torch.zeros((1, channels, *window), dtype=param.dtype, device=device)
+        with torch.inference_mode():
+            model(x)                      # warm-up: lazy initialisation is not working memory
+            meter = PeakMeter(torch.device(device)).start()
+            out = model(x)
+            del out
+            peak = meter.stop()["peak_bytes"]
+        _FORWARD_PEAKS[key] = max(0, int(peak)) + x.numel() * x.element_size()
+    return _FORWARD_PEAKS[key]
+
+
+def window_pass_bytes(model, shape: Sequence[int], window: Sequence[int], *, input_itemsize: int = 4,
+                      device="cpu") -> int:
+    """Peak bytes of a sliding-window pass over an input of ``shape`` (see ``inference.windows``):
+    one window forward, one slab of input (raw, float64 while normalised, float32), the blended
+    logits of a slab (accumulator, its shifted copy, the finished rows, one window row of
+    results) and the uint8 label map; a cascade adds its stage-1 label map and the one-hot slab."""
+    c = model.config
+    cells = math.prod(shape)
+    slab = window[0] * math.prod(shape[1:])
+    k = c.output_channels
+    inputs = c.input_channels
+    cascade = hasattr(model, "stage1")
+    forward = forward_peak_bytes(model, window, inputs, device)   # a cascade: both stages on one window
+    slab_in = slab * inputs * (input_itemsize + 8 + 4)
+    slab_out = slab * k * 4 * 4
+    labels = cells
+    extra = (cells + slab * (k + inputs + k) * 4) if cascade else 0
+    return forward + slab_in + slab_out + labels + extra
+
+
+def window_plan(model, shape: Sequence[int], window: Sequence[int], *, budget: int, baseline: int = 0,
+                name: str = "the input", input_itemsize: int = 4, device="cpu") -> Plan:
+    """Sliding windows always run band by band; refuse a run whose prediction exceeds ``budget``."""
+    need = window_pass_bytes(model, shape, window, input_itemsize=input_itemsize, device=device) + baseline
+    if need > budget:
+        raise NCAError(f"Segmenting {name} with {model.config.architecture} needs about {format_size(need)} "
+                       f"(windows of {'x'.join(map(str, window))}) but the budget is {format_size(budget)}; raise "
+                       f"--memory-budget to at least {format_size(need)} or use a smaller input.")
+    return Plan("sliding-window", need)

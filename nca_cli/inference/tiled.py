@@ -18,25 +18,13 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .runner import PyramidSource, drive, step_runner
+from .octree import PyramidSource, drive, step_runner
 
 
 @dataclass
 class Tile:
     core: list[slice]                # level-0 cells this tile produces
     regions: dict[int, list[slice]]  # level -> cells computed (levels < split); split -> nodes read
-
-
-def halo(steps: Sequence[int], kernel_sizes: Sequence[int], factors: Sequence[Sequence[int]], split: int) -> list[int]:
-    """Widest level-0 margin a tile needs on each axis (for sizing tiles)."""
-    dims = len(factors[0]) if factors else 1
-    margin = [0] * dims
-    scale = [1] * dims
-    for level in range(split):
-        r = steps[level] * (kernel_sizes[level] // 2)
-        margin = [m + (r + 1) * s for m, s in zip(margin, scale)]
-        scale = [s * f for s, f in zip(scale, factors[level])]
-    return margin
 
 
 def tile_regions(core: Sequence[slice], shapes, factors, steps, kernel_sizes, split: int) -> dict[int, list[slice]]:
@@ -86,6 +74,7 @@ def tile_working_elements(tile: Tile, batch: int, channels: int, split: int) -> 
     return max(sizes[level] + sizes[level + 1] for level in range(split))
 
 
+@torch.inference_mode()
 def run_tiled(
     model,
     source: PyramidSource,

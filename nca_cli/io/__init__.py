@@ -1,25 +1,41 @@
-"""Reading inputs of every supported kind and writing segmentations in matching formats."""
+"""Reading inputs of every supported kind and writing segmentations in matching formats.
+
+The one reader stack of the package: `segment`, `finetune-vwsl` and the dataset converters
+of `prepare` all open files through :func:`open_input` (or the kind-specific openers below),
+and bring values to model units with :mod:`nca_cli.io.normalize`.
+"""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tifffile
 
-from ..errors import NCAError
+from ..core.errors import NCAError
 from .base import InputImage
 from .checks import check_finite
-from .image import DICOM_SUFFIXES, PIL_SUFFIXES, TIFF_SUFFIXES, open_dicom, open_image, write_mask_image
+from .formats import (
+    DICOM_SUFFIXES,
+    IMAGE_SUFFIXES,
+    PIL_SUFFIXES,
+    SLIDE_SUFFIXES,
+    SUPPORTED_SUFFIXES,
+    TIFF_SUFFIXES,
+    VIDEO_SUFFIXES,
+    VOLUME_SUFFIXES,
+    full_suffix,
+    is_image_file,
+    is_volume_file,
+    strip_suffix,
+)
+from .image import open_dicom, open_image, read_label_image, write_mask_image
 from .preview import downscale_nearest, write_preview
 from .slide import open_slide, slide_vendor
 from .slide_writer import write_pyramidal_mask
-from .video import VIDEO_SUFFIXES, open_video, write_label_volume, write_overlay_mp4
-from .volume import VOLUME_SUFFIXES, full_suffix, open_volume, write_volume
-
-SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".bif")
-SUPPORTED_SUFFIXES: tuple[str, ...] = (
-    SLIDE_SUFFIXES + TIFF_SUFFIXES + VOLUME_SUFFIXES + VIDEO_SUFFIXES + PIL_SUFFIXES + DICOM_SUFFIXES
-)
+from .video import open_video, write_label_volume, write_overlay_mp4
+from .volume import open_volume, write_volume
 
 
 def has_dicom_magic(path: Path) -> bool:
@@ -105,17 +121,66 @@ def open_input(
     )
 
 
+def probe(path: str | os.PathLike) -> tuple[str, int]:
+    """``(kind, dims)`` of an input from its name and header, without decoding pixels:
+    kind ``slide``, ``image``, ``volume`` or ``video``, as :func:`open_input` would open it."""
+    path = Path(path)
+    if path.is_dir():
+        return "volume", 3
+    suffix = full_suffix(path)
+    if suffix in SLIDE_SUFFIXES or (suffix in TIFF_SUFFIXES and path.is_file() and _tiff_is_slide(path)):
+        return "slide", 2
+    if suffix in VOLUME_SUFFIXES:
+        return "volume", 3
+    if suffix in VIDEO_SUFFIXES:
+        return "video", 3
+    if suffix in DICOM_SUFFIXES or (path.is_file() and has_dicom_magic(path)):
+        from .image import dicom_kind
+
+        return dicom_kind(path)
+    return "image", 2
+
+
+@dataclass
+class Loaded:
+    """A whole input read into memory: channels-last ``array`` and the reader's ``meta``."""
+
+    array: np.ndarray
+    kind: str
+    dims: int
+    meta: dict
+
+    @property
+    def spacing(self) -> list[float] | None:
+        """Spacing per array axis ((D, H, W) or (H, W)), from the file's (x, y, z) order."""
+        s = self.meta.get("spacing")
+        return [float(v) for v in reversed(s)][: self.dims] if s else None
+
+
+def load(path: str | os.PathLike, **options) -> Loaded:
+    """Open ``path`` with :func:`open_input` and read it whole (for datasets of moderate size)."""
+    with open_input(path, **options) as image:
+        return Loaded(image.read(), image.kind, image.dims, dict(image.meta))
+
+
+def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, Loaded | None]:
+    """A label map ``[*spatial]`` of class values: 2D label images keep palette indices,
+    volumes must have one component. Returns it with the volume's ``Loaded`` (None for 2D)."""
+    path = Path(path)
+    if is_volume_file(path) or path.is_dir():
+        vol = load(path)
+        if vol.array.shape[-1] != 1:
+            raise NCAError(f"Label volume {path} has {vol.array.shape[-1]} components; a label map must be a single "
+                           f"3D integer volume.")
+        return vol.array[..., 0], vol
+    return read_label_image(path), None
+
+
 __all__ = [
-    "SUPPORTED_SUFFIXES",
-    "InputImage",
-    "check_finite",
-    "downscale_nearest",
-    "is_supported",
-    "open_input",
-    "write_label_volume",
-    "write_mask_image",
-    "write_overlay_mp4",
-    "write_preview",
-    "write_pyramidal_mask",
+    "DICOM_SUFFIXES", "IMAGE_SUFFIXES", "InputImage", "Loaded", "PIL_SUFFIXES", "SLIDE_SUFFIXES",
+    "SUPPORTED_SUFFIXES", "TIFF_SUFFIXES", "VIDEO_SUFFIXES", "VOLUME_SUFFIXES", "check_finite", "downscale_nearest",
+    "full_suffix", "is_image_file", "is_supported", "is_volume_file", "load", "open_dicom", "open_image",
+    "open_input", "open_slide", "probe", "open_video", "open_volume", "read_label_image", "read_labels", "strip_suffix",
+    "write_label_volume", "write_mask_image", "write_overlay_mp4", "write_preview", "write_pyramidal_mask",
     "write_volume",
 ]

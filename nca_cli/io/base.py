@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import NCAError
+from ..core.errors import NCAError
 
 Region = tuple[slice, ...]
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import NCAError
+from ..core.errors import NCAError
 
 _CHUNK_ELEMENTS = 1 << 24
 

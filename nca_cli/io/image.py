@@ -10,14 +10,12 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
 
-from ..errors import NCAError
-from ..fileio import atomic_path
+from ..core.errors import NCAError
+from ..core.files import atomic_path
 from .base import InputImage, Region
+from .formats import TIFF_SUFFIXES, full_suffix
 from .slide import rgba_to_rgb
 
-PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-TIFF_SUFFIXES = (".tif", ".tiff")
-DICOM_SUFFIXES = (".dcm", ".dicom")
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
 
 Image.MAX_IMAGE_PIXELS = None  # large plain images are expected; memory is the caller's check
@@ -190,6 +188,39 @@ def open_image(path: Path) -> InputImage:
     return _open_pil(path)
 
 
+def read_label_image(path: Path) -> np.ndarray:
+    """A 2D label map ``[H, W]`` of class values, as stored.
+
+    Palette PNG/TIFF masks give their indices (not their colours); greyscale images their
+    values; an RGB image whose channels are equal its first channel. A colour mask is refused
+    (colour-coded masks such as CholecSeg8k's are mapped by their converter)."""
+    path = Path(path)
+    if full_suffix(path) in TIFF_SUFFIXES:
+        try:
+            arr = tifffile.imread(path, series=0)
+        except Exception as exc:  # tifffile and its codecs raise many types for damaged files
+            raise NCAError(f"Cannot read the label image {path} ({exc}); check that the file is complete.") from None
+        arr = np.squeeze(arr)
+    else:
+        try:
+            with Image.open(path) as img:
+                if img.mode in ("P", "L", "1", "I", "I;16", "I;16L", "I;16B", "F"):
+                    arr = np.asarray(img)
+                else:
+                    arr = np.asarray(img.convert("RGB"))
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            raise NCAError(f"Cannot read the label image {path} ({exc}); check that it is a complete PNG file.") from None
+    if arr.ndim == 3:
+        colour = arr[..., :3] if arr.shape[-1] >= 3 else arr[..., :1]
+        if (colour != colour[..., :1]).any():
+            raise NCAError(f"The label {path} is a colour image; save label maps as single-channel (or palette) images "
+                           f"of class values.")
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise NCAError(f"The label {path} has shape {arr.shape}; a 2D label map is expected.")
+    return np.asarray(arr)
+
+
 def _dicom_value(ds: pydicom.Dataset, keyword: str, sub: str):
     """``keyword`` from the dataset or from its shared functional group ``sub``."""
     if keyword in ds:
@@ -220,18 +251,29 @@ def _dicom_geometry(ds: pydicom.Dataset, frames: int) -> dict[str, Any]:
     return geom
 
 
+def _dicom_header(path: Path) -> pydicom.Dataset:
+    try:
+        try:
+            return pydicom.dcmread(path, stop_before_pixels=True)
+        except InvalidDicomError:
+            return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except (InvalidDicomError, OSError, ValueError, TypeError, EOFError) as exc:
+        raise NCAError(f"Cannot read DICOM file {path} ({exc}); check that it is a complete DICOM image.") from None
+
+
+def dicom_kind(path: Path) -> tuple[str, int]:
+    """``(kind, dims)`` of a DICOM file from its header: one frame is an image, several a volume."""
+    ds = _dicom_header(Path(path))
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    return ("volume", 3) if frames > 1 else ("image", 2)
+
+
 def open_dicom(path: Path) -> InputImage:
     """Open one DICOM file. Grey data comes back as float32 after rescale slope/intercept,
     with MONOCHROME1 inverted so that higher means brighter; colour data as uint8 RGB.
     A multi-frame file is a ``[F, H, W]`` volume (kind ``"volume"``)."""
     path = Path(path)
-    try:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except InvalidDicomError:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except (InvalidDicomError, OSError, ValueError, TypeError, EOFError) as exc:
-        raise NCAError(f"Cannot read DICOM file {path} ({exc}); check that it is a complete DICOM image.") from None
+    ds = _dicom_header(path)
     if "Rows" not in ds or "Columns" not in ds:
         raise NCAError(f"The DICOM file {path} holds no image (no Rows/Columns); pass a DICOM image file.")
     rows, cols = int(ds.Rows), int(ds.Columns)

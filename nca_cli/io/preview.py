@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import NCAError
-from ..fileio import atomic_path
+from ..core.errors import NCAError
+from ..core.files import atomic_path
 from .palette import PALETTE, blend
 
 

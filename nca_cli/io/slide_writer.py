@@ -7,8 +7,8 @@ from typing import Iterator
 import numpy as np
 import tifffile
 
-from ..errors import NCAError
-from ..fileio import atomic_path
+from ..core.errors import NCAError
+from ..core.files import atomic_path
 
 PYRAMID_MIN_SIDE = 1024
 """Reduced levels are added (each half the previous) until the longer side is at most this."""

@@ -7,13 +7,13 @@ from typing import Any, Iterable
 import imageio_ffmpeg
 import numpy as np
 
-from ..errors import NCAError
-from ..fileio import atomic_path
+from ..core.errors import NCAError
+from ..core.files import atomic_path
 from .base import InputImage, Region
+from .formats import full_suffix
 from .palette import PALETTE, blend
-from .volume import full_suffix, write_volume
+from .volume import write_volume
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 LABEL_SUFFIXES = (".nii", ".nii.gz", ".npz")
 
 

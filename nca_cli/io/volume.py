@@ -17,19 +17,14 @@ from typing import Any, Iterator
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import NCAError
-from ..fileio import atomic_path
+from ..core.errors import NCAError
+from ..core.files import atomic_path
 from .base import InputImage, Region
+from .formats import full_suffix
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
 WRITE_SUFFIXES = (".nii", ".nii.gz", ".mha", ".nrrd")
 _OUTPUT_FOR = {".mhd": ".mha", ".nhdr": ".nrrd"}
 
-
-def full_suffix(path: Path) -> str:
-    """Lower-case suffix, with ``.nii.gz`` kept whole."""
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from ..firemask import MASK32, threshold
+from ..core.firemask import MASK32, threshold
 from ..models.backbone import BackboneNCA
 from .build import STORAGES, KernelBuildError, Shape, kernel_module
 

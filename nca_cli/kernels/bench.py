@@ -35,7 +35,7 @@ from typing import Sequence
 
 import torch
 
-from ..firemask import fire_mask
+from ..core.firemask import fire_mask
 from ..models.backbone import BackboneNCA
 
 CHANNELS, HIDDEN, KERNEL = 16, 64, 3
@@ -376,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = format_markdown(result)
     print(text)
     if args.out is not None:
-        from ..fileio import atomic_path
+        from ..core.files import atomic_path
 
         with atomic_path(args.out) as tmp:
             tmp.write_text(text)

@@ -5,7 +5,7 @@ One step, for every cell at once (REFERENCE "Backbone NCA")::
     p     = perceive(s)                       # depthwise k^d conv with bias, reflect borders
     h     = relu(norm(fc0(concat[s, p])))     # fc0: 2C -> hidden, with bias
     delta = fc1(h)                            # hidden -> C - IN, no bias, zero-initialised
-    s[IN:] += fire * delta                    # one fire value per cell (see nca_cli.firemask)
+    s[IN:] += fire * delta                    # one fire value per cell (see nca_cli.core.firemask)
 
 The fused kernels in ``cuda/nca_cell.h`` compute the same function.
 """
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..firemask import fire_mask
+from ..core.firemask import fire_mask
 
 NORMALIZATIONS = (None, "batch")
 PERCEPTIONS = ("depthwise", "full2")

@@ -4,83 +4,90 @@ Forward (finest level = 0): seed the coarsest level with zeros and the image res
 run that level's NCA, upsample the whole state to the next finer level (nearest), overwrite
 its input channels with the image at that level, run, and repeat down to level 0. The logits
 are channels ``IN .. IN+OUT-1`` of the final state; the mask is ``logit > 0``.
+
+This forward is the differentiable reference used for training. Inference on inputs of any
+size, with the fused kernels and one shared state buffer, is ``nca_cli.inference``.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import nn
 
-from .backbone import BackboneNCA
+from ..core.schema import check_fields, setting
+from .backbone import NORMALIZATIONS, PERCEPTIONS, BackboneNCA
+from .config import ModelConfig
 from .pyramid import PYRAMID_MODES, image_pyramid, level_shapes, upsample
+from .registry import register_model
+
+NCA_ARCHITECTURES = ("octree_nca", "med_nca", "m3d_nca")
 
 
 @dataclass
-class NCAConfig:
-    """Everything that defines a multi-level NCA; saved with every checkpoint."""
+class NCAConfig(ModelConfig):
+    """Everything that defines a multi-level NCA (levels finest first); saved with every checkpoint."""
 
-    dims: int
-    input_channels: int
-    output_channels: int
-    levels: int = 5
-    factors: list = field(default_factory=list)   # per transition l -> l+1, per spatial axis
-    steps: list = field(default_factory=list)     # per level, finest first
-    kernel_sizes: list = field(default_factory=list)
-    channels: int = 16
-    hidden: int = 64
-    fire_rate: float = 0.5
-    pyramid: str = "average"
-    normalization: str | None = None
-    perception: str = "depthwise"
-    fc1_all_channels: bool = False
-    architecture: str = "octree_nca"
+    architecture: str = setting("octree_nca", kind="choice", choices=NCA_ARCHITECTURES,
+                                help="octree_nca, med_nca or m3d_nca (one engine, different settings)")
+    levels: int = setting(5, kind="int", lo=1, hi=12, help="octree levels")
+    factors: list | None = setting(None, kind="factors",
+                                   help="per level transition l -> l+1: a factor, or one per spatial axis (default 2)")
+    steps: list | None = setting(None, kind="ints", lo=0, hi=100000, help="NCA steps per level, finest first (default 10)")
+    kernel_sizes: list | None = setting(None, kind="ints", lo=1, hi=15, help="perception kernel per level (odd; default 3)")
+    channels: int = setting(16, kind="int", lo=2, hi=256, help="state channels C (inputs, logits, hidden)")
+    hidden: int = setting(64, kind="int", lo=1, hi=4096, help="width of the hidden layer")
+    fire_rate: float = setting(0.5, kind="float", lo=0.0, hi=1.0, help="probability that a cell updates in a step")
+    pyramid: str = setting("average", kind="choice", choices=PYRAMID_MODES, help="how the input pyramid is reduced")
+    normalization: str | None = setting(None, kind="choice", choices=(None, "none", *NORMALIZATIONS[1:]),
+                                        help="none, or batch (BatchNorm with the current batch's statistics)")
+    perception: str = setting("depthwise", kind="choice", choices=PERCEPTIONS,
+                              help="depthwise (one depthwise conv) or full2 (two full C->C convs)")
+    fc1_all_channels: bool = setting(False, kind="bool", help="fc1 produces all C channels (Med-NCA, 2-level M3D-NCA)")
 
     def __post_init__(self):
+        levels = self.levels
+        if not isinstance(levels, int) or isinstance(levels, bool) or levels < 1:
+            raise ValueError(f"levels must be a positive integer, got {levels!r}")
         if self.dims not in (2, 3):
             raise ValueError(f"dims must be 2 or 3, got {self.dims}")
-        if self.levels < 1:
-            raise ValueError(f"levels must be at least 1, got {self.levels}")
         if not self.factors:
-            self.factors = [[2] * self.dims for _ in range(self.levels - 1)]
+            self.factors = [[2] * self.dims for _ in range(levels - 1)]
         self.factors = [[int(f)] * self.dims if isinstance(f, int) else [int(v) for v in f] for f in self.factors]
-        if len(self.factors) != self.levels - 1:
-            raise ValueError(f"factors needs {self.levels - 1} entries (one per level transition), got {len(self.factors)}")
+        if len(self.factors) != levels - 1:
+            raise ValueError(f"factors needs {levels - 1} entries (one per level transition), got {len(self.factors)}")
         for f in self.factors:
             if len(f) != self.dims or min(f) < 1:
                 raise ValueError(f"each factor needs {self.dims} positive integers, got {f}")
-        if not self.steps:
-            self.steps = [10] * self.levels
-        if isinstance(self.steps, int):
-            self.steps = [self.steps] * self.levels
-        if len(self.steps) != self.levels or min(self.steps) < 0:
-            raise ValueError(f"steps needs {self.levels} non-negative integers, got {self.steps}")
-        if not self.kernel_sizes:
-            self.kernel_sizes = [3] * self.levels
-        if isinstance(self.kernel_sizes, int):
-            self.kernel_sizes = [self.kernel_sizes] * self.levels
-        if len(self.kernel_sizes) != self.levels:
-            raise ValueError(f"kernel_sizes needs {self.levels} entries, got {self.kernel_sizes}")
-        if self.pyramid not in PYRAMID_MODES:
-            raise ValueError(f"pyramid must be one of {PYRAMID_MODES}, got {self.pyramid!r}")
+        self.steps = self._per_level(self.steps, 10, "steps")
+        self.kernel_sizes = self._per_level(self.kernel_sizes, 3, "kernel_sizes")
+        if any(k % 2 != 1 for k in self.kernel_sizes):
+            raise ValueError(f"kernel_sizes must be odd, got {self.kernel_sizes}")
         if self.normalization in ("none", "None"):
             self.normalization = None
+        check_fields(self)
         if self.input_channels + self.output_channels > self.channels:
             raise ValueError(f"input_channels + output_channels ({self.input_channels}+{self.output_channels}) "
                              f"exceeds channels ({self.channels})")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def _per_level(self, value, default: int, name: str) -> list[int]:
+        if value is None or (isinstance(value, list) and not value):
+            return [default] * self.levels
+        if isinstance(value, int):
+            return [value] * self.levels
+        value = [int(v) for v in value]
+        if len(value) != self.levels:
+            raise ValueError(f"{name} needs {self.levels} entries (one per level), got {value}")
+        return value
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "NCAConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown model settings: {', '.join(sorted(unknown))}")
-        return cls(**data)
+
+class Crop(NamedTuple):
+    """A training crop: the ``region`` (slices at ``level``) the levels ``<= level`` run on."""
+
+    level: int
+    region: tuple[slice, ...]
 
 
 class OctreeNCA(nn.Module):
@@ -98,7 +105,6 @@ class OctreeNCA(nn.Module):
             for k in c.kernel_sizes
         )
 
-    # -- geometry -------------------------------------------------------------------------
     @property
     def input_channels(self) -> int:
         return self.config.input_channels
@@ -118,55 +124,14 @@ class OctreeNCA(nn.Module):
         if image.shape[1] != c.input_channels:
             raise ValueError(f"this model takes {c.input_channels} input channel(s), got {image.shape[1]}")
 
-    # -- forward (differentiable; the reference path) -----------------------------------
-    def forward(
-        self,
-        image: torch.Tensor,
-        *,
-        seed: int = 0,
-        patch: Sequence[int] | None = None,
-        crop_levels: int = 0,
-        generator: torch.Generator | None = None,
-        state_dtype: torch.dtype | None = None,
-    ) -> tuple[torch.Tensor, tuple[slice, ...] | None]:
-        """Logits ``[B, OUT, *spatial]`` of a ``[B, IN, *spatial]`` image.
-
-        Training on a patch: with ``patch`` (a spatial size at level 0) and ``crop_levels``
-        = k, the k finest levels run on a random crop (taken at level k-1 and followed down),
-        coarser levels on the whole image; gradients flow through every level. Returns the
-        logits and the level-0 region they cover (``None`` for the whole image).
-        """
-        self.check_image(image)
-        c = self.config
-        shapes = self.level_shapes(image.shape[2:])
-        pyramid = image_pyramid(image, c.factors, c.pyramid)
-        top = c.levels - 1
-        region: list[slice] | None = None
-        state = None
-        for level in range(top, -1, -1):
-            inp = pyramid[level]
-            if level == top:
-                state = inp.new_zeros((inp.shape[0], c.channels, *shapes[level]))
-            else:
-                state = upsample(state, c.factors[level], [s.stop - s.start for s in region] if region else shapes[level])
-                if patch is not None and crop_levels and level == crop_levels - 1 and region is None:
-                    region = self.random_region(shapes, level, patch, generator)
-                    state = state[(slice(None), slice(None), *region)]
-            if region is not None:
-                inp = inp[(slice(None), slice(None), *region)]
-            state = torch.cat([inp.to(state.dtype), state[:, c.input_channels:]], dim=1)
-            origin = [s.start for s in region] if region is not None else None
-            state = self.backbones[level].run(state, c.steps[level], seed=seed, level=level, origin=origin,
-                                              state_dtype=state_dtype)
-            if level > 0 and region is not None:
-                f = c.factors[level - 1]
-                region = [slice(s.start * k, min(s.stop * k, n)) for s, k, n in zip(region, f, shapes[level - 1])]
-            del inp
-        logits = state[:, c.input_channels:c.input_channels + c.output_channels]
-        return logits, (tuple(region) if region is not None else None)
-
-    def random_region(self, shapes, level, patch, generator) -> list[slice]:
-        """A random crop at ``level`` whose level-0 footprint has size ``patch``."""
+    def random_crop(self, spatial_shape: Sequence[int], patch: Sequence[int] | None, crop_levels: int,
+                    generator: torch.Generator | None = None) -> Crop | None:
+        """A random crop at level ``crop_levels - 1`` whose level-0 footprint has size ``patch``
+        (``None`` without a patch): the ``crop_levels`` finest levels train on it."""
+        if not patch or not crop_levels:
+            return None
+        level = crop_levels - 1
+        shapes = self.level_shapes(spatial_shape)
         scale = [1] * self.config.dims
         for f in self.config.factors[:level]:
             scale = [a * b for a, b in zip(scale, f)]
@@ -176,29 +141,58 @@ class OctreeNCA(nn.Module):
             hi = n - size
             start = int(torch.randint(0, hi + 1, (1,), generator=generator).item()) if hi > 0 else 0
             region.append(slice(start, start + size))
-        return region
+        return Crop(level, tuple(region))
 
-    # -- inference ------------------------------------------------------------------------
-    @torch.no_grad()
-    def predict_logits(
+    def forward(
         self,
         image: torch.Tensor,
         *,
         seed: int = 0,
-        impl: str = "auto",
-        state_dtype: torch.dtype = torch.float32,
-    ) -> torch.Tensor:
-        """Logits ``[B, OUT, *spatial]`` of a ``[B, IN, *spatial]`` image, on any input size.
+        crop: Crop | None = None,
+        state_dtype: torch.dtype | None = None,
+        all_levels: bool = False,
+    ):
+        """Logits ``[B, OUT, *spatial]`` of a ``[B, IN, *spatial]`` image, and the level-0 region
+        they cover (``None`` for the whole image).
 
-        ``impl``: ``"torch"`` (reference), ``"fused"`` (fused kernels) or ``"auto"``.
+        ``crop`` (see :meth:`random_crop`): the levels up to ``crop.level`` run on that region
+        only, coarser levels on the whole image; gradients flow through every level.
+        ``all_levels``: return the output logits of every level (finest first) instead.
+        ``state_dtype``: round the state to that type after every step, as inference stores it.
         """
-        from ..inference.runner import run_octree
-
         self.check_image(image)
-        return run_octree(self, image, seed=seed, impl=impl, state_dtype=state_dtype)
-
-    def predict_mask(self, image: torch.Tensor, **kwargs) -> torch.Tensor:
-        return self.predict_logits(image, **kwargs) > 0
+        c = self.config
+        shapes = self.level_shapes(image.shape[2:])
+        pyramid = image_pyramid(image, c.factors, c.pyramid)
+        out_ch = slice(c.input_channels, c.input_channels + c.output_channels)
+        top = c.levels - 1
+        outputs: list[torch.Tensor | None] = [None] * c.levels
+        region: list[slice] | None = None
+        state = None
+        for level in range(top, -1, -1):
+            inp = pyramid[level]
+            if level == top:
+                state = inp.new_zeros((inp.shape[0], c.channels, *shapes[level]))
+            else:
+                size = [s.stop - s.start for s in region] if region is not None else shapes[level]
+                state = upsample(state, c.factors[level], size)
+            if crop is not None and level == crop.level:
+                region = list(crop.region)
+                state = state[(slice(None), slice(None), *region)]
+            if region is not None:
+                inp = inp[(slice(None), slice(None), *region)]
+            state = torch.cat([inp.to(state.dtype), state[:, c.input_channels:]], dim=1)
+            origin = [s.start for s in region] if region is not None else None
+            state = self.backbones[level].run(state, c.steps[level], seed=seed, level=level, origin=origin,
+                                              state_dtype=state_dtype)
+            if all_levels:
+                outputs[level] = state[:, out_ch]
+            if level > 0 and region is not None:
+                f = c.factors[level - 1]
+                region = [slice(s.start * k, min(s.stop * k, n)) for s, k, n in zip(region, f, shapes[level - 1])]
+            del inp
+        covered = tuple(region) if region is not None else None
+        return (outputs if all_levels else state[:, out_ch]), covered
 
 
 class MedNCA(OctreeNCA):
@@ -209,8 +203,16 @@ class M3DNCA(OctreeNCA):
     """M3D-NCA: levels with kernels 3/7 (or 3/5), max-pool pyramid, BatchNorm."""
 
 
-ARCHITECTURES = {"octree_nca": OctreeNCA, "med_nca": MedNCA, "m3d_nca": M3DNCA}
+@register_model("octree_nca", config=NCAConfig, output="sigmoid", predictor="octree")
+def build_octree_nca(cfg: NCAConfig) -> OctreeNCA:
+    return OctreeNCA(cfg)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+@register_model("med_nca", config=NCAConfig, output="sigmoid", predictor="octree")
+def build_med_nca(cfg: NCAConfig) -> MedNCA:
+    return MedNCA(cfg)
+
+
+@register_model("m3d_nca", config=NCAConfig, output="sigmoid", predictor="octree")
+def build_m3d_nca(cfg: NCAConfig) -> M3DNCA:
+    return M3DNCA(cfg)

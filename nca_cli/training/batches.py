@@ -4,12 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import NCAError
-
-
-def _numpy_rng(g: torch.Generator) -> np.random.Generator:
-    """A numpy generator drawn from ``g``, so saving ``g``'s state is enough to resume."""
-    return np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,), generator=g)))
+from ..core.errors import NCAError
+from ..data.dataset import as_numpy_generator
 
 
 def case_tensors(dataset, image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +34,7 @@ class BatchSampler:
         return case_tensors(self.dataset, img, lab)
 
     def batch(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = _numpy_rng(g)
+        rng = as_numpy_generator(g)   # one draw from g: saving its state is enough to resume
         idx = torch.randint(0, len(self.dataset), (self.batch_size,), generator=g).tolist()
         pairs = [self.case(i, rng) for i in idx]
         shapes = {tuple(x.shape) for x, _ in pairs}

@@ -4,24 +4,26 @@
 architecture    batch                                              loss
 ==============  =================================================  ====================================
 NCAs            ``BatchSampler`` (patches or whole cases)          ``bce_dice_loss`` on the logits of
-                                                                   the region the NCA returns
+                                                                   the crop the NCA trains on
 unet            ``BatchSampler`` patches, multi-hot masks          ``bce_dice_loss`` (sigmoid per class)
 segresmamba,    ``BatchSampler`` patches; the multi-hot masks      ``meunet_loss``: soft Dice +
 segresnet       become a label map (0 = background)                class-weighted cross-entropy
-meunet          standard patch P (drawn as ``BatchSampler``        ``meunet_loss`` of P, plus
-                does) and the expanded patch E = expand x P        ``meunet_loss`` of E at half
-                (multiple of 16) centred on it; outside the        resolution (first level without
-                volume images read 0 and labels are ignored        gradient, deep-supervision head)
+meunet          the expanded patch E = expand x P (multiple of     ``expanded_pair_loss``: the loss of
+                16) centred on a standard patch P placed as        P plus the loss of E at half
+                ``BatchSampler`` does; outside the volume images   resolution (first level without
+                read 0 and labels are ignored                      gradient, deep-supervision head)
 meunet_cascade  patches P with the one-hot stage-1 labels at the   ``meunet_loss`` of stage 2
                 same place (stage 1 run once over each whole
                 training case, sliding window)
 ==============  =================================================  ====================================
 
-The cascade's stage 1 is a trained meU-net: ``model.options.stage1`` names its model.pt, whose
-weights are copied into the (frozen) stage 1 when training starts. Augmentation (intensity
-only) touches the image channels. NCAs validate as before (median of an ensemble on fixed
-patches or cases); baselines validate on the whole validation cases with the sliding-window
-inference of ``nca segment`` (window = ``data.patch``), Dice of the foreground classes.
+Which step an architecture uses: ``STEPS`` by name, else by its registry entry (NCAs, or
+patch-wise models). The cascade's stage 1 is a trained meU-net: ``model.stage1`` names its
+model.pt, whose weights are copied into the (frozen) stage 1 when training starts.
+Augmentation (intensity only) touches the image channels. Validation goes through the same
+predictors as ``nca segment``: NCAs the median of an ensemble on fixed patches or cases,
+patch-wise models sliding windows over the whole validation cases (window = ``data.patch``),
+Dice of the foreground classes.
 """
 from __future__ import annotations
 
@@ -32,11 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.errors import NCAError
 from ..data.dataset import as_numpy_generator
-from ..errors import NCAError
+from ..models.registry import architecture_of
 from .augment import augment
 from .batches import BatchSampler, validation_cases
-from .losses import bce_dice_loss
+from .losses import bce_dice_loss, dice_score
 
 
 def masks_to_labels(masks: torch.Tensor) -> torch.Tensor:
@@ -60,18 +63,13 @@ def _window(array: np.ndarray, start: Sequence[int], size: Sequence[int], fill, 
     return out
 
 
-class PatchSampler:
-    """Batches of a standard patch and a ``context`` window centred on it, with positions known.
-
-    The standard patch starts uniformly over the volume (an axis shorter than the patch
-    starts at 0); with ``require_foreground`` up to ``tries`` positions are tried, then the
-    patch is placed around a random foreground voxel. Returns images ``[B, C, *context]``
-    (float32), labels ``[B, *context]`` (int64, -1 outside the volume) and, for ``extra``
-    per-case maps, their windows (int64, -1 outside).
-    """
+class ContextSampler:
+    """Batches of a ``context`` window centred on a standard ``patch`` placed by
+    ``PreparedDataset.patch_start``: images ``[B, C, *context]`` (0 outside the volume), labels
+    ``[B, *context]`` (int64, -1 outside) and, for ``extra`` per-case maps, their windows."""
 
     def __init__(self, dataset, batch_size: int, patch: Sequence[int], context: Sequence[int],
-                 require_foreground: bool = False, tries: int = 10):
+                 require_foreground: bool = False):
         if len(dataset) == 0:
             raise NCAError(f"The training split of {dataset.root} is empty; prepare the dataset with more cases.")
         self.dataset = dataset
@@ -79,35 +77,17 @@ class PatchSampler:
         self.patch = tuple(patch)
         self.context = tuple(context)
         self.require_foreground = require_foreground
-        self.tries = tries
-
-    def _start(self, i: int, label: np.ndarray, rng: np.random.Generator) -> list[int]:
-        def draw() -> list[int]:
-            return [int(rng.integers(0, max(n - k, 0) + 1)) for n, k in zip(label.shape, self.patch)]
-
-        start = draw()
-        if not self.require_foreground:
-            return start
-        for _ in range(self.tries):
-            if np.asarray(label[tuple(slice(s, s + k) for s, k in zip(start, self.patch))]).any():
-                return start
-            start = draw()
-        pos = self.dataset._foreground_position(i, label, rng)
-        if pos is None:
-            return start
-        return [int(np.clip(p - rng.integers(0, k), 0, max(n - k, 0))) for p, k, n in zip(pos, self.patch, label.shape)]
 
     def batch(self, g: torch.Generator, extra: Sequence[np.ndarray] | None = None):
         rng = as_numpy_generator(g)
         idx = torch.randint(0, len(self.dataset), (self.batch_size,), generator=g).tolist()
         images, labels, maps = [], [], []
         for i in idx:
-            label = self.dataset.label(i)
-            start = self._start(i, label, rng)
+            start = self.dataset.patch_start(i, self.patch, rng, self.require_foreground)
             corner = [s - (c - p) // 2 for s, c, p in zip(start, self.context, self.patch)]
             image = self.dataset.to_float(_window(self.dataset.image(i), corner, self.context, 0))
             images.append(torch.from_numpy(image).movedim(-1, 0))
-            labels.append(torch.from_numpy(_window(label, corner, self.context, -1, np.int64)))
+            labels.append(torch.from_numpy(_window(self.dataset.label(i), corner, self.context, -1, np.int64)))
             if extra is not None:
                 maps.append(torch.from_numpy(_window(extra[i], corner, self.context, -1, np.int64)))
         out = torch.stack(images), torch.stack(labels)
@@ -115,11 +95,13 @@ class PatchSampler:
 
 
 class NCAStep:
-    """The NCA training step (unchanged)."""
+    """Multi-level NCAs: crops of the finest levels, BCE + Dice, ensemble validation."""
 
-    def __init__(self, recipe: dict, dataset):
+    def __init__(self, model: nn.Module, recipe: dict, dataset):
         data = recipe["data"]
         self.recipe = recipe
+        self.patch = data.get("crop")
+        self.crop_levels = data["crop_levels"] if self.patch else 0
         self.sampler = BatchSampler(dataset, data["batch_size"], data.get("patch"), data["require_foreground"])
 
     def batch(self, g: torch.Generator):
@@ -127,9 +109,9 @@ class NCAStep:
         return augment(x, self.recipe["training"]["augmentation"], g), y
 
     def loss(self, model, x, y, *, seed: int, generator: torch.Generator) -> torch.Tensor:
-        from .trainer import forward
-
-        logits, region = forward(model, x, self.recipe, seed=seed, generator=generator)
+        core = model.module if hasattr(model, "module") else model
+        crop = core.random_crop(x.shape[2:], self.patch, self.crop_levels, generator)
+        logits, region = model(x, seed=seed, crop=crop)
         if region is not None:
             y = y[(slice(None), slice(None), *region)]
         return bce_dice_loss(logits, y, self.recipe["training"]["dice_weight"])
@@ -138,22 +120,25 @@ class NCAStep:
         return validation_cases(dataset, self.recipe["data"].get("patch"))
 
     def validate(self, model, cases, *, ensemble: int, impl: str) -> float:
-        from .trainer import evaluate
+        """Mean Dice over cases of the median of ``ensemble`` stochastic runs' logits."""
+        from ..inference.predictors import OctreePredictor
 
-        return evaluate(model, cases, ensemble=ensemble, impl=impl)
+        if not cases:
+            return float("nan")
+        predictor = OctreePredictor(model, device=next(model.parameters()).device, impl=impl, state_dtype="float32")
+        scores = [dice_score(predictor.masks(predictor.logits(x, ensemble=ensemble)), y).mean().item() for x, y in cases]
+        return float(sum(scores) / len(scores))
 
 
-class BaselineStep:
-    """Patches from ``BatchSampler``; ``bce_dice_loss`` (sigmoid models) or ``meunet_loss``
-    on the label map (softmax models)."""
+class PatchStep:
+    """Patch-wise models: patches from ``BatchSampler``; ``bce_dice_loss`` (sigmoid models) or
+    ``meunet_loss`` on the label map (softmax models)."""
 
     def __init__(self, model: nn.Module, recipe: dict, dataset):
-        from ..models import softmax_classes
-
         self.recipe = recipe
         self.data = recipe["data"]
         self.patch = list(self.data["patch"])
-        self.softmax = softmax_classes(recipe["model"])
+        self.softmax = architecture_of(model).softmax
         self.sampler = self._sampler(model, dataset)
 
     def _sampler(self, model: nn.Module, dataset):
@@ -177,7 +162,7 @@ class BaselineStep:
 
     def validate(self, model: nn.Module, cases, **_) -> float:
         """Mean over cases of the mean foreground-class Dice of sliding-window predictions."""
-        from ..segment.patchwise import logit_rows, rows_to_masks, window_size
+        from ..inference.windows import logit_rows, rows_to_masks, window_size
 
         scores = []
         for dataset, i in cases:
@@ -199,30 +184,26 @@ class BaselineStep:
         return float(sum(scores) / len(scores))
 
 
-class MeUNetStep(BaselineStep):
+class MeUNetStep(PatchStep):
     """The meU-net step: standard patch + centred expanded patch, both losses summed."""
 
     def _sampler(self, model: nn.Module, dataset):
-        from ..models.baselines.meunet import expanded_size
+        from ..models.baselines import expanded_size
 
-        self.big = expanded_size(self.patch, model.config["options"]["expand"], model.divisor)
-        return PatchSampler(dataset, self.data["batch_size"], self.patch, self.big, self.data["require_foreground"])
+        self.big = expanded_size(self.patch, model.config.expand, model.divisor)
+        return ContextSampler(dataset, self.data["batch_size"], self.patch, self.big, self.data["require_foreground"])
 
     def batch(self, g: torch.Generator):
         x, y = self.sampler.batch(g)
         return self._augment(x, g), y
 
     def loss(self, model, x, y, *, seed: int, generator: torch.Generator) -> torch.Tensor:
-        from ..models.baselines import meunet_loss
+        from ..models.baselines import expanded_pair_loss
 
-        core = model.module if hasattr(model, "module") else model
-        inner = tuple(slice((b - p) // 2, (b - p) // 2 + p) for b, p in zip(self.big, self.patch))
-        standard = meunet_loss(model(x[(slice(None), slice(None), *inner)]), y[(slice(None), *inner)])
-        half = y[(slice(None),) + (slice(None, None, 2),) * len(self.patch)]
-        return standard + meunet_loss(core.forward_expanded(x), half)
+        return expanded_pair_loss(model, x, y, self.patch)
 
 
-class CascadeStep(BaselineStep):
+class CascadeStep(PatchStep):
     """Stage 2 of the meU-net cascade, fed the frozen stage 1's labels of the whole case."""
 
     def __init__(self, model: nn.Module, recipe: dict, dataset):
@@ -233,10 +214,10 @@ class CascadeStep(BaselineStep):
         super().__init__(model, recipe, dataset)
 
     def _sampler(self, model: nn.Module, dataset):
-        return PatchSampler(dataset, self.data["batch_size"], self.patch, self.patch, self.data["require_foreground"])
+        return ContextSampler(dataset, self.data["batch_size"], self.patch, self.patch, self.data["require_foreground"])
 
     def _stage1_maps(self) -> list[np.ndarray]:
-        from ..segment.patchwise import Stage1Mean, blended_rows, window_size
+        from ..inference.windows import Stage1Mean, blended_rows, window_size
 
         stage1 = Stage1Mean(self.model)
         maps = []
@@ -268,45 +249,38 @@ class CascadeStep(BaselineStep):
 
 
 def load_stage1(model: nn.Module, recipe: dict) -> None:
-    """Copy the weights of the meU-net named by ``model.options.stage1`` into the cascade."""
-    from ..checkpoint import load_model
+    """Copy the weights of the meU-net named by ``model.stage1`` into the cascade."""
     from ..models.baselines import MeUNet
+    from ..models.checkpoint import load_model
     from ..recipes import resolve_path
 
     src = recipe.get("_source", "the recipe")
-    path = resolve_path(recipe, recipe["model"]["options"].get("stage1"))
+    path = resolve_path(recipe, recipe["model"].get("stage1"))
     if path is None:
         raise NCAError(f"The cascade in {src} needs a trained stage 1: train recipes/meunet_microct.yaml first, "
-                       f"then set model.options.stage1 to its model.pt.")
+                       f"then set model.stage1 to its model.pt.")
     stage1, _ = load_model(path)
     m = recipe["model"]
-    if not isinstance(stage1, MeUNet) or any(stage1.config[k] != m[k] for k in ("dims", "input_channels", "output_channels")):
+    if not isinstance(stage1, MeUNet) or any(getattr(stage1.config, k) != m[k]
+                                             for k in ("dims", "input_channels", "output_channels")):
         raise NCAError(f"The stage 1 {path} named in {src} is not a {m['dims']}D meU-net with {m['input_channels']} "
                        f"input and {m['output_channels']} output channels; pass the model.pt of a matching meunet run.")
     model.stage1[0].load_state_dict(stage1.state_dict())
 
 
-def check_patch(model: nn.Module, recipe: dict) -> None:
-    """Raise ``NCAError`` unless the recipe's patch suits the model's ``divisor``."""
-    patch, div = recipe["data"].get("patch"), int(model.divisor)
-    if not patch or any(p % div for p in patch):
-        raise NCAError(f"The {recipe['model']['architecture']} model in {recipe.get('_source', 'the recipe')} trains on "
-                       f"patches that are multiples of {div} on every axis, got data.patch={patch}; fix data.patch.")
+STEPS = {"meunet": MeUNetStep, "meunet_cascade": CascadeStep}
 
 
 def training_step(model: nn.Module, recipe: dict, dataset):
     """The step object for ``model`` (see the module docstring)."""
-    from ..models import is_nca, softmax_classes
-    from ..models.baselines import MeUNet, MeUNetCascade
-
-    if is_nca(model):
-        return NCAStep(recipe, dataset)
-    check_patch(model, recipe)
-    if softmax_classes(recipe["model"]) and dataset.label_encoding != "index":
+    arch = architecture_of(model)
+    if arch.is_nca:
+        return NCAStep(model, recipe, dataset)
+    patch, div = recipe["data"].get("patch"), int(model.divisor)
+    if not patch or any(p % div for p in patch):
+        raise NCAError(f"The {arch.name} model in {recipe.get('_source', 'the recipe')} trains on patches that are "
+                       f"multiples of {div} on every axis, got data.patch={patch}; fix data.patch.")
+    if arch.softmax and dataset.label_encoding != "index":
         raise NCAError(f"The dataset {dataset.root} has overlapping classes ({dataset.label_encoding} labels), which a "
                        f"softmax model cannot predict; use the unet recipe or an NCA.")
-    if isinstance(model, MeUNetCascade):
-        return CascadeStep(model, recipe, dataset)
-    if isinstance(model, MeUNet):
-        return MeUNetStep(model, recipe, dataset)
-    return BaselineStep(model, recipe, dataset)
+    return STEPS.get(arch.name, PatchStep)(model, recipe, dataset)

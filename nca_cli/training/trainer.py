@@ -1,41 +1,40 @@
 """The training loop shared by every recipe (single process, or DDP under torchrun).
 
 Per epoch: ``batches_per_epoch`` Adam steps on augmented batches, one exponential learning-
-rate decay step, one EMA update. Every ``validate_every`` epochs the EMA model is evaluated
-(NCAs: the median of ``ensemble`` stochastic runs; baselines: sliding-window Dice of the whole
-validation cases). Batches, loss and validation per architecture: ``steps``. ``last.pt`` holds everything needed to
-continue bit-for-bit (model, EMA, optimiser, scheduler, generator states, epoch).
+rate decay step, one EMA update. Every ``validate_every`` epochs the EMA model is validated
+(``steps``); each improvement writes ``best.pt`` and ``model.pt`` (EMA weights), and without
+validation data ``model.pt`` is written every ``save_every`` epochs, so a usable model exists
+at any moment; the final ``model.pt`` holds the last EMA weights. ``last.pt`` holds everything
+needed to continue bit for bit (model, EMA, optimiser, scheduler, generator states, epoch).
+
+A resumed run (``--resume``) continues the recipe recorded in its folder (``recipe.yaml``);
+only settings that do not change the weights' trajectory may change on resume (``RESUMABLE``),
+and each change is recorded with the epoch from which it holds.
 """
 from __future__ import annotations
 
 import json
 import os
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import yaml
 
-from .. import checkpoint
-from ..errors import NCAError
-from ..fileio import atomic_path
-from ..recipes import resolve_dataset
+from ..core.device import resolve_device
+from ..core.errors import NCAError
+from ..core.files import atomic_path, write_failure
+from ..core.progress import Progress
+from ..core.seeds import fire_seed
+from ..models import checkpoint
+from ..recipes import apply_overrides, parse_override, resolve_dataset, validate_recipe
 from .ema import EMA
-from .losses import dice_score
+from .loop import optimise_epoch
 from .steps import training_step
 
 LAST, BEST, MODEL, METRICS, RESOLVED = "last.pt", "best.pt", "model.pt", "metrics.jsonl", "recipe.yaml"
-
-
-def resolve_device(device: str) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise NCAError(f"--device {device} was requested but this machine has no usable CUDA GPU; use --device cpu.")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise NCAError(f"Unknown device '{device}'; use auto, cpu or cuda.")
-    return torch.device(device)
+RESUMABLE = ("training.epochs", "training.validate_every", "training.early_stop", "training.save_every",
+             "description", "paper")
 
 
 class Distributed:
@@ -94,181 +93,239 @@ class Distributed:
                 dist.destroy_process_group()
 
 
-def _fire_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
-    return (seed * 1_000_003 + epoch * 10_007 + batch * 101 + rank) & 0xFFFFFFFF
-
-
-def forward(model, x, recipe, *, seed, generator):
-    """Logits and the level-0 region they cover (NCA crops), for any model."""
-    from ..models import is_nca
-
-    core = model.module if hasattr(model, "module") else model
-    if is_nca(core):
-        data = recipe["data"]
-        return model(x, seed=seed, patch=data.get("crop"), crop_levels=data["crop_levels"] if data.get("crop") else 0,
-                     generator=generator)
-    return model(x), None
-
-
-@torch.no_grad()
-def evaluate(model, cases, *, ensemble: int, impl: str = "auto") -> float:
-    """Mean Dice over cases of the median of ``ensemble`` stochastic runs' logits."""
-    from ..models import is_nca
-
-    if not cases:
-        return float("nan")
-    scores = []
-    for x, y in cases:
-        if is_nca(model):
-            runs = torch.stack([model.predict_logits(x, seed=s, impl=impl) for s in range(ensemble)])
-            logits = runs.median(dim=0).values
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if k.startswith("_"):
+            continue
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "model":
+            out.update(_flat(v, key + "."))
+        elif isinstance(v, dict):
+            out.update({f"{key}.{kk}": vv for kk, vv in v.items()})
         else:
-            logits = model(x)
-        scores.append(dice_score(logits > 0, y).mean().item())
-    return float(sum(scores) / len(scores))
+            out[key] = v
+    return out
 
 
-def _check_dataset(ds, recipe, path) -> None:
-    from ..models import softmax_classes
+def resumed_recipe(run_dir: Path, overrides: list[str], epochs: int | None) -> tuple[dict, dict]:
+    """The recipe a resumed run continues: its folder's ``recipe.yaml`` with ``overrides`` applied.
+
+    Returns it with the settings that change (``{key: (recorded, new)}``); a change outside
+    ``RESUMABLE`` is refused, since the run would no longer be the one its checkpoints record."""
+    path = run_dir / RESOLVED
+    if not path.is_file():
+        raise NCAError(f"Cannot resume: {path} does not exist; start the run without --resume.")
+    recorded = yaml.safe_load(path.read_text())
+    raw = apply_overrides(recorded, overrides + ([f"training.epochs={epochs}"] if epochs else []), str(path))
+    recipe = validate_recipe(raw, str(path))
+    recipe["_source"] = str(path)
+    before, after = _flat(validate_recipe(recorded, str(path))), _flat(recipe)
+    changes = {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)}
+    blocked = [k for k in changes if k not in RESUMABLE]
+    if blocked:
+        given = [parse_override(o)[0] for o in overrides]
+        named = ", ".join(f"{k}={changes[k][1]!r}" for k in blocked)
+        raise NCAError(f"--resume continues the run recorded in {path} exactly, but {named} would change it "
+                       f"(recorded: {', '.join(f'{k}={changes[k][0]!r}' for k in blocked)}); drop "
+                       f"{'these overrides' if given else 'the change'} or start a new run with another -o. "
+                       f"Only {', '.join(RESUMABLE)} may change on resume.")
+    return recipe, changes
+
+
+def check_dataset(ds, recipe: dict, path, patches: bool = False) -> None:
+    """Raise ``NCAError`` unless the dataset suits the recipe's model (dimensions, channels,
+    classes) and, with ``patches``, its patch and crop fit inside the cases (``--dry-run``;
+    training itself zero-pads cases smaller than the patch)."""
+    from ..models import architecture
 
     m = recipe["model"]
+    arch = architecture(m["architecture"])
     if ds.dims != m["dims"]:
         raise NCAError(f"Dataset {path} is {ds.dims}D but the recipe's model is {m['dims']}D; "
                        f"use a {ds.dims}D recipe or another dataset.")
     if ds.channels != m["input_channels"]:
         raise NCAError(f"Dataset {path} has {ds.channels} image channel(s) but the model takes {m['input_channels']}; "
                        f"set model.input_channels={ds.channels} or use another dataset.")
-    background = 1 if softmax_classes(m) else 0  # softmax models predict the background as class 0
+    background = 1 if arch.softmax else 0  # softmax models predict the background as class 0
     if ds.num_classes + background != m["output_channels"]:
         raise NCAError(f"Dataset {path} has {ds.num_classes} class(es) but the model predicts {m['output_channels']}"
                        f"{' softmax classes' if background else ''}; set model.output_channels={ds.num_classes + background}"
                        f"{' (the classes plus background)' if background else ''}.")
+    data = recipe["data"]
+    for key in ("patch", "crop") if patches else ():
+        size = data.get(key)
+        if not size:
+            continue
+        if len(size) != ds.dims:
+            raise NCAError(f"Recipe key 'data.{key}' has {len(size)} sizes but dataset {path} is {ds.dims}D; "
+                           f"give one size per axis.")
+        largest = [max(c["shape"][a] for c in ds.cases) for a in range(ds.dims)]
+        if any(s > n for s, n in zip(size, largest)):
+            raise NCAError(f"Recipe key 'data.{key}' {size} is larger than every case of dataset {path} (largest "
+                           f"{largest}); set data.{key} to at most {[min(s, n) for s, n in zip(size, largest)]}.")
 
 
-def train(recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False, device: str = "auto",
-          epochs: int | None = None, quiet: bool = False, impl: str = "auto") -> dict:
-    """Train the recipe's model; returns the final metrics record."""
-    from ..data.dataset import PreparedDataset
-    from ..models import build_model
-
-    run_dir = Path(run_dir)
-    tr, data = recipe["training"], recipe["data"]
-    total_epochs = epochs or tr["epochs"]
-    ds_path = resolve_dataset(recipe)
-    if ds_path is None:
-        raise NCAError(f"Recipe {recipe.get('_source', '')} names no dataset; set data.dataset (or --set data.dataset=PATH).")
-    if not (ds_path / "dataset.yaml").is_file():
-        raise NCAError(f"Dataset folder {ds_path} has no dataset.yaml; create it with `nca prepare` first.")
+def _check_run_folder(run_dir: Path, resume: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NCAError(f"The run folder {run_dir} is a file; pass a folder with -o (e.g. -o runs/{run_dir.stem}).")
     last_path = run_dir / LAST
     if last_path.exists() and not resume:
         raise NCAError(f"Run folder {run_dir} already holds a run; pass --resume to continue it or choose another -o.")
     if resume and not last_path.exists():
         raise NCAError(f"Cannot resume: {last_path} does not exist; start the run without --resume.")
 
-    dist = Distributed(resolve_device(device))
-    dev = dist.device
-    try:
-        train_ds = PreparedDataset(ds_path, "train")
-        val_ds = PreparedDataset(ds_path, "val")
-        _check_dataset(train_ds, recipe, ds_path)
-        torch.manual_seed(tr["seed"])
-        model = build_model(recipe["model"]).to(dev)
-        step = training_step(model, recipe, train_ds)
-        ema = EMA(model, tr["ema_decay"])
-        opt = torch.optim.Adam(model.parameters(), lr=tr["lr"], betas=tuple(tr["betas"]))
-        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=tr["lr_decay"])
-        gen = torch.Generator().manual_seed(tr["seed"] * 7919 + dist.rank)
-        start, best, history_ok = 0, -1.0, 0
-        if resume:
-            state = checkpoint.load(last_path, map_location=dev)
-            model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            gens = state["generators"]
-            if len(gens) != dist.world:
-                raise NCAError(f"{last_path} was written by {len(gens)} process(es); resume it with the same number.")
-            gen.set_state(gens[dist.rank])
-            start, best = int(state["epoch"]), float(state["best_dice"])
-            history_ok = start
-        ddp_model = dist.wrap(model)
-        per_epoch = data.get("batches_per_epoch") or max(1, len(train_ds) // data["batch_size"])
-        val_cases = step.validation_cases(val_ds) if dist.main and len(val_ds) else []
-        if dist.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_path(run_dir / RESOLVED) as tmp:
-                tmp.write_text(yaml.safe_dump({k: v for k, v in recipe.items() if not k.startswith("_")}, sort_keys=False))
-            _trim_metrics(run_dir / METRICS, history_ok)
 
-        progress = _progress(quiet or not dist.main)
+def _dataset(recipe: dict):
+    from ..data.dataset import PreparedDataset
+
+    ds_path = resolve_dataset(recipe)
+    if ds_path is None:
+        raise NCAError(f"Recipe {recipe.get('_source', '')} names no dataset; set data.dataset (or --set data.dataset=PATH).")
+    if not (ds_path / "dataset.yaml").is_file():
+        raise NCAError(f"Dataset folder {ds_path} has no dataset.yaml; create it with `nca prepare` first.")
+    return ds_path, PreparedDataset(ds_path, "train"), PreparedDataset(ds_path, "val")
+
+
+class _Run:
+    """The state of one training run: model, EMA, optimiser, scheduler, generator, counters."""
+
+    def __init__(self, recipe: dict, train_ds, dist: Distributed):
+        from ..models import build_model
+
+        tr = recipe["training"]
+        torch.manual_seed(tr["seed"])
+        self.model = build_model(recipe["model"]).to(dist.device)
+        self.step = training_step(self.model, recipe, train_ds)
+        self.ema = EMA(self.model, tr["ema_decay"])
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=tr["lr"], betas=tuple(tr["betas"]))
+        self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=tr["lr_decay"])
+        self.gen = torch.Generator().manual_seed(tr["seed"] * 7919 + dist.rank)
+        self.epoch, self.best, self.resumes = 0, -1.0, []
+
+    def restore(self, path: Path, dist: Distributed) -> None:
+        state = checkpoint.load(path, map_location=dist.device)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise NCAError(f"{path} does not match the recipe's model ({str(exc).splitlines()[0]}); resume with the "
+                           f"recipe the run was started with, or start a new run with another -o.") from None
+        gens = state["generators"]
+        if len(gens) != dist.world:
+            raise NCAError(f"{path} was written by {len(gens)} process(es); resume it with the same number.")
+        self.gen.set_state(gens[dist.rank])
+        self.epoch, self.best = int(state["epoch"]), float(state["best_dice"])
+        self.resumes = list(state.get("resumes") or [])
+
+    def save_last(self, path: Path, gens: list) -> None:
+        checkpoint.save({"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                         "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                         "generators": gens, "epoch": self.epoch, "best_dice": self.best, "resumes": self.resumes},
+                        path)
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        raise write_failure(path, exc) from None
+
+
+def train(recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False, device: str = "auto",
+          epochs: int | None = None, quiet: bool = False, impl: str = "auto", changes: dict | None = None) -> dict:
+    """Train the recipe's model into ``run_dir``; returns the final metrics record.
+
+    With ``resume``, ``recipe`` is the one recorded in the run folder (see ``resumed_recipe``)
+    and ``changes`` what differs from it."""
+    run_dir = Path(run_dir)
+    tr, data = recipe["training"], recipe["data"]
+    total_epochs = epochs or tr["epochs"]
+    ds_path, train_ds, val_ds = _dataset(recipe)
+    _check_run_folder(run_dir, resume)
+    check_dataset(train_ds, recipe, ds_path)
+    dist = Distributed(resolve_device(device))
+    try:
+        run = _Run(recipe, train_ds, dist)
+        if resume:
+            run.restore(run_dir / LAST, dist)
+            if changes:
+                run.resumes.append({"epoch": run.epoch, "changes": {k: list(v) for k, v in changes.items()}})
+        ddp_model = dist.wrap(run.model)
+        per_epoch = data.get("batches_per_epoch") or max(1, len(train_ds) // data["batch_size"])
+        val_cases = run.step.validation_cases(val_ds) if dist.main and len(val_ds) else []
+        meta = {"recipe_name": recipe.get("name"), "normalization": train_ds.normalization,
+                "dataset": str(ds_path), "resumes": run.resumes}
+        if dist.main:
+            _write_run_files(run_dir, recipe, ds_path, run.epoch)
         record: dict = {}
         stale = 0
-        with progress:
-            task = progress.add_task("training", total=total_epochs, completed=start, info="")
-            for epoch in range(start, total_epochs):
+        with Progress(quiet or not dist.main) as progress:
+            task = progress.add("epoch", total=total_epochs, completed=run.epoch)
+            for epoch in range(run.epoch, total_epochs):
                 t0 = time.perf_counter()
-                model.train()
-                losses = []
-                for b in range(per_epoch):
-                    x, y = step.batch(gen)
-                    loss = step.loss(ddp_model, x.to(dev), y.to(dev), seed=_fire_seed(tr["seed"], epoch, b, dist.rank),
-                                     generator=gen)
-                    if not torch.isfinite(loss):
-                        raise NCAError(f"Training diverged at epoch {epoch + 1} (loss is {loss.item()}); "
-                                       f"lower training.lr in {recipe.get('_source', 'the recipe')}.")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    losses.append(loss.item())
-                sched.step()
-                ema.update(model)
-                record = {"epoch": epoch + 1, "loss": dist.mean(sum(losses) / len(losses)),
-                          "lr": sched.get_last_lr()[0], "epoch_seconds": time.perf_counter() - t0}
-                validate = (epoch + 1) % tr["validate_every"] == 0 or epoch + 1 == total_epochs
-                improved = False
+                run.model.train()
+
+                def loss(b: int, _batch):
+                    x, y = run.step.batch(run.gen)
+                    return run.step.loss(ddp_model, x.to(dist.device), y.to(dist.device),
+                                         seed=fire_seed(tr["seed"], epoch, b, dist.rank), generator=run.gen)
+
+                means = optimise_epoch(run.opt, range(per_epoch), loss,
+                                       diverged=f"Training diverged at epoch {epoch + 1} (loss is {{value}}); lower "
+                                                f"training.lr in {recipe.get('_source', 'the recipe')}.")
+                run.sched.step()
+                run.ema.update(run.model)
+                run.epoch = epoch + 1
+                record = {"epoch": run.epoch, "loss": dist.mean(means["loss"]), "lr": run.sched.get_last_lr()[0],
+                          "epoch_seconds": time.perf_counter() - t0}
+                validate = run.epoch % tr["validate_every"] == 0 or run.epoch == total_epochs
                 if validate and dist.main and val_cases:
-                    dice = step.validate(ema.shadow, val_cases, ensemble=tr["ensemble"], impl=impl)
+                    dice = run.step.validate(run.ema.shadow, val_cases, ensemble=tr["ensemble"], impl=impl)
                     record["val_dice"] = dice
-                    improved = dice > best
-                    if improved:
-                        best = dice
-                        checkpoint.save_model(run_dir / BEST, ema.shadow, recipe, {"epoch": epoch + 1, "val_dice": dice})
-                    stale = 0 if improved else stale + 1
-                gens = dist.gather(gen.get_state())
+                    if dice > run.best:
+                        run.best = dice
+                        stale = 0
+                        for name in (BEST, MODEL):
+                            checkpoint.save_model(run_dir / name, run.ema.shadow, recipe,
+                                                  meta | {"epoch": run.epoch, "val_dice": dice, "weights": "best"})
+                    else:
+                        stale += 1
+                elif dist.main and not val_cases and run.epoch % tr["save_every"] == 0:
+                    checkpoint.save_model(run_dir / MODEL, run.ema.shadow, recipe,
+                                          meta | {"epoch": run.epoch, "weights": "latest"})
+                gens = dist.gather(run.gen.get_state())
                 if dist.main:
-                    checkpoint.save({"model": model.state_dict(), "ema": ema.state_dict(),
-                                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                     "generators": gens, "epoch": epoch + 1, "best_dice": best}, last_path)
-                    with open(run_dir / METRICS, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                info = f"loss {record['loss']:.4f}" + (f"  dice {record['val_dice']:.3f}" if "val_dice" in record else "") \
-                    + f"  {record['epoch_seconds']:.1f} s/epoch"
-                progress.update(task, advance=1, info=info)
+                    run.save_last(run_dir / LAST, gens)
+                    _append_metrics(run_dir / METRICS, record)
+                task.advance(info=f"loss {record['loss']:.4f}"
+                                  + (f"  dice {record['val_dice']:.3f}" if "val_dice" in record else "")
+                                  + f"  {record['epoch_seconds']:.1f} s/epoch")
                 if tr["early_stop"] and validate and stale >= tr["early_stop"]:
                     break
         if dist.main:
-            meta = {"epochs": record.get("epoch", start), "best_val_dice": best if best >= 0 else None,
-                    "final_loss": record.get("loss"), "recipe_name": recipe.get("name")}
-            checkpoint.save_model(run_dir / MODEL, ema.shadow, recipe, meta)
+            checkpoint.save_model(run_dir / MODEL, run.ema.shadow, recipe, meta | {
+                "epochs": record.get("epoch", run.epoch), "best_val_dice": run.best if run.best >= 0 else None,
+                "final_loss": record.get("loss"), "weights": "final"})
         dist.barrier()
         return record
     finally:
         dist.close()
 
 
-def _trim_metrics(path: Path, epochs: int) -> None:
-    """Keep the metrics of epochs ``<= epochs`` (a resumed run rewrites what came after)."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epochs]
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in keep))
-
-
-def _progress(disabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    if disabled:
-        return Progress(disable=True)
-    return Progress(TextColumn("[bold]epoch"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.fields[info]}"), transient=False)
+def _write_run_files(run_dir: Path, recipe: dict, ds_path: Path, epoch: int) -> None:
+    """``recipe.yaml`` (the effective recipe, dataset path resolved) and the metrics of epochs
+    ``<= epoch`` (a resumed run rewrites what came after)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = {k: v for k, v in recipe.items() if not k.startswith("_")}
+    resolved["data"] = dict(resolved["data"], dataset=str(ds_path.resolve()))
+    with atomic_path(run_dir / RESOLVED) as tmp:
+        tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    path = run_dir / METRICS
+    if path.exists():
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= epoch]
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in keep))

@@ -13,17 +13,12 @@ import numpy as np
 import torch
 
 from .. import io
-from ..errors import NCAError
-from ..io.volume import full_suffix
+from ..core.errors import NCAError
+from ..io.formats import strip_suffix
 from ..training.losses import dice_score
 from .inputs import list_images, read_input
 
 Case = tuple[torch.Tensor, torch.Tensor]   # image [1, IN, *spatial], target [1, K, *spatial]
-
-
-def _stem(path: Path) -> str:
-    suffix = full_suffix(path)
-    return path.name[: len(path.name) - len(suffix)] if suffix else path.name
 
 
 def _prepared_cases(root: Path, model) -> list[Case]:
@@ -45,22 +40,17 @@ def _prepared_cases(root: Path, model) -> list[Case]:
     return cases
 
 
-def _folder_cases(root: Path, model) -> list[Case]:
-    masks = {_stem(p): p for p in list_images(root / "masks")}
+def _folder_cases(root: Path, model, normalization: dict | None) -> list[Case]:
+    masks = {strip_suffix(p): p for p in list_images(root / "masks")}
     classes = model.config.output_channels
     cases = []
     for path in list_images(root / "images"):
-        mask_path = masks.get(_stem(path))
+        mask_path = masks.get(strip_suffix(path))
         if mask_path is None:
-            raise NCAError(f"Evaluation image {path} has no mask in {root / 'masks'}; add {_stem(path)}.png there "
-                           f"or remove the image.")
-        x = read_input(path, model)
-        mask = io.open_input(mask_path)
-        try:
-            pixels = mask.read()
-        finally:
-            mask.close()
-        label = pixels[..., 0] if pixels.shape[-1] == 1 else pixels.max(axis=-1)
+            raise NCAError(f"Evaluation image {path} has no mask in {root / 'masks'}; add {strip_suffix(path)}.png "
+                           f"there or remove the image.")
+        x = read_input(path, model, normalization)
+        label, _ = io.read_labels(mask_path)
         if tuple(label.shape) != tuple(x.shape[1:]):
             raise NCAError(f"Mask {mask_path} has shape {tuple(label.shape)} but its image is {tuple(x.shape[1:])}; "
                            f"pass masks of the images' size.")
@@ -72,24 +62,26 @@ def _folder_cases(root: Path, model) -> list[Case]:
     return cases
 
 
-def load_eval_cases(eval_dir: str | Path, model) -> list[Case]:
+def load_eval_cases(eval_dir: str | Path, model, normalization: dict | None = None) -> list[Case]:
     """Labeled cases of ``eval_dir`` (a prepared dataset, or ``images/`` + ``masks/``)."""
     root = Path(eval_dir)
     if (root / "dataset.yaml").is_file():
         return _prepared_cases(root, model)
     if (root / "images").is_dir() and (root / "masks").is_dir():
-        return _folder_cases(root, model)
+        return _folder_cases(root, model, normalization)
     raise NCAError(f"Evaluation folder {root} is neither a prepared dataset (no dataset.yaml) nor an images/ + masks/ "
                    f"folder; pass a folder written by `nca prepare` or one with those two subfolders.")
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model, cases: list[Case], predictions: int, device: torch.device | str = "cpu") -> dict:
     """Mean over cases of the Dice of the median of ``predictions`` stochastic runs' logits
     (``> 0``), and the mean per-pixel variance of those runs' sigmoid probabilities."""
+    from ..inference.octree import predict_logits
+
     dices, variances = [], []
     for x, y in cases:
-        runs = torch.stack([model.predict_logits(x.to(device), seed=s, impl="torch").float().cpu()
+        runs = torch.stack([predict_logits(model, x.to(device), seed=s, impl="auto").float().cpu()
                             for s in range(predictions)])
         dices.append(dice_score(runs.median(dim=0).values > 0, y).mean().item())
         variances.append(torch.sigmoid(runs).var(dim=0, unbiased=False).mean().item())

@@ -16,21 +16,23 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
-from .. import checkpoint
-from ..errors import NCAError
-from ..fileio import atomic_path, sha256_file
+from ..core.device import resolve_device
+from ..core.errors import NCAError
+from ..core.files import atomic_path, check_writable, sha256_file
+from ..core.progress import Progress
+from ..core.seeds import VWSL_STREAM, fire_seed
+from ..models import checkpoint
 from ..recipes import SCHEMA, load_recipe
-from ..training.trainer import resolve_device
+from ..training.loop import optimise_epoch
 from .evaluation import evaluate, load_eval_cases
 from .inputs import load_unlabeled
-from .levels import forward_levels, random_crop
 from .loss import vwsl_loss
+from .options import FinetuneOptions
 from .targets import cache_dir_for, cache_key, load_or_compute
 
 
@@ -42,7 +44,7 @@ def metrics_path_for(output: str | Path) -> Path:
 
 def pass_seed(seed: int, epoch: int, batch: int, k: int) -> int:
     """Fire-mask seed of pass ``k`` (0 or 1) of a batch."""
-    return (seed * 1_000_003 + epoch * 10_007 + batch * 101 + 7 * k + 0x5EED) & 0xFFFFFFFF
+    return fire_seed(seed, epoch, batch, VWSL_STREAM + 7 * k)
 
 
 def _settings(payload: dict, recipe_path: str | Path | None) -> tuple[dict, dict]:
@@ -59,9 +61,7 @@ def _check_output(output: Path, model_file: Path) -> None:
         raise NCAError(f"Output {output} is a folder; pass a file name such as {output / 'adapted.pt'}.")
     if output.resolve() == model_file.resolve():
         raise NCAError(f"Output {output} is the starting model itself; choose another -o so the original stays intact.")
-    parent = output.parent if str(output.parent) else Path(".")
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise NCAError(f"The output folder {parent} is not writable; choose another output path.")
+    check_writable(output)
 
 
 def _epoch_batches(groups: dict, batch_size: int, gen: torch.Generator) -> list[list[int]]:
@@ -73,32 +73,21 @@ def _epoch_batches(groups: dict, batch_size: int, gen: torch.Generator) -> list[
     return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
 
-def _progress(quiet: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    if quiet:
-        return Progress(disable=True)
-    return Progress(TextColumn("[bold]{task.description}"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.fields[info]}"))
-
-
-def finetune(unlabeled, model, output, *, recipe=None, epochs: int | None = None, gamma: float | None = None,
-             predictions: int | None = None, eval_dir=None, device: str = "auto", seed: int | None = None,
-             quiet: bool = False) -> dict:
-    """Adapt the NCA in ``model`` to the images of ``unlabeled``; write ``output``.
+def finetune(opts: FinetuneOptions) -> dict:
+    """Adapt the NCA in ``opts.model`` to the images of ``opts.unlabeled``; write ``opts.output``.
 
     Returns a summary (paths, settings, losses, and with ``eval_dir`` the Dice and mean
     predicted variance before and after on that labeled target data).
     """
     t0 = time.perf_counter()
-    unlabeled, model_file, output = Path(unlabeled), Path(model), Path(output)
+    unlabeled, model_file, output = Path(opts.unlabeled), Path(opts.model), Path(opts.output)
     net, payload = checkpoint.load_model(model_file, require_nca=True)
     _check_output(output, model_file)
-    vw, used_recipe = _settings(payload, recipe)
-    epochs = int(epochs if epochs is not None else vw["epochs"])
-    gamma = float(gamma if gamma is not None else vw["gamma"])
-    predictions = int(predictions if predictions is not None else vw["predictions"])
-    seed = int(seed if seed is not None else vw["seed"])
+    vw, used_recipe = _settings(payload, opts.recipe)
+    epochs = int(opts.epochs if opts.epochs is not None else vw["epochs"])
+    gamma = float(opts.gamma if opts.gamma is not None else vw["gamma"])
+    predictions = int(opts.predictions if opts.predictions is not None else vw["predictions"])
+    seed = int(opts.seed if opts.seed is not None else vw["seed"])
     if epochs < 1 or predictions < 2 or gamma < 0:
         raise NCAError(f"Fine-tuning needs epochs >= 1, predictions >= 2 and gamma >= 0 (got {epochs}, {predictions}, "
                        f"{gamma}); fix the options or the recipe's vwsl section.")
@@ -106,20 +95,20 @@ def finetune(unlabeled, model, output, *, recipe=None, epochs: int | None = None
     patch = data.get("crop")
     crop_levels = int(data.get("crop_levels") or 0) if patch else 0
     betas = tuple((used_recipe.get("training") or {}).get("betas") or (0.9, 0.99))
+    normalization = (payload.get("metadata") or {}).get("normalization")
 
-    images = load_unlabeled(unlabeled, net)
-    eval_cases = load_eval_cases(eval_dir, net) if eval_dir is not None else None
-    dev = resolve_device(device)
+    images = load_unlabeled(unlabeled, net, normalization)
+    eval_cases = load_eval_cases(opts.eval_dir, net, normalization) if opts.eval_dir is not None else None
+    dev = resolve_device(opts.device)
     net.to(dev)
 
-    progress = _progress(quiet)
     cache = cache_dir_for(output)
-    with progress:
-        task = progress.add_task("targets", total=len(images), info=f"{predictions} predictions per image")
+    with Progress(opts.quiet) as progress:
+        task = progress.add("targets", total=len(images), info=f"{predictions} predictions per image")
         key = cache_key(model_file, [u.path for u in images], predictions)
         targets = load_or_compute(cache, key, net, [u.image for u in images], predictions, dev,
-                                  on_image=lambda i: progress.advance(task))
-        progress.update(task, completed=len(images), info="reused cache" if targets.reused else "computed")
+                                  on_image=lambda i: task.advance())
+        task.update(completed=len(images), info="reused cache" if targets.reused else "computed")
         before = evaluate(net, eval_cases, predictions, dev) if eval_cases else None
 
         groups: dict[tuple, list[int]] = {}
@@ -128,36 +117,30 @@ def finetune(unlabeled, model, output, *, recipe=None, epochs: int | None = None
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam(net.parameters(), lr=float(vw["lr"]), betas=betas)
         records = []
-        task = progress.add_task("epoch", total=epochs, info="")
+        task = progress.add("epoch", total=epochs)
         net.train()
         for epoch in range(epochs):
             te = time.perf_counter()
-            sums = {"loss": 0.0, "dice": 0.0, "focal": 0.0, "l1": 0.0}
-            batches = _epoch_batches(groups, int(vw["batch_size"]), gen)
-            for b, idx in enumerate(batches):
+
+            def loss(b: int, idx: list[int]) -> dict:
                 x = torch.stack([images[i].image for i in idx]).to(dev)
                 mean = torch.stack([targets.mean[i] for i in idx]).to(dev)
                 var = torch.stack([targets.var[i] for i in idx]).to(dev)
-                crop = random_crop(net, x.shape[2:], patch, crop_levels, gen)
-                levels_a, region = forward_levels(net, x, seed=pass_seed(seed, epoch, b, 0), crop=crop)
-                levels_b, _ = forward_levels(net, x, seed=pass_seed(seed, epoch, b, 1), crop=crop)
+                crop = net.random_crop(x.shape[2:], patch, crop_levels, gen)
+                levels_a, region = net(x, seed=pass_seed(seed, epoch, b, 0), crop=crop, all_levels=True)
+                levels_b, _ = net(x, seed=pass_seed(seed, epoch, b, 1), crop=crop, all_levels=True)
                 if region is not None:
                     mean = mean[(slice(None), slice(None), *region)]
                     var = var[(slice(None), slice(None), *region)]
-                parts = vwsl_loss(levels_a[0], mean, var, levels_a, levels_b, gamma=gamma,
-                                  focal_gamma=float(vw["focal_gamma"]))
-                if not torch.isfinite(parts["loss"]):
-                    raise NCAError(f"Fine-tuning diverged at epoch {epoch + 1} (loss {parts['loss'].item()}); "
-                                   f"lower vwsl.lr or --gamma.")
-                opt.zero_grad(set_to_none=True)
-                parts["loss"].backward()
-                opt.step()
-                for k in sums:
-                    sums[k] += parts[k].item()
-            record = {"epoch": epoch + 1, **{k: v / len(batches) for k, v in sums.items()},
-                      "seconds": time.perf_counter() - te}
+                return vwsl_loss(levels_a[0], mean, var, levels_a, levels_b, gamma=gamma,
+                                 focal_gamma=float(vw["focal_gamma"]))
+
+            means = optimise_epoch(opt, _epoch_batches(groups, int(vw["batch_size"]), gen), loss,
+                                   diverged=f"Fine-tuning diverged at epoch {epoch + 1} (loss {{value}}); "
+                                            f"lower vwsl.lr or --gamma.")
+            record = {"epoch": epoch + 1, **means, "seconds": time.perf_counter() - te}
             records.append(record)
-            progress.update(task, advance=1, info=f"loss {record['loss']:.4f}  l1 {record['l1']:.5f}")
+            task.advance(info=f"loss {record['loss']:.4f}  l1 {record['l1']:.5f}")
         net.eval()
         after = evaluate(net, eval_cases, predictions, dev) if eval_cases else None
 
@@ -171,7 +154,7 @@ def finetune(unlabeled, model, output, *, recipe=None, epochs: int | None = None
         "unlabeled_mean_variance_before": variance_before,
     }
     if eval_cases is not None:
-        adaptation["eval"] = {"dir": str(eval_dir), "cases": len(eval_cases),
+        adaptation["eval"] = {"dir": str(opts.eval_dir), "cases": len(eval_cases),
                               "dice_before": before["dice"], "dice_after": after["dice"],
                               "mean_variance_before": before["mean_variance"],
                               "mean_variance_after": after["mean_variance"]}

@@ -4,13 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .. import io
-from ..errors import NCAError
-from ..inference.sources import Normalizer
-from ..segment.pipeline import check_compatible
+from ..core.errors import NCAError
+from ..inference.predictors import check_input
+from ..io.normalize import Normalization, Normalizer
 
 
 @dataclass
@@ -39,28 +38,23 @@ def list_images(source: str | Path) -> list[Path]:
     return found
 
 
-def to_model_units(pixels: np.ndarray) -> torch.Tensor:
-    """Channels-last pixels → ``[C, *spatial]`` float32, normalised as ``nca segment`` does
-    (uint8 / 255; other types clipped to their 0.5–99.5 percentiles and scaled to [0, 1])."""
-    t = Normalizer(pixels.dtype, lambda: pixels)(pixels)
-    return t.movedim(-1, 0).contiguous()
-
-
-def read_input(path: Path, model) -> torch.Tensor:
-    """Read one input whole after checking that ``model`` can take it."""
+def read_input(path: Path, model, normalization: dict | None = None) -> torch.Tensor:
+    """Read one input whole, in the units the model was trained with, after checking that
+    ``model`` can take it."""
     image = io.open_input(path)
     try:
         if image.kind == "slide":
             raise NCAError(f"{path} is a whole-slide image, which fine-tuning cannot hold in memory; "
                            f"export tiles of it as PNG or TIFF files and pass their folder.")
-        check_compatible(model, image, path)
+        check_input(model.config, image, path)
         pixels = image.read()
     finally:
         image.close()
     io.check_finite(pixels, path)
-    return to_model_units(pixels)
+    norm = Normalization.from_entry(normalization, pixels.dtype)
+    return torch.from_numpy(Normalizer.fit(norm, pixels)(pixels)).movedim(-1, 0).contiguous()
 
 
-def load_unlabeled(source: str | Path, model) -> list[Unlabeled]:
+def load_unlabeled(source: str | Path, model, normalization: dict | None = None) -> list[Unlabeled]:
     """Every image of ``source``, checked against ``model`` and read into memory."""
-    return [Unlabeled(p, read_input(p, model)) for p in list_images(source)]
+    return [Unlabeled(p, read_input(p, model, normalization)) for p in list_images(source)]

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..fileio import atomic_path, sha256_file, write_json
+from ..core.files import atomic_path, sha256_file, write_json
 
 CACHE_FORMAT = "nca-vwsl-cache/1"
 KEY_FILE = "key.json"
@@ -49,13 +49,16 @@ def cache_key(model_file: str | Path, image_paths: Sequence[Path], predictions: 
             "images": images}
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_stats(model, image: torch.Tensor, predictions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance over ``predictions`` stochastic runs of the sigmoid of a
-    ``[1, IN, *spatial]`` image's logits; each ``[OUT, *spatial]``."""
+    ``[1, IN, *spatial]`` image's logits; each ``[OUT, *spatial]``. The runs go through the
+    lean inference driver (fused kernels where they run), float32 state."""
+    from ..inference.octree import predict_logits
+
     mean = var = None
     for seed in range(predictions):   # Welford: one run held at a time
-        p = torch.sigmoid(model.predict_logits(image, seed=seed, impl="torch")[0].float())
+        p = torch.sigmoid(predict_logits(model, image, seed=seed, impl="auto")[0].float())
         if mean is None:
             mean, var = p.clone(), torch.zeros_like(p)
             continue
@@ -95,7 +98,7 @@ def load_or_compute(folder: str | Path, key: dict, model, images: Sequence[torch
     means, variances = [], []
     for i, x in enumerate(images):
         mean, var = predict_stats(model, x[None].to(device), predictions)
-        mean, var = mean.cpu(), var.cpu()
+        mean, var = mean.cpu().clone(), var.cpu().clone()   # ordinary tensors: they are training targets
         with atomic_path(folder / f"{i:04d}.npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, mean=mean.numpy(), var=var.numpy())

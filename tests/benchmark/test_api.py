@@ -6,8 +6,9 @@ import pytest
 
 from nca_cli.benchmark import api, curve, search
 from nca_cli.benchmark.geometry import GEOMETRIES
+from nca_cli.benchmark.options import BenchmarkOptions
 from nca_cli.cli import main
-from nca_cli.errors import NCAError
+from nca_cli.core.errors import NCAError
 
 MiB = 2 ** 20
 BYTES_PER_PX = {"unet": 2800, "med_nca": 700, "octree_nca/torch": 1000, "octree_nca/fused-float32": 70,
@@ -35,7 +36,7 @@ def simulated(monkeypatch):
 
 def test_max_size_json_has_one_verified_row_per_subject(simulated, tmp_path, capsys):
     out = tmp_path / "res.json"
-    results = api.run_benchmarks(True, False, False, "pathology", [], [], "1GiB", "cpu", out, None, None, False)
+    results = api.run_benchmarks(BenchmarkOptions(max_size=True, curve=False, kernel=False, task="pathology", models=[], impls=[], memory_budget="1GiB", device="cpu", json_out=out, plot=None, csv_out=None, quiet=False))
     data = json.loads(out.read_text())
     assert data == json.loads(json.dumps(results, default=str))
     assert {"tool", "version", "weights", "machine", "max_size"} <= set(data)
@@ -64,8 +65,7 @@ def test_max_size_json_has_one_verified_row_per_subject(simulated, tmp_path, cap
 def test_curve_writes_csv_and_png(simulated, tmp_path):
     csv_path, png = tmp_path / "c.csv", tmp_path / "c.png"
     pytest.importorskip("matplotlib")
-    results = api.run_benchmarks(False, True, False, "surgery", ["octree_nca"], ["torch"], "2GiB", "cpu", None,
-                                 png, csv_path, True)
+    results = api.run_benchmarks(BenchmarkOptions(max_size=False, curve=True, kernel=False, task="surgery", models=["octree_nca"], impls=["torch"], memory_budget="2GiB", device="cpu", json_out=None, plot=png, csv_out=csv_path, quiet=True))
     rows = list(csv.DictReader(csv_path.open()))
     assert rows and rows[0]["model"] == "octree_nca" and rows[0]["size_unit"] == "frames"
     ok = [r for r in rows if r["status"] == "ok"]
@@ -90,13 +90,12 @@ def test_cli_runs_the_benchmark_and_rejects_bad_options(simulated, tmp_path, cap
     assert exc.value.code == 1
     assert "not part of the pathology benchmark" in capsys.readouterr().err
     with pytest.raises(NCAError, match="--curve"):
-        api.run_benchmarks(True, False, False, "pathology", [], [], "1GiB", "cpu", None, tmp_path / "p.png", None, True)
+        api.run_benchmarks(BenchmarkOptions(max_size=True, curve=False, kernel=False, task="pathology", models=[], impls=[], memory_budget="1GiB", device="cpu", json_out=None, plot=tmp_path / "p.png", csv_out=None, quiet=True))
 
 
 def test_unavailable_fused_kernels_are_rows_with_the_reason(simulated, monkeypatch, tmp_path):
     monkeypatch.setattr(api, "_fused_ready", lambda subjects, device: "no compiler here")
-    results = api.run_benchmarks(True, False, False, "pathology", ["octree_nca"], [], "1GiB", "cpu", None, None,
-                                 None, True)
+    results = api.run_benchmarks(BenchmarkOptions(max_size=True, curve=False, kernel=False, task="pathology", models=["octree_nca"], impls=[], memory_budget="1GiB", device="cpu", json_out=None, plot=None, csv_out=None, quiet=True))
     rows = results["max_size"]["rows"]
     assert [r["verification"] for r in rows] == ["measured", "unavailable", "unavailable"]
     assert rows[1]["verified"] == "no compiler here" and rows[1]["max_size"] is None
@@ -114,7 +113,7 @@ def test_kernel_comparison_is_passed_through_and_printed(monkeypatch, tmp_path, 
 
     monkeypatch.setattr(bench, "run_kernel_benchmark", fake_kernel_benchmark)
     out = tmp_path / "k.json"
-    results = api.run_benchmarks(False, False, True, "pathology", [], [], None, "cpu", out, None, None, False)
+    results = api.run_benchmarks(BenchmarkOptions(max_size=False, curve=False, kernel=True, task="pathology", models=[], impls=[], memory_budget=None, device="cpu", json_out=out, plot=None, csv_out=None, quiet=False))
     assert seen == {"task": "pathology", "device": "cpu"}
     assert json.loads(out.read_text())["kernel"]["rows"][0]["speedup"] == 5.0
     assert results["kernel"]["rows"][0]["case"] == "2D RGB 64x64"

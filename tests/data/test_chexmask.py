@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nca_cli.core.errors import NCAError
 from nca_cli.data import PreparedDataset, make_synthetic
-from nca_cli.data.chexmask import convert_chexmask, decode_rle, encode_rle
-from nca_cli.errors import NCAError
+from nca_cli.data.chexmask import decode_rle, encode_rle
+from nca_cli.data.prepare import prepare
 
 from .conftest import assert_patient_split, no_leftovers
 
@@ -43,7 +44,7 @@ def test_layout_is_chexmask_like(raw):
 
 
 def test_convert(raw, tmp_path):
-    ds = PreparedDataset(convert_chexmask(raw, tmp_path / "cxr"), "all")
+    ds = PreparedDataset(prepare("chexmask", raw, tmp_path / "cxr"), "all")
     m = ds.manifest
     assert (m["kind"], m["dims"], m["channels"], m["classes"], m["label_encoding"]) == ("xray", 2, 1, ["lungs"], "index")
     assert len(ds) == 10 and m["normalization"]["divide_by"] == 255
@@ -64,7 +65,7 @@ def test_convert(raw, tmp_path):
 
 
 def test_heart_as_bitmask(raw, tmp_path):
-    ds = PreparedDataset(convert_chexmask(raw, tmp_path / "cxr", heart=True, image_size=(64, 64)), "all")
+    ds = PreparedDataset(prepare("chexmask", raw, tmp_path / "cxr", heart=True, image_size=(64, 64)), "all")
     assert ds.classes == ["lungs", "heart"] and ds.label_encoding == "bitmask"
     masks = ds.to_masks(ds.label(0))
     assert masks.shape == (64, 64, 2)
@@ -82,9 +83,9 @@ def test_missing_image(raw, tmp_path):
     src = _copy(raw, tmp_path)
     (src / "images" / "cxr_0003.png").unlink()
     with pytest.raises(NCAError, match=r"row .*chexmask\.csv line 5 \(cxr_0003\) has no image"):
-        convert_chexmask(src, tmp_path / "out")
+        prepare("chexmask", src, tmp_path / "out")
     assert no_leftovers(tmp_path, "out")
-    ds = PreparedDataset(convert_chexmask(src, tmp_path / "out", skip_missing=True, max_cases=4), "all")
+    ds = PreparedDataset(prepare("chexmask", src, tmp_path / "out", skip_missing=True, max_cases=4), "all")
     assert ds.ids == ["cxr_0000", "cxr_0001", "cxr_0002", "cxr_0004"]
 
 
@@ -92,7 +93,7 @@ def test_size_mismatch_names_both(raw, tmp_path):
     src = _copy(raw, tmp_path)
     Image.new("L", (30, 20)).save(src / "images" / "cxr_0002.png")
     with pytest.raises(NCAError, match=r"image .*cxr_0002\.png is 30x20 but its mask in .*chexmask\.csv line 4"):
-        convert_chexmask(src, tmp_path / "out")
+        prepare("chexmask", src, tmp_path / "out")
     assert no_leftovers(tmp_path, "out")
 
 
@@ -102,7 +103,7 @@ def test_colour_and_16_bit_images_become_grey(raw, tmp_path):
     Image.fromarray(np.repeat(grey[..., None], 3, axis=-1)).save(src / "images" / "cxr_0000.png")
     other = np.asarray(Image.open(src / "images" / "cxr_0001.png"))
     Image.fromarray(other.astype(np.uint16) * 200).save(src / "images" / "cxr_0001.png")
-    ds = PreparedDataset(convert_chexmask(src, tmp_path / "out", image_size=(80, 80)), "all")
+    ds = PreparedDataset(prepare("chexmask", src, tmp_path / "out", image_size=(80, 80)), "all")
     assert ds.image("cxr_0000").shape == (80, 80, 1)
     assert int(ds.image("cxr_0001").max()) == 255  # rescaled between percentiles
 
@@ -111,9 +112,9 @@ def test_csv_problems(raw, tmp_path):
     src = _copy(raw, tmp_path)
     (src / "chexmask.csv").rename(src / "other.txt")
     with pytest.raises(NCAError, match="holds no .csv"):
-        convert_chexmask(src, tmp_path / "out")
+        prepare("chexmask", src, tmp_path / "out")
     with open(src / "bad.csv", "w") as f:
         f.write("image_id,Height,Width\ncxr_0000,80,80\n")
     with pytest.raises(NCAError, match="lacks the column"):
-        convert_chexmask(src, tmp_path / "out")
+        prepare("chexmask", src, tmp_path / "out")
     assert no_leftovers(tmp_path, "out")

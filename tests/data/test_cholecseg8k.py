@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nca_cli.core.errors import NCAError
 from nca_cli.data import PreparedDataset, make_synthetic
-from nca_cli.data.cholecseg8k import COLORS, KEPT, colors_to_labels, convert_cholecseg8k
-from nca_cli.errors import NCAError
+from nca_cli.data.cholecseg8k import COLORS, KEPT, colors_to_labels
+from nca_cli.data.prepare import prepare
 
 from .conftest import assert_patient_split, no_leftovers
 
@@ -35,7 +36,7 @@ def test_layout_is_cholecseg8k_like(raw):
 
 
 def test_convert(raw, tmp_path):
-    ds = PreparedDataset(convert_cholecseg8k(raw, tmp_path / "cholec", seed=1), "all")
+    ds = PreparedDataset(prepare("cholecseg8k", raw, tmp_path / "cholec", seed=1), "all")
     m = ds.manifest
     assert (m["kind"], m["dims"], m["channels"], m["classes"]) == ("surgery", 3, 3, list(KEPT))
     assert ds.ids == ["video01_00080", "video01_00160", "video02_00080", "video02_00160", "video03_00080", "video03_00160"]
@@ -72,9 +73,9 @@ def test_unknown_colour(raw, tmp_path):
     mask[5, 7] = (1, 2, 3)
     Image.fromarray(mask).save(path)
     with pytest.raises(NCAError, match=r"frame_82_endo_color_mask\.png has colour \(1, 2, 3\) at row 5, column 7"):
-        convert_cholecseg8k(src, tmp_path / "out")
+        prepare("cholecseg8k", src, tmp_path / "out")
     assert no_leftovers(tmp_path, "out")
-    ds = PreparedDataset(convert_cholecseg8k(src, tmp_path / "out", strict_colors=False), "all")
+    ds = PreparedDataset(prepare("cholecseg8k", src, tmp_path / "out", strict_colors=False), "all")
     assert len(ds) == 6
 
 
@@ -82,7 +83,7 @@ def test_missing_frame_names_the_mask(raw, tmp_path):
     src = _copy(raw, tmp_path)
     (src / "video03" / "video03_00160" / "frame_161_endo.png").unlink()
     with pytest.raises(NCAError, match=r"mask .*frame_161_endo_color_mask\.png has no frame"):
-        convert_cholecseg8k(src, tmp_path / "out")
+        prepare("cholecseg8k", src, tmp_path / "out")
     assert no_leftovers(tmp_path, "out")
 
 
@@ -91,12 +92,12 @@ def test_frame_and_mask_sizes_must_match(raw, tmp_path):
     path = src / "video01" / "video01_00160" / "frame_160_endo.png"
     Image.open(path).resize((90, 50)).save(path)
     with pytest.raises(NCAError, match=r"frame .*frame_160_endo\.png is 90x50 but its mask .*frame_160_endo_color_mask\.png is 96x54"):
-        convert_cholecseg8k(src, tmp_path / "out")
+        prepare("cholecseg8k", src, tmp_path / "out")
     assert no_leftovers(tmp_path, "out")
 
 
 def test_empty_source(tmp_path):
     (tmp_path / "src" / "video01").mkdir(parents=True)
     with pytest.raises(NCAError, match="No \\*_endo_color_mask.png files"):
-        convert_cholecseg8k(tmp_path / "src", tmp_path / "out")
+        prepare("cholecseg8k", tmp_path / "src", tmp_path / "out")
     assert no_leftovers(tmp_path, "out")

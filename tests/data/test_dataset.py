@@ -2,9 +2,15 @@ import numpy as np
 import pytest
 import yaml
 
-from nca_cli.data.dataset import BLOCK, PreparedDataset, foreground_blocks, label_masks, load_manifest
+from nca_cli.core.errors import NCAError
+from nca_cli.data.dataset import (
+    BLOCK,
+    PreparedDataset,
+    foreground_blocks,
+    label_masks,
+    load_manifest,
+)
 from nca_cli.data.writer import DatasetWriter
-from nca_cli.errors import NCAError
 
 from .conftest import assert_patient_split
 

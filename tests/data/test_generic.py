@@ -3,9 +3,9 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
+from nca_cli.core.errors import NCAError
 from nca_cli.data import PreparedDataset
-from nca_cli.data.generic import convert_generic
-from nca_cli.errors import NCAError
+from nca_cli.data.prepare import prepare
 
 from .conftest import no_leftovers
 
@@ -44,7 +44,7 @@ def _png_2d(root, n=5):
 
 def test_nnunet_3d_multichannel(tmp_path):
     src = _nnunet_3d(tmp_path / "src")
-    ds = PreparedDataset(convert_generic(src, tmp_path / "out", patient_regex=r"case_(\d)"), "all")
+    ds = PreparedDataset(prepare("generic", src, tmp_path / "out", patient_regex=r"case_(\d)"), "all")
     m = ds.manifest
     assert (m["dims"], m["channels"], m["kind"]) == (3, 2, "generic")
     assert m["classes"] == ["class_2", "class_5"]  # values present, renumbered
@@ -60,22 +60,22 @@ def test_nnunet_3d_multichannel(tmp_path):
 
 def test_named_classes_and_unknown_value(tmp_path):
     src = _nnunet_3d(tmp_path / "src", values=(0, 1, 2))
-    ds = PreparedDataset(convert_generic(src, tmp_path / "ok", classes=["a", "b"], dataset_kind="radiology", modality="CT"), "all")
+    ds = PreparedDataset(prepare("generic", src, tmp_path / "ok", classes=["a", "b"], dataset_kind="radiology", modality="CT"), "all")
     assert ds.classes == ["a", "b"] and ds.manifest["kind"] == "radiology" and ds.manifest["modality"] == "CT"
     with pytest.raises(NCAError, match=r"labelsTr/case_000\.nii\.gz contains value 2 but only 1 class"):
-        convert_generic(src, tmp_path / "out", classes=["a"])
+        prepare("generic", src, tmp_path / "out", classes=["a"])
     assert no_leftovers(tmp_path, "out")
 
 
 def test_png_masks_0_255_and_resize(tmp_path):
     src = _png_2d(tmp_path / "src")
-    ds = PreparedDataset(convert_generic(src, tmp_path / "out"), "all")
+    ds = PreparedDataset(prepare("generic", src, tmp_path / "out"), "all")
     m = ds.manifest
     assert (m["dims"], m["channels"], m["classes"]) == (2, 3, ["class_1"])
     assert m["normalization"] == {"method": "none", "dtype": "uint8", "divide_by": 255.0}
     assert ds.image(0).dtype == np.uint8 and ds.image(0).shape == (30, 40, 3)
     assert np.unique(ds.label(0)).tolist() == [0, 1] and int(ds.label(0).sum()) == 100
-    small = PreparedDataset(convert_generic(src, tmp_path / "small", resize=(15, 20)), "all")
+    small = PreparedDataset(prepare("generic", src, tmp_path / "small", resize=(15, 20)), "all")
     assert small.image(0).shape == (15, 20, 3) and int(small.label(0).sum()) == 25
 
 
@@ -83,7 +83,7 @@ def test_missing_image_names_the_label(tmp_path):
     src = _png_2d(tmp_path / "src")
     (src / "images" / "img_3.png").unlink()
     with pytest.raises(NCAError, match=r"label .*masks/img_3\.png has no image named img_3"):
-        convert_generic(src, tmp_path / "out")
+        prepare("generic", src, tmp_path / "out")
     assert no_leftovers(tmp_path, "out")
 
 
@@ -91,7 +91,7 @@ def test_shape_mismatch_names_both(tmp_path):
     src = _png_2d(tmp_path / "src")
     Image.new("L", (10, 10)).save(src / "masks" / "img_2.png")
     with pytest.raises(NCAError, match=r"image .*images/img_2\.png has shape \(30, 40\) but its label .*masks/img_2\.png has \(10, 10\)"):
-        convert_generic(src, tmp_path / "out")
+        prepare("generic", src, tmp_path / "out")
     assert no_leftovers(tmp_path, "out")
 
 
@@ -99,8 +99,8 @@ def test_colour_label_and_bad_layout(tmp_path):
     src = _png_2d(tmp_path / "src")
     Image.new("RGB", (40, 30), (10, 20, 30)).save(src / "masks" / "img_1.png")
     with pytest.raises(NCAError, match=r"img_1\.png is a colour image"):
-        convert_generic(src, tmp_path / "out")
+        prepare("generic", src, tmp_path / "out")
     (tmp_path / "flat").mkdir()
     with pytest.raises(NCAError, match="neither imagesTr/"):
-        convert_generic(tmp_path / "flat", tmp_path / "out")
+        prepare("generic", tmp_path / "flat", tmp_path / "out")
     assert no_leftovers(tmp_path, "out")

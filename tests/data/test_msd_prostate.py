@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from nca_cli.core.errors import NCAError
 from nca_cli.data import PreparedDataset, make_synthetic
-from nca_cli.data.msd_prostate import convert_msd_prostate
-from nca_cli.errors import NCAError
+from nca_cli.data.prepare import prepare
 
 from .conftest import assert_patient_split, no_leftovers
 
@@ -25,7 +25,7 @@ def test_layout_is_msd_like(raw):
 
 
 def test_convert(raw, tmp_path):
-    dst = convert_msd_prostate(raw, tmp_path / "prostate", seed=2)
+    dst = prepare("msd-prostate", raw, tmp_path / "prostate", seed=2)
     ds = PreparedDataset(dst, "all")
     m = ds.manifest
     assert (m["kind"], m["modality"], m["dims"], m["channels"], m["classes"]) == ("radiology", "MR-T2", 3, 1, ["prostate"])
@@ -45,7 +45,7 @@ def test_convert(raw, tmp_path):
 
 
 def test_custom_shape(raw, tmp_path):
-    ds = PreparedDataset(convert_msd_prostate(raw, tmp_path / "small", shape=(8, 32, 32)), "all")
+    ds = PreparedDataset(prepare("msd-prostate", raw, tmp_path / "small", shape=(8, 32, 32)), "all")
     assert ds.image(0).shape == (8, 32, 32, 1)
     # spacing scales with the resize: original (40 px x 200/40 mm) over 32 px
     assert ds.case(0)["spacing"][1] == pytest.approx(200 / 32)
@@ -61,7 +61,7 @@ def test_missing_image_names_the_label(raw, tmp_path):
     src = _copy(raw, tmp_path)
     (src / "imagesTr" / "prostate_03.nii.gz").unlink()
     with pytest.raises(NCAError, match=r"label .*labelsTr/prostate_03\.nii\.gz has no image"):
-        convert_msd_prostate(src, tmp_path / "out")
+        prepare("msd-prostate", src, tmp_path / "out")
     assert no_leftovers(tmp_path, "out")
 
 
@@ -69,7 +69,7 @@ def test_shape_mismatch_names_both(raw, tmp_path):
     src = _copy(raw, tmp_path)
     sitk.WriteImage(sitk.Image([30, 30, 5], sitk.sitkUInt8), str(src / "labelsTr" / "prostate_01.nii.gz"))
     with pytest.raises(NCAError, match=r"imagesTr/prostate_01\.nii\.gz has shape .*labelsTr/prostate_01\.nii\.gz has"):
-        convert_msd_prostate(src, tmp_path / "out")
+        prepare("msd-prostate", src, tmp_path / "out")
     assert no_leftovers(tmp_path, "out")
 
 
@@ -83,7 +83,7 @@ def test_unknown_label_value(raw, tmp_path):
     fixed.CopyInformation(label)
     sitk.WriteImage(fixed, str(path))
     with pytest.raises(NCAError, match=r"prostate_04\.nii\.gz contains value 7"):
-        convert_msd_prostate(src, tmp_path / "out")
+        prepare("msd-prostate", src, tmp_path / "out")
     assert no_leftovers(tmp_path, "out")
 
 
@@ -91,11 +91,11 @@ def test_empty_or_wrong_source(tmp_path):
     (tmp_path / "empty" / "imagesTr").mkdir(parents=True)
     (tmp_path / "empty" / "labelsTr").mkdir()
     with pytest.raises(NCAError, match="holds no NIfTI label files"):
-        convert_msd_prostate(tmp_path / "empty", tmp_path / "out")
+        prepare("msd-prostate", tmp_path / "empty", tmp_path / "out")
     with pytest.raises(NCAError, match="does not exist"):
-        convert_msd_prostate(tmp_path / "nowhere", tmp_path / "out")
+        prepare("msd-prostate", tmp_path / "nowhere", tmp_path / "out")
     with pytest.raises(NCAError, match="no imagesTr/ and labelsTr/"):
-        convert_msd_prostate(tmp_path, tmp_path / "out")
+        prepare("msd-prostate", tmp_path, tmp_path / "out")
     assert no_leftovers(tmp_path, "out")
 
 
@@ -103,5 +103,5 @@ def test_existing_destination(raw, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "x").write_text("x")
     with pytest.raises(NCAError, match="not empty"):
-        convert_msd_prostate(raw, tmp_path / "out")
+        prepare("msd-prostate", raw, tmp_path / "out")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["x"]

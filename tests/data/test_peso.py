@@ -5,9 +5,9 @@ import openslide
 import pytest
 import tifffile
 
+from nca_cli.core.errors import NCAError
 from nca_cli.data import PreparedDataset, make_synthetic
-from nca_cli.data.peso import convert_peso
-from nca_cli.errors import NCAError
+from nca_cli.data.prepare import prepare
 
 from .conftest import assert_patient_split, no_leftovers
 
@@ -31,7 +31,7 @@ def test_layout_is_peso_like(raw):
 
 
 def test_convert(raw, tmp_path):
-    dst = convert_peso(raw, tmp_path / "peso", band=128)
+    dst = prepare("peso", raw, tmp_path / "peso", band=128)
     ds = PreparedDataset(dst, "all")
     m = ds.manifest
     assert (m["kind"], m["dims"], m["channels"], m["classes"], m["modality"]) == ("pathology", 2, 3, ["epithelium"], "H&E")
@@ -55,11 +55,11 @@ def test_convert(raw, tmp_path):
 
 
 def test_level_by_resolution(raw, tmp_path):
-    ds = PreparedDataset(convert_peso(raw, tmp_path / "half", mpp=0.96), "all")
+    ds = PreparedDataset(prepare("peso", raw, tmp_path / "half", mpp=0.96), "all")
     assert ds.image(0).shape == (260, 350, 3)
     assert ds.case(0)["level"] == 1 and ds.manifest["spacing"] == [0.96, 0.96]
     assert ds.label(0).any()
-    ds = PreparedDataset(convert_peso(raw, tmp_path / "lvl", level=2), "all")
+    ds = PreparedDataset(prepare("peso", raw, tmp_path / "lvl", level=2), "all")
     assert ds.image(0).shape == (130, 175, 3)
 
 
@@ -74,7 +74,7 @@ def test_untiled_half_size_mask_is_resampled(raw, tmp_path):
     path = src / "peso_training_masks" / "pds_2_HE_training_mask.tif"
     full = _mask_level0(path)
     tifffile.imwrite(path, np.ascontiguousarray(full[::2, ::2]), rowsperstrip=16)  # strips, one level
-    ds = PreparedDataset(convert_peso(src, tmp_path / "out", band=100), "all")
+    ds = PreparedDataset(prepare("peso", src, tmp_path / "out", band=100), "all")
     label = ds.label("pds_2_HE")
     assert label.shape == (520, 700)
     np.testing.assert_array_equal(label[::2, ::2], (full[::2, ::2] == 2).astype(np.uint8))
@@ -84,7 +84,7 @@ def test_missing_slide_names_the_mask(raw, tmp_path):
     src = _copy(raw, tmp_path)
     (src / "peso_training_wsi_1" / "pds_3_HE.tif").unlink()
     with pytest.raises(NCAError, match=r"mask .*pds_3_HE_training_mask\.tif has no slide pds_3_HE\.tif"):
-        convert_peso(src, tmp_path / "out")
+        prepare("peso", src, tmp_path / "out")
     assert no_leftovers(tmp_path, "out")
 
 
@@ -92,7 +92,7 @@ def test_mask_of_another_shape_names_both(raw, tmp_path):
     src = _copy(raw, tmp_path)
     tifffile.imwrite(src / "peso_training_masks" / "pds_1_HE_training_mask.tif", np.zeros((300, 100), np.uint8))
     with pytest.raises(NCAError, match=r"slide .*pds_1_HE\.tif is 700x520 .* mask .*pds_1_HE_training_mask\.tif is 100x300"):
-        convert_peso(src, tmp_path / "out")
+        prepare("peso", src, tmp_path / "out")
     assert no_leftovers(tmp_path, "out")
 
 
@@ -103,7 +103,7 @@ def test_unknown_mask_value(raw, tmp_path):
     mask[400, 10] = 7
     tifffile.imwrite(path, mask)
     with pytest.raises(NCAError, match=r"pds_2_HE_training_mask\.tif contains value 7"):
-        convert_peso(src, tmp_path / "out")
+        prepare("peso", src, tmp_path / "out")
     assert no_leftovers(tmp_path, "out")
 
 
@@ -111,5 +111,5 @@ def test_no_masks(tmp_path):
     (tmp_path / "src").mkdir()
     tifffile.imwrite(tmp_path / "src" / "pds_1_HE.tif", np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(NCAError, match="No \\*_training_mask.tif files"):
-        convert_peso(tmp_path / "src", tmp_path / "out")
+        prepare("peso", tmp_path / "src", tmp_path / "out")
     assert no_leftovers(tmp_path, "out")

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from nca_cli.core.errors import NCAError
 from nca_cli.data import KINDS, PreparedDataset, prepare
-from nca_cli.errors import NCAError
 
 from .conftest import assert_patient_split, no_leftovers
 

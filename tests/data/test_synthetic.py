@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nca_cli.core.errors import NCAError
 from nca_cli.data import make_synthetic
 from nca_cli.data.chexmask import decode_rle
-from nca_cli.errors import NCAError
 
 
 def _digest(folder):

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
+from nca_cli.core.errors import NCAError
 from nca_cli.data.dataset import load_manifest
 from nca_cli.data.split import patient_split
 from nca_cli.data.writer import DatasetWriter, safe_id
-from nca_cli.errors import NCAError
 
 from .conftest import no_leftovers
 

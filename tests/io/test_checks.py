@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nca_cli.errors import NCAError
-from nca_cli.io import check_finite
-from nca_cli.io import checks
+from nca_cli.core.errors import NCAError
+from nca_cli.io import check_finite, checks
 
 
 def test_finite_arrays_pass():

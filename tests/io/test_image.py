@@ -8,9 +8,9 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from nca_cli.errors import NCAError
-from nca_cli.io import open_input, write_mask_image
+from nca_cli.core.errors import NCAError
 from nca_cli.io import image as image_mod
+from nca_cli.io import open_input, write_mask_image
 
 
 def test_png_rgb_grey_and_16_bit(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from nca_cli.errors import NCAError
+from nca_cli.core.errors import NCAError
 from nca_cli.io import SUPPORTED_SUFFIXES, is_supported, open_input
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nca_cli.errors import NCAError
+from nca_cli.core.errors import NCAError
 from nca_cli.io import downscale_nearest, write_preview
 from nca_cli.io.palette import PALETTE, blend
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from nca_cli.errors import NCAError
+from nca_cli.core.errors import NCAError
 from nca_cli.io import open_input
 from nca_cli.io import slide as slide_mod
-from nca_cli.io.slide import choose_level, rgba_to_rgb
+from nca_cli.io.slide import choose_level, open_slide, rgba_to_rgb
 
 
 def write_rgb_pyramid(path, data: np.ndarray, factors=(1, 2, 4), mpp: float | None = 0.5, tile=128):
@@ -124,3 +124,17 @@ def test_read_downsampled_block_means(slide_path, rgb_data):
     for (y, x) in [(0, 0), (3, 10), (85, 74), (85, 0), (0, 74)]:
         block = ref[y * 7 : y * 7 + 7, x * 7 : x * 7 + 7].reshape(-1, 3).mean(axis=0)
         np.testing.assert_array_equal(small[y, x], np.rint(block))
+
+
+def test_stripped_tiff_mask_read_region_by_region(tmp_path):
+    """Label masks that OpenSlide rejects are read strip by strip with tifffile."""
+    data = (np.arange(70 * 50) % 251).astype(np.uint8).reshape(70, 50)
+    tifffile.imwrite(tmp_path / "m.tif", data, rowsperstrip=8, resolution=(1e4 / 0.25, 1e4 / 0.25),
+                     resolutionunit="CENTIMETER")
+    with open_slide(tmp_path / "m.tif") as mask:
+        assert mask.channels == 1 and mask.spatial_shape == (70, 50)
+        assert mask.meta["level_dimensions"] == [(70, 50)] and mask.meta["level0_mpp"] == pytest.approx(0.25)
+        np.testing.assert_array_equal(mask.read((slice(13, 54), slice(7, 37)))[..., 0], data[13:54, 7:37])
+    (tmp_path / "x.tif").write_bytes(b"junk")
+    with pytest.raises(NCAError, match=r"Cannot read slide .*x\.tif"):
+        open_slide(tmp_path / "x.tif")

@@ -6,7 +6,7 @@ import openslide
 import pytest
 import tifffile
 
-from nca_cli.errors import NCAError
+from nca_cli.core.errors import NCAError
 from nca_cli.io import write_pyramidal_mask
 from nca_cli.io.palette import PALETTE
 from nca_cli.io.slide_writer import pyramid_factors

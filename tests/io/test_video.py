@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nca_cli.errors import NCAError
+from nca_cli.core.errors import NCAError
 from nca_cli.io import open_input, write_label_volume, write_overlay_mp4
 from nca_cli.io.palette import PALETTE
 

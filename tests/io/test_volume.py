@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nca_cli.errors import NCAError
+from nca_cli.core.errors import NCAError
 from nca_cli.io import open_input, write_volume
 from nca_cli.io import volume as volume_mod
 

@@ -3,7 +3,13 @@ channels not a multiple of the SIMD width, kernel 5, sizes below the kernel)."""
 import pytest
 import torch
 
-from nca_cli.kernels import fused_run, from_channels_last, kernel_module, resolve_impl, to_channels_last
+from nca_cli.kernels import (
+    from_channels_last,
+    fused_run,
+    kernel_module,
+    resolve_impl,
+    to_channels_last,
+)
 
 from .conftest import make_backbone
 

@@ -12,8 +12,8 @@ Tolerances:
 import pytest
 import torch
 
-from nca_cli.firemask import fire_mask
-from nca_cli.kernels import fused_run, from_channels_last, to_channels_last
+from nca_cli.core.firemask import fire_mask
+from nca_cli.kernels import from_channels_last, fused_run, to_channels_last
 
 from .conftest import make_backbone
 

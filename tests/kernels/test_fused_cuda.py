@@ -2,7 +2,12 @@
 import pytest
 import torch
 
-from nca_cli.kernels import fused_available, fused_run, from_channels_last, to_channels_last
+from nca_cli.kernels import (
+    from_channels_last,
+    fused_available,
+    fused_run,
+    to_channels_last,
+)
 
 from .conftest import make_backbone
 

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from nca_cli.inference.octree import predict_logits
 from nca_cli.models import NCAConfig, OctreeNCA
 from nca_cli.models.pyramid import downsample, level_shapes, upsample
 
@@ -36,23 +37,23 @@ def test_forward_shapes_any_size_and_mask():
     m = randomized(cfg)
     for shape in [(32, 32), (37, 23), (5, 3)]:
         x = torch.rand(2, 3, *shape)
-        logits = m.predict_logits(x, impl="torch")
+        logits = predict_logits(m, x, impl="torch")
         assert logits.shape == (2, 2, *shape)
-        assert torch.equal(m.predict_mask(x, impl="torch"), logits > 0)
+        assert torch.equal((predict_logits(m, x, impl="torch") > 0), logits > 0)
     with pytest.raises(ValueError, match="input channel"):
-        m.predict_logits(torch.rand(1, 1, 8, 8), impl="torch")
+        predict_logits(m, torch.rand(1, 1, 8, 8), impl="torch")
     with pytest.raises(ValueError, match="2D model"):
-        m.predict_logits(torch.rand(1, 3, 4, 8, 8), impl="torch")
+        predict_logits(m, torch.rand(1, 3, 4, 8, 8), impl="torch")
 
 
 def test_levels_are_finest_first_and_use_own_weights():
     cfg = NCAConfig(dims=2, input_channels=1, output_channels=1, levels=2, steps=[1, 1])
     m = randomized(cfg)
     x = torch.rand(1, 1, 16, 16)
-    before = m.predict_logits(x, impl="torch")
+    before = predict_logits(m, x, impl="torch")
     with torch.no_grad():
         m.backbones[0].fc1.weight.zero_()
-    after = m.predict_logits(x, impl="torch")
+    after = predict_logits(m, x, impl="torch")
     # level 0 no longer changes the logits: they are level 1's, nearest-upsampled
     assert not torch.equal(before, after)
     assert torch.equal(after[..., 0::2, 0::2], after[..., 1::2, 1::2])
@@ -64,7 +65,7 @@ def test_crop_training_region_and_gradients():
     m = randomized(cfg)
     x = torch.rand(2, 1, 8, 32, 32)
     g = torch.Generator().manual_seed(0)
-    logits, region = m(x, patch=(4, 8, 8), crop_levels=2, generator=g)
+    logits, region = m(x, crop=m.random_crop(x.shape[2:], (4, 8, 8), 2, g))
     assert logits.shape == (2, 1, 4, 8, 8)
     assert all(s.start % 2 == 0 for s in region)
     logits.sum().backward()
@@ -77,6 +78,48 @@ def test_crop_matches_whole_image_inside_when_fire_rate_one():
     m = randomized(cfg)
     x = torch.rand(1, 1, 32, 32)
     full, _ = m(x)
-    crop, region = m(x, patch=(16, 16), crop_levels=1, generator=torch.Generator().manual_seed(3))
+    crop, region = m(x, crop=m.random_crop(x.shape[2:], (16, 16), 1, torch.Generator().manual_seed(3)))
     inner = full[(slice(None), slice(None), *region)][..., 1:-1, 1:-1]
     assert torch.allclose(crop[..., 1:-1, 1:-1], inner, atol=1e-5)
+
+
+def _crop_model():
+    from nca_cli.models import build_model
+
+    model = build_model(dict(architecture="octree_nca", dims=2, input_channels=1, output_channels=2, levels=3,
+                             steps=[3, 3, 4]))
+    for b in model.backbones:
+        torch.nn.init.normal_(b.fc1.weight, std=0.05)
+    return model
+
+
+def test_all_levels_finest_equals_the_logits():
+    model = _crop_model()
+    x = torch.rand(2, 1, 32, 28)
+    levels, region = model(x, seed=7, all_levels=True)
+    ref, _ = model(x, seed=7)
+    assert region is None and torch.equal(levels[0], ref)
+    assert [tuple(t.shape) for t in levels] == [(2, 2, 32, 28), (2, 2, 16, 14), (2, 2, 8, 7)]
+
+
+def test_crop_levels_train_on_a_region_the_coarse_level_sees_everything():
+    model = _crop_model()
+    x = torch.rand(1, 1, 40, 36)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    crop = model.random_crop(x.shape[2:], [16, 12], 2, g1)
+    assert crop == model.random_crop(x.shape[2:], [16, 12], 2, g2)      # reproducible from the generator
+    levels, region = model(x, seed=5, crop=crop, all_levels=True)
+    logits, same = model(x, seed=5, crop=crop)
+    assert region == same and torch.equal(levels[0], logits)
+    assert levels[0].shape[2:] == (16, 12) and [s.stop - s.start for s in region] == [16, 12]
+    whole, _ = model(x, seed=5, all_levels=True)
+    assert torch.equal(levels[2], whole[2])          # the coarsest level sees the whole image
+    assert model.random_crop(x.shape[2:], None, 2, g1) is None
+
+
+def test_two_seeds_give_two_different_passes():
+    model = _crop_model()
+    x = torch.rand(1, 1, 16, 16)
+    a, _ = model(x, seed=1, all_levels=True)
+    b, _ = model(x, seed=2, all_levels=True)
+    assert not torch.equal(a[0], b[0]) and not torch.equal(a[1], b[1])

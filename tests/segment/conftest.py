@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from nca_cli import checkpoint
-from nca_cli.models import NCAConfig, OctreeNCA
+from nca_cli.models import NCAConfig, OctreeNCA, checkpoint
 
 
 def random_model(dims, inp, out, levels=3, steps=(3, 3, 4), seed=0, factors=None):

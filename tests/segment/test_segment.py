@@ -8,17 +8,16 @@ import openslide
 import pytest
 import SimpleITK as sitk
 import tifffile
-import torch
 from PIL import Image
 
-from nca_cli.errors import NCAError
-from nca_cli.segment.api import SegmentOptions, segment_inputs
+from nca_cli.core.errors import NCAError
+from nca_cli.segment.options import SegmentOptions
+from nca_cli.segment.run import segment_inputs
 
 
 def run(inputs, out, model, **kw):
-    parts = {k: kw.pop(k) for k in ("num_parts", "part_id", "skip_existing") if k in kw}
     kw.setdefault("quiet", True)
-    return segment_inputs([str(i) for i in inputs], out, model, SegmentOptions(**kw), **parts)
+    return segment_inputs(SegmentOptions(inputs=[str(i) for i in inputs], output=out, model=model, **kw))
 
 
 def cli(*args):
@@ -32,7 +31,7 @@ def test_png_end_to_end(tmp_path, models, rgb_image):
     res = run([src], out, models["rgb2d"], preview=tmp_path / "out" / "preview.png")
     mask = np.array(Image.open(out))
     assert mask.shape == rgb_image.shape[:2] and set(np.unique(mask)) <= {0, 1}
-    meta = json.loads((tmp_path / "out" / "run_metadata.json").read_text())
+    meta = json.loads((tmp_path / "out" / "a_mask.run_metadata.json").read_text())
     for key in ("version", "checkpoint_sha256", "arguments", "seed", "device", "impl", "peak_memory_bytes",
                 "wall_seconds", "level_seconds"):
         assert key in meta
@@ -104,7 +103,7 @@ def test_tiled_equals_single_pass_2d(tmp_path, models, rgb_image, impl):
     Image.fromarray(rgb_image).save(src)
     run([src], tmp_path / "one.png", models["rgb2d"], tiling="off", impl=impl, state_dtype="float32")
     run([src], tmp_path / "tiles.png", models["rgb2d"], tiling="force", tile_size=16, impl=impl, state_dtype="float32")
-    meta = json.loads((tmp_path / "run_metadata.json").read_text())
+    meta = json.loads((tmp_path / "tiles.run_metadata.json").read_text())
     assert meta["mode"] == "tiled" and meta["tiles"] > 4
     a, b = np.array(Image.open(tmp_path / "one.png")), np.array(Image.open(tmp_path / "tiles.png"))
     assert 0.05 < a.mean() < 0.95
@@ -134,7 +133,7 @@ def test_ensemble_uncertainty_and_nqm(tmp_path, models, rgb_image):
     run([src], tmp_path / "m.png", models["rgb2d"], ensemble=3, uncertainty=tmp_path / "std.tif")
     std = tifffile.imread(tmp_path / "std.tif")
     assert std.shape == rgb_image.shape[:2] and std.max() > 0
-    meta = json.loads((tmp_path / "run_metadata.json").read_text())
+    meta = json.loads((tmp_path / "m.run_metadata.json").read_text())
     assert meta["nqm"] is not None and meta["nqm"] >= 0
 
 
@@ -147,7 +146,7 @@ def test_many_inputs_parts_and_continue(tmp_path, models, rgb_image):
     res = run([folder], out, models["rgb2d"], num_parts=2, part_id=1)
     assert sorted(p.name for p in out.glob("*_mask.png")) == ["img1_mask.png", "img3_mask.png"]
     assert all((out / f"img{i}_mask.run_metadata.json").exists() for i in (1, 3))
-    res = run([str(folder / "*.png")], out, models["rgb2d"], skip_existing=True)
+    res = run([str(folder / "*.png")], out, models["rgb2d"], resume=True)
     assert [r["status"] for r in res].count("done") == 2
     assert not list(out.glob(".*partial*"))
 

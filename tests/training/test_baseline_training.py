@@ -5,19 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-from nca_cli import checkpoint
+from nca_cli.core.errors import NCAError
 from nca_cli.data.dataset import PreparedDataset
 from nca_cli.data.prepare import prepare
-from nca_cli.errors import NCAError
+from nca_cli.models import checkpoint
 from nca_cli.models.baselines import MeUNet, MeUNetCascade, SegResMamba
 from nca_cli.recipes import load_recipe
-from nca_cli.training.steps import PatchSampler, masks_to_labels
+from nca_cli.training.steps import ContextSampler, masks_to_labels
 from nca_cli.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["data.patch=[16,16,16]", "data.batch_size=2", "data.batches_per_epoch=1", "training.validate_every=1"]
-TINY_SEGRES = ["model.options.widths=[8,16]", "model.options.blocks_down=[1,1]", "model.output_channels=4",
-               "data.kind=generic"]
+TINY_SEGRES = ["model.widths=[8,16]", "model.blocks_down=[1,1]", "model.output_channels=4"]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +42,7 @@ def test_masks_to_labels_background_is_zero():
 
 def test_patch_sampler_centres_context_and_ignores_outside(microct):
     ds = PreparedDataset(microct, "train")
-    sampler = PatchSampler(ds, 2, (8, 8, 8), (16, 16, 16))
+    sampler = ContextSampler(ds, 2, (8, 8, 8), (16, 16, 16))
     extra = [np.full(ds.label(i).shape, 7, np.uint8) for i in range(len(ds))]
     x, y, maps = sampler.batch(torch.Generator().manual_seed(0), extra)
     assert x.shape == (2, 1, 16, 16, 16) and y.shape == maps.shape == (2, 16, 16, 16)
@@ -64,7 +63,7 @@ def test_meunet_trains_and_reloads(meunet_run, microct):
     assert [x["epoch"] for x in lines] == [1, 2] and all("val_dice" in x for x in lines)
     model, payload = checkpoint.load_model(run / "model.pt")
     assert isinstance(model, MeUNet) and payload["model_config"]["architecture"] == "meunet"
-    assert payload["model_config"]["options"]["expand"] == 1.5
+    assert payload["model_config"]["expand"] == 1.5
     with torch.no_grad():
         assert model(torch.zeros(1, 1, 32, 32, 32)).shape == (1, 4, 32, 32, 32)
 
@@ -96,26 +95,26 @@ def test_cascade_uses_the_trained_stage1(meunet_run, microct, tmp_path):
     run, _ = meunet_run
     stage1, _ = checkpoint.load_model(run / "model.pt")
     r = load_recipe(ROOT / "recipes" / "meunet_cascade_microct.yaml",
-                    [f"data.dataset={microct}", *QUICK, f"model.options.stage1={run / 'model.pt'}"])
+                    [f"data.dataset={microct}", *QUICK, f"model.stage1={run / 'model.pt'}"])
     train(r, tmp_path / "cascade", epochs=1, quiet=True)
     model, _ = checkpoint.load_model(tmp_path / "cascade" / "model.pt")
     assert isinstance(model, MeUNetCascade)
     for k, v in stage1.state_dict().items():
         assert torch.equal(model.stage1[0].state_dict()[k], v), k
     missing = load_recipe(ROOT / "recipes" / "meunet_cascade_microct.yaml",
-                          [f"data.dataset={microct}", *QUICK, "model.options.stage1=null"])
+                          [f"data.dataset={microct}", *QUICK, "model.stage1=null"])
     with pytest.raises(NCAError, match="train recipes/meunet_microct.yaml first"):
         train(missing, tmp_path / "nostage1", epochs=1, quiet=True)
 
 
 def test_unet_trains_with_sigmoid_classes(microct, tmp_path):
     r = load_recipe(ROOT / "recipes" / "unet_radiology.yaml",
-                    [f"data.dataset={microct}", *QUICK, "model.output_channels=3", "data.kind=generic",
-                     "model.options.num_encoding_blocks=2", "model.options.out_channels_first_layer=4"])
+                    [f"data.dataset={microct}", *QUICK, "model.output_channels=3",
+                     "model.num_encoding_blocks=2", "model.out_channels_first_layer=4"])
     record = train(r, tmp_path / "run", epochs=1, quiet=True)
     assert np.isfinite(record["loss"]) and 0 <= record["val_dice"] <= 1
     model, payload = checkpoint.load_model(tmp_path / "run" / "model.pt")
-    assert payload["model_config"]["options"]["out_channels_first_layer"] == 4 and model.divisor == 2
+    assert payload["model_config"]["out_channels_first_layer"] == 4 and model.divisor == 2
     with torch.no_grad():
         assert model(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
 

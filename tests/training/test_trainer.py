@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nca_cli import checkpoint
+from nca_cli.core.errors import NCAError
 from nca_cli.data.prepare import prepare
-from nca_cli.errors import NCAError
+from nca_cli.models import checkpoint
 from nca_cli.recipes import load_recipe
 from nca_cli.training.trainer import train
 

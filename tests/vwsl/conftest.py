@@ -3,8 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nca_cli import checkpoint
-from nca_cli.models import build_model
+from nca_cli.models import build_model, checkpoint
 
 TINY_MEDNCA = dict(architecture="med_nca", dims=2, input_channels=1, output_channels=1, levels=2, factors=[[4, 4]],
                    steps=[6, 6], kernel_sizes=[3, 3], channels=16, hidden=16, normalization="batch",

@@ -4,15 +4,19 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from torch import nn
 
-from nca_cli import checkpoint
-from nca_cli.errors import NCAError
-from nca_cli.fileio import sha256_file
-from nca_cli.models import register_model
-from nca_cli.vwsl.finetune import finetune, metrics_path_for
+from nca_cli.core.errors import NCAError
+from nca_cli.core.files import sha256_file
+from nca_cli.models import build_model, checkpoint
+from nca_cli.vwsl import finetune as ft
+from nca_cli.vwsl.finetune import metrics_path_for
+from nca_cli.vwsl.options import FinetuneOptions
 
 from .conftest import TINY_MEDNCA, disk_image, tiny_model, write_png
+
+
+def finetune(unlabeled, model, output, **options):
+    return ft.finetune(FinetuneOptions(unlabeled=unlabeled, model=model, output=output, **options))
 
 
 def _files(folder):
@@ -42,20 +46,11 @@ def test_rgb_image_for_a_grey_model(tmp_path, model_file, unlabeled):
     _fails(tmp_path, unlabeled, model_file, r"colour\.png has 3 channel\(s\) but the model takes 1")
 
 
-class _Conv(nn.Module):
-    config = {"architecture": "vwsl_test_conv", "dims": 2, "input_channels": 1, "output_channels": 1}
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 1, 3, padding=1)
-
-
-register_model("vwsl_test_conv")(lambda cfg: _Conv())
-
-
 def test_checkpoint_that_is_not_an_nca(tmp_path, unlabeled):
-    path = tmp_path / "conv.pt"
-    checkpoint.save_model(path, _Conv(), None)
+    path = tmp_path / "unet.pt"
+    unet = build_model({"architecture": "unet", "dims": 2, "input_channels": 1, "output_channels": 1,
+                        "num_encoding_blocks": 2, "out_channels_first_layer": 2})
+    checkpoint.save_model(path, unet, None)
     _fails(tmp_path, unlabeled, path, "not an NCA")
 
 

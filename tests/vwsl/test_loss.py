@@ -5,7 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from nca_cli.training.losses import soft_dice
-from nca_cli.vwsl.loss import consistency_l1, variance_weight, vwsl_loss, weighted_dice_loss, weighted_focal_loss
+from nca_cli.vwsl.loss import (
+    consistency_l1,
+    variance_weight,
+    vwsl_loss,
+    weighted_dice_loss,
+    weighted_focal_loss,
+)
 
 LOG3 = math.log(3.0)  # sigmoid(log 3) = 0.75
 

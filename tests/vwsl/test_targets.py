@@ -2,9 +2,15 @@ import os
 
 import torch
 
-from nca_cli import checkpoint
+from nca_cli.inference.octree import predict_logits
+from nca_cli.models import checkpoint
 from nca_cli.vwsl.inputs import load_unlabeled
-from nca_cli.vwsl.targets import cache_dir_for, cache_key, load_or_compute, predict_stats
+from nca_cli.vwsl.targets import (
+    cache_dir_for,
+    cache_key,
+    load_or_compute,
+    predict_stats,
+)
 
 from .conftest import tiny_model
 
@@ -13,7 +19,7 @@ def test_stats_are_mean_and_variance_of_the_sigmoid_runs():
     model = tiny_model()
     x = torch.rand(1, 1, 16, 20)
     mean, var = predict_stats(model, x, 4)
-    runs = torch.stack([torch.sigmoid(model.predict_logits(x, seed=s, impl="torch")[0]) for s in range(4)])
+    runs = torch.stack([torch.sigmoid(predict_logits(model, x, seed=s, impl="torch")[0]) for s in range(4)])
     assert torch.allclose(mean, runs.mean(0), atol=1e-6)
     assert torch.allclose(var, runs.var(0, unbiased=False), atol=1e-7)
     assert var.max() > 0 and var.max() <= 0.25

@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 
 try:
-    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _cuda_selective_scan
+    from mamba_ssm.ops.selective_scan_interface import (
+        selective_scan_fn as _cuda_selective_scan,
+    )
 except (ImportError, OSError):
     _cuda_selective_scan = None
 

@@ -19,12 +19,16 @@ nearest-resized, to the input of every decoder level of the stage-2 U-net
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...core.schema import setting
+from ..config import ModelConfig
+from ..registry import register_model
 from .unet import check_divisible
 
 ENCODER = (16, 32, 64, 128, 128)
@@ -211,22 +215,33 @@ def meunet_training_loss(
     if any(p % model.divisor for p in patch):
         raise ValueError(f"The meU-net patch size must be a multiple of {model.divisor}, got {patch}.")
     big = expanded_size(patch, expand, model.divisor)
-    std_x, std_y, exp_x, exp_y = [], [], [], []
+    exp_x, exp_y = [], []
     for b in range(volume.shape[0]):
         start = [
             int(torch.randint(0, max(n - p, 0) + 1, (1,), generator=generator)) for n, p in zip(spatial, patch)
         ]
         start_big = [s - (e - p) // 2 for s, e, p in zip(start, big, patch)]
-        std_x.append(_crop(volume[b], start, patch, 0.0))
-        std_y.append(_crop(labels[b], start, patch, -1))
         exp_x.append(_crop(volume[b], start_big, big, 0.0))
         exp_y.append(_crop(labels[b], start_big, big, -1))
     device = next(model.parameters()).device
-    std_loss = meunet_loss(model(torch.stack(std_x).to(device)), torch.stack(std_y).to(device), weights)
-    half = (slice(None),) + (slice(None, None, 2),) * dims
-    exp_logits = model.forward_expanded(torch.stack(exp_x).to(device))
-    exp_loss = meunet_loss(exp_logits, torch.stack(exp_y)[half].to(device), weights)
-    return std_loss + exp_loss
+    return expanded_pair_loss(model, torch.stack(exp_x).to(device), torch.stack(exp_y).to(device), patch, weights)
+
+
+def expanded_pair_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, patch: Sequence[int],
+                       weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``loss(standard patch) + loss(expanded patch at half resolution)`` of expanded windows.
+
+    ``x`` ``[B, C, *E]`` and ``y`` ``[B, *E]`` (labels, -1 outside the volume) are expanded
+    patches; the standard patch ``patch`` is their centre (start ``(E - P) // 2``). ``model``
+    may be wrapped (DistributedDataParallel): the standard path goes through it, the expanded
+    path through the wrapped module's ``forward_expanded``.
+    """
+    core = model.module if hasattr(model, "module") else model
+    big = x.shape[2:]
+    inner = tuple(slice((e - p) // 2, (e - p) // 2 + p) for e, p in zip(big, patch))
+    standard = meunet_loss(model(x[(slice(None), slice(None), *inner)]), y[(slice(None), *inner)], weights)
+    half = (slice(None),) + (slice(None, None, 2),) * len(patch)
+    return standard + meunet_loss(core.forward_expanded(x), y[half], weights)
 
 
 class MeUNetCascade(nn.Module):
@@ -282,3 +297,32 @@ class MeUNetCascade(nn.Module):
         if self.mode == "post_concat":
             return self.stage2(x, extra=pred)
         return self.stage2(torch.cat([x, pred], dim=1))
+
+
+@dataclass
+class MeUNetConfig(ModelConfig):
+    """meU-net: softmax classes (background included)."""
+
+    expand: float = setting(EXPAND, kind="float", lo=1.0, hi=4.0,
+                            help="expanded patch = expand x patch per axis, rounded up to the divisor")
+
+
+@dataclass
+class MeUNetCascadeConfig(ModelConfig):
+    """The two-stage cascade: a frozen meU-net stage 1, a U-net stage 2 fed its prediction."""
+
+    mode: str = setting("post_concat", kind="choice", choices=MeUNetCascade.MODES,
+                        help="post_concat (full-level post-concatenation) or input_concat (the ablation)")
+    stage1: str | None = setting(None, kind="path", help="model.pt of the trained meU-net that becomes stage 1")
+
+
+@register_model("meunet", config=MeUNetConfig, output="softmax", predictor="window")
+def build_meunet(cfg: MeUNetConfig) -> nn.Module:
+    return MeUNet(cfg.input_channels, cfg.output_channels, dims=cfg.dims)
+
+
+@register_model("meunet_cascade", config=MeUNetCascadeConfig, output="softmax", predictor="window")
+def build_meunet_cascade(cfg: MeUNetCascadeConfig) -> nn.Module:
+    """An untrained stage 1 inside the cascade; training copies ``stage1``'s weights into it."""
+    stage1 = MeUNet(cfg.input_channels, cfg.output_channels, dims=cfg.dims)
+    return MeUNetCascade(stage1, cfg.input_channels, cfg.output_channels, mode=cfg.mode, dims=cfg.dims)

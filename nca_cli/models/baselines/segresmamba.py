@@ -25,11 +25,15 @@ Spatial sizes must be divisible by ``divisor`` (32 with Mamba, 16 without).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...core.schema import setting
+from ..config import ModelConfig
+from ..registry import register_model
 from .mamba_scan import selective_scan
 from .unet import check_divisible
 
@@ -227,3 +231,32 @@ class SegResMamba(nn.Module):
     def mamba_parameters(self) -> list[nn.Parameter]:
         """The parameters of all Mamba blocks (empty without Mamba)."""
         return [p for m in self.modules() if isinstance(m, MambaBlock) for p in m.parameters()]
+
+
+@dataclass
+class SegResNetConfig(ModelConfig):
+    """The SegResNet-like encoder-decoder without Mamba (the ablation); softmax classes."""
+
+    widths: list = setting(kind="ints", lo=8, hi=4096, default_factory=lambda: list(WIDTHS),
+                           help="stem and stage channels")
+    blocks_down: list = setting(kind="ints", lo=1, hi=64, default_factory=lambda: list(BLOCKS_DOWN),
+                                help="residual blocks per stage")
+
+
+@dataclass
+class SegResMambaConfig(SegResNetConfig):
+    """SegResMamba with Tri-oriented Mamba blocks; softmax classes."""
+
+    scan_chunk: int = setting(64, kind="int", lo=1, hi=1 << 20, help="selective-scan chunk length (memory/speed only)")
+
+
+@register_model("segresmamba", config=SegResMambaConfig, output="softmax", predictor="window")
+def build_segresmamba(cfg: SegResMambaConfig) -> nn.Module:
+    return SegResMamba(cfg.input_channels, cfg.output_channels, dims=cfg.dims, use_mamba=True,
+                       widths=tuple(cfg.widths), blocks_down=tuple(cfg.blocks_down), scan_chunk=cfg.scan_chunk)
+
+
+@register_model("segresnet", config=SegResNetConfig, output="softmax", predictor="window")
+def build_segresnet(cfg: SegResNetConfig) -> nn.Module:
+    return SegResMamba(cfg.input_channels, cfg.output_channels, dims=cfg.dims, use_mamba=False,
+                       widths=tuple(cfg.widths), blocks_down=tuple(cfg.blocks_down))

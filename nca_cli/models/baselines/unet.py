@@ -11,9 +11,15 @@ without padding and would otherwise misalign its skip connections.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from unet import UNet2D, UNet3D
+
+from ...core.schema import setting
+from ..config import ModelConfig
+from ..registry import register_model
 
 
 def check_divisible(x: torch.Tensor, dims: int, divisor: int, name: str) -> None:
@@ -55,10 +61,21 @@ class UNet3DBaseline(_SizeChecked, UNet3D):
     dims = 3
 
 
-def build_unet(dims: int, input_channels: int, output_channels: int) -> nn.Module:
-    """The default-configuration package UNet mapping ``[B, IN, *spatial]`` to logits
-    ``[B, OUT, *spatial]`` (no activation)."""
+@dataclass
+class UNetConfig(ModelConfig):
+    """The package UNet; the sizes default to the package's default configuration."""
+
+    num_encoding_blocks: int | None = setting(None, kind="int", lo=2, hi=8,
+                                              help="encoder depth (default: the package's, 5 in 2D and 4 in 3D)")
+    out_channels_first_layer: int | None = setting(None, kind="int", lo=1, hi=1024,
+                                                   help="channels of the first layer (default: the package's, 64 / 32)")
+
+
+@register_model("unet", config=UNetConfig, output="sigmoid", predictor="window")
+def build_unet(cfg: UNetConfig) -> nn.Module:
+    """The package UNet mapping ``[B, IN, *spatial]`` to logits ``[B, OUT, *spatial]`` (no
+    activation); one sigmoid per class, as the NCAs."""
     classes = {2: UNet2DBaseline, 3: UNet3DBaseline}
-    if dims not in classes:
-        raise ValueError(f"The UNet baseline supports 2 or 3 spatial dimensions, got {dims}.")
-    return classes[dims](in_channels=input_channels, out_classes=output_channels, padding=1)
+    sizes = {k: v for k, v in (("num_encoding_blocks", cfg.num_encoding_blocks),
+                               ("out_channels_first_layer", cfg.out_channels_first_layer)) if v is not None}
+    return classes[cfg.dims](in_channels=cfg.input_channels, out_classes=cfg.output_channels, padding=1, **sizes)

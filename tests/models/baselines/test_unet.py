@@ -1,7 +1,11 @@
 import pytest
 import torch
 
-from nca_cli.models.baselines.unet import build_unet
+from nca_cli.models import build_model
+
+
+def build_unet(dims, cin, cout):
+    return build_model({"architecture": "unet", "dims": dims, "input_channels": cin, "output_channels": cout})
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -44,5 +48,5 @@ def test_indivisible_size_is_rejected():
         net(torch.zeros(1, 1, 8, 12, 8))
     with pytest.raises(ValueError, match="spatial axes"):
         net(torch.zeros(1, 1, 8, 8))
-    with pytest.raises(ValueError, match="2 or 3"):
+    with pytest.raises(ValueError, match="dims"):
         build_unet(1, 1, 1)

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from nca_cli.inference import windows
+from nca_cli.inference.windows import sliding_window_predict, window_starts
 from nca_cli.models.baselines.meunet import MeUNet
-from nca_cli.models.baselines.sliding_window import sliding_window_predict, window_starts
 
 
 class Constant(torch.nn.Module):
@@ -100,3 +101,42 @@ def test_bad_arguments():
         sliding_window_predict(Pointwise(), x, (8, 8, 8))
     with pytest.raises(ValueError, match="Expected an image"):
         sliding_window_predict(Pointwise(), torch.randn(1, 16), 8)
+
+
+@pytest.mark.parametrize("shape,window", [((70, 45), (32, 16)), ((37, 20, 26), (16, 16, 16)), ((10, 50), (16, 16))])
+def test_band_by_band_equals_whole_image(shape, window):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1) if len(shape) == 2 else torch.nn.Conv3d(2, 3, 3, padding=1))
+    image = torch.randn(1, 2, *shape)
+    whole = sliding_window_predict(net, image, window)[0]
+    got = torch.zeros_like(whole)
+    rows = []
+    for r0, r1, logits in windows.blended_rows(net, lambda a, b: image[:, :, a:b], shape, window):
+        got[:, r0:r1] = logits
+        rows.append((r0, r1))
+    assert rows[0][0] == 0 and rows[-1][1] == shape[0] and all(a[1] == b[0] for a, b in zip(rows, rows[1:]))
+    assert torch.allclose(got, whole, atol=1e-5)
+
+
+def test_window_rounds_to_divisor_and_image():
+    class M:
+        divisor = 16
+    assert windows.window_size(M(), (100, 300), (40, 64)) == (48, 64)
+    assert windows.window_size(M(), (20, 30, 500), None) == (32, 32, 128)
+
+
+def test_labels_from_sigmoid_and_softmax_logits():
+    logits = torch.tensor([[-1.0, 2.0, 0.5], [-2.0, 1.0, 3.0]])  # [K=2, 3 voxels]
+    assert windows.rows_to_labels(logits, softmax=False).tolist() == [0, 1, 2]
+    assert windows.rows_to_labels(logits, softmax=True).tolist() == [0, 0, 1]
+    masks = windows.rows_to_masks(logits, softmax=True)
+    assert masks.tolist() == [[False, False, True]]
+
+
+def test_large_label_arrays_are_memory_mapped(tmp_path, monkeypatch):
+    monkeypatch.setattr(windows, "LARGE_BYTES", 100)
+    big = windows.label_array((20, 20), tmp_path)
+    assert isinstance(big, np.memmap) and len(list(tmp_path.iterdir())) == 1
+    del big
+    assert not list(tmp_path.iterdir())
+    assert not isinstance(windows.label_array((5, 5), tmp_path), np.memmap)

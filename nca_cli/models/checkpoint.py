@@ -1,5 +1,5 @@
 """Checkpoints: one format for ``model.pt`` (what segment and finetune-vwsl take), saved atomically
-and loaded with ``torch.load(weights_only=True)``."""
+and always loaded with ``torch.load(weights_only=True)`` (no pickled code is ever executed)."""
 from __future__ import annotations
 
 import os
@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from .errors import NCAError
-from .fileio import atomic_path
+from ..core.errors import NCAError
+from ..core.files import atomic_path
+from .registry import build_model
 
 MODEL_FORMAT = "nca-model/1"
 
@@ -19,7 +21,19 @@ MODEL_FORMAT = "nca-model/1"
 def save(obj: dict, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary name, renamed when complete."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except (OSError, RuntimeError) as exc:
+            raise NCAError(f"Cannot write {path} ({_os_reason(exc)}); free disk space or choose another location.") from None
+
+
+def _os_reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    if "unexpected pos" in text or "file write failed" in text or "No space" in text:
+        return "the disk is full or the write failed"
+    return text
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -38,44 +52,55 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     return obj
 
 
-def model_payload(model: torch.nn.Module, recipe: dict | None, metadata: dict | None = None,
+def model_payload(model: nn.Module, recipe: dict | None, metadata: dict | None = None,
                   state_dict: dict | None = None) -> dict:
-    from .models import is_nca
-
-    config = model.config.to_dict() if is_nca(model) else dict(getattr(model, "config", {}) or {})
-    if recipe is not None and not is_nca(model):
-        config = dict(recipe["model"])
     sd = state_dict if state_dict is not None else model.state_dict()
     return {
         "format": MODEL_FORMAT,
-        "model_config": config,
+        "model_config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu().clone() for k, v in sd.items()},
         "recipe": _plain(recipe) if recipe is not None else None,
         "metadata": _plain(metadata or {}),
     }
 
 
-def save_model(path: str | os.PathLike, model: torch.nn.Module, recipe: dict | None, metadata: dict | None = None,
+def save_model(path: str | os.PathLike, model: nn.Module, recipe: dict | None, metadata: dict | None = None,
                state_dict: dict | None = None) -> None:
     save(model_payload(model, recipe, metadata, state_dict), path)
 
 
+def _flat_config(config: dict) -> dict:
+    """Model configurations of the first format kept baseline settings under ``options``."""
+    config = dict(config)
+    options = config.pop("options", None) or {}
+    return {**config, **options}
+
+
+def check_weights(state_dict: dict, path) -> None:
+    """Refuse weights holding NaN or Inf: such a model would segment garbage without a word."""
+    for name, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise NCAError(f"Checkpoint {path} holds NaN or Inf weights ({name}); the training that wrote it "
+                           f"diverged, so use an earlier checkpoint (best.pt) or train again with a lower training.lr.")
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", *, require_nca: bool = False):
-    """Rebuild the model stored in ``path``; returns ``(model, payload)``."""
-    from .models import build_model, is_nca
+    """Rebuild the model stored in ``path`` (in eval mode); returns ``(model, payload)``."""
+    from .registry import architecture_of
 
     payload = load(path, map_location)
     if payload.get("format") != MODEL_FORMAT or "model_config" not in payload or "state_dict" not in payload:
         raise NCAError(f"Checkpoint {path} is not an nca model file (no '{MODEL_FORMAT}' header); "
                        f"pass the model.pt written by `nca train`, not last.pt or a foreign file.")
+    check_weights(payload["state_dict"], path)
     try:
-        model = build_model(payload["model_config"])
+        model = build_model(_flat_config(payload["model_config"]))
         model.load_state_dict(payload["state_dict"])
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise NCAError(f"Checkpoint {path} does not match its own model configuration ({str(exc).splitlines()[0]}); "
                        f"re-export it with `nca train`.") from None
-    if require_nca and not is_nca(model):
-        raise NCAError(f"Checkpoint {path} holds a {payload['model_config'].get('architecture')} model, not an NCA; "
+    if require_nca and not architecture_of(model).is_nca:
+        raise NCAError(f"Checkpoint {path} holds a {model.config.architecture} model, not an NCA; "
                        f"pass an NCA model.pt (OctreeNCA, Med-NCA or M3D-NCA).")
     model.eval()
     return model, payload

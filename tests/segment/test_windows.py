@@ -6,20 +6,19 @@ import SimpleITK as sitk
 import torch
 from PIL import Image
 
-from nca_cli import checkpoint
-from nca_cli.errors import NCAError
-from nca_cli.models import build_model
-from nca_cli.models.baselines import sliding_window_predict
-from nca_cli.segment import patchwise
-from nca_cli.segment.api import SegmentOptions, segment_inputs
+from nca_cli.core.errors import NCAError
+from nca_cli.inference.windows import Stage1Mean, Stage2Input, sliding_window_predict
+from nca_cli.models import build_model, checkpoint
+from nca_cli.segment.options import SegmentOptions
+from nca_cli.segment.run import segment_inputs
 
 
 def baseline(tmp_path, name, dims, cin, cout, patch=None, **options):
     """A randomly initialised baseline saved as model.pt (with a recipe when ``patch`` is given)."""
     torch.manual_seed(0)
-    section = {"architecture": name, "dims": dims, "input_channels": cin, "output_channels": cout, "options": options}
+    section = {"architecture": name, "dims": dims, "input_channels": cin, "output_channels": cout, **options}
     model = build_model(section).eval()
-    recipe = {"name": f"test_{name}", "model": model.config, "data": {"patch": patch}} if patch else None
+    recipe = {"name": f"test_{name}", "model": model.config.to_dict(), "data": {"patch": patch}} if patch else None
     path = tmp_path / f"{name}{dims}d.pt"
     checkpoint.save_model(path, model, recipe, {"note": "random weights for tests"})
     return path
@@ -27,46 +26,7 @@ def baseline(tmp_path, name, dims, cin, cout, patch=None, **options):
 
 def run(inputs, out, model, **kw):
     kw.setdefault("quiet", True)
-    return segment_inputs([str(i) for i in inputs], out, model, SegmentOptions(**kw))
-
-
-@pytest.mark.parametrize("shape,window", [((70, 45), (32, 16)), ((37, 20, 26), (16, 16, 16)), ((10, 50), (16, 16))])
-def test_band_by_band_equals_whole_image(shape, window):
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1) if len(shape) == 2 else torch.nn.Conv3d(2, 3, 3, padding=1))
-    image = torch.randn(1, 2, *shape)
-    whole = sliding_window_predict(net, image, window)[0]
-    got = torch.zeros_like(whole)
-    rows = []
-    for r0, r1, logits in patchwise.blended_rows(net, lambda a, b: image[:, :, a:b], shape, window):
-        got[:, r0:r1] = logits
-        rows.append((r0, r1))
-    assert rows[0][0] == 0 and rows[-1][1] == shape[0] and all(a[1] == b[0] for a, b in zip(rows, rows[1:]))
-    assert torch.allclose(got, whole, atol=1e-5)
-
-
-def test_window_rounds_to_divisor_and_image():
-    class M:
-        divisor = 16
-    assert patchwise.window_size(M(), (100, 300), (40, 64)) == (48, 64)
-    assert patchwise.window_size(M(), (20, 30, 500), None) == (32, 32, 128)
-
-
-def test_labels_from_sigmoid_and_softmax_logits():
-    logits = torch.tensor([[-1.0, 2.0, 0.5], [-2.0, 1.0, 3.0]])  # [K=2, 3 voxels]
-    assert patchwise.rows_to_labels(logits, softmax=False).tolist() == [0, 1, 2]
-    assert patchwise.rows_to_labels(logits, softmax=True).tolist() == [0, 0, 1]
-    masks = patchwise.rows_to_masks(logits, softmax=True)
-    assert masks.tolist() == [[False, False, True]]
-
-
-def test_large_label_arrays_are_memory_mapped(tmp_path, monkeypatch):
-    monkeypatch.setattr(patchwise, "LARGE_BYTES", 100)
-    big = patchwise.label_array((20, 20), tmp_path)
-    assert isinstance(big, np.memmap) and len(list(tmp_path.iterdir())) == 1
-    del big
-    assert not list(tmp_path.iterdir())
-    assert not isinstance(patchwise.label_array((5, 5), tmp_path), np.memmap)
+    return segment_inputs(SegmentOptions(inputs=[str(i) for i in inputs], output=out, model=model, **kw))
 
 
 def test_nifti_with_meunet_keeps_geometry(tmp_path):
@@ -91,7 +51,7 @@ def test_nifti_with_meunet_keeps_geometry(tmp_path):
     x = torch.from_numpy((np.clip(vol, lo, hi) - lo) / (hi - lo)).float()[None, None]
     expected = sliding_window_predict(net, x, (16, 16, 16))[0].argmax(0).numpy()
     assert np.array_equal(labels, expected) and labels.max() <= 2
-    meta = json.loads((tmp_path / "out" / "run_metadata.json").read_text())
+    meta = json.loads((tmp_path / "out" / "vol_mask.run_metadata.json").read_text())
     assert meta["impl"] == "sliding-window" and meta["architecture"] == "meunet" and meta["tile"] == [16, 16, 16]
     assert meta["tiles"] == 2 * 2 * 2 and meta["shape"] == [19, 20, 17]
 
@@ -105,7 +65,7 @@ def test_png_with_unet_2d(tmp_path, rgb_image):
     mask = np.array(Image.open(out))
     assert mask.shape == rgb_image.shape[:2] and set(np.unique(mask)) <= {0, 1, 2}
     assert Image.open(tmp_path / "out" / "preview.png").size[0] > 0 and res[0]["status"] == "done"
-    meta = json.loads((tmp_path / "out" / "run_metadata.json").read_text())
+    meta = json.loads((tmp_path / "out" / "a_mask.run_metadata.json").read_text())
     assert meta["tile"] == [92, 120] and meta["tiles"] == 1  # default window, capped at the image (divisor 4)
 
 
@@ -117,9 +77,9 @@ def test_cascade_segments_in_two_passes(tmp_path):
     run([src], out, model)
     net, _ = checkpoint.load_model(model)
     x = torch.from_numpy(np.array(Image.open(src))).float()[None, None] / 255
-    stage1 = sliding_window_predict(patchwise.Stage1Mean(net), x, (32, 32)).argmax(1)
+    stage1 = sliding_window_predict(Stage1Mean(net), x, (32, 32)).argmax(1)
     onehot = torch.nn.functional.one_hot(stage1, 3).movedim(-1, 1).float()
-    expected = sliding_window_predict(patchwise.Stage2Input(net, 1), torch.cat([x, onehot], 1), (32, 32))[0].argmax(0)
+    expected = sliding_window_predict(Stage2Input(net, 1), torch.cat([x, onehot], 1), (32, 32))[0].argmax(0)
     assert np.array_equal(np.array(Image.open(out)), expected.numpy())
 
 

@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from nca_cli.inference.runner import TensorSource, _upsample_in_place, buffer_layout, drive
+from nca_cli.inference.octree import (
+    TensorSource,
+    _upsample_in_place,
+    buffer_layout,
+    drive,
+    predict_logits,
+)
 from nca_cli.models import NCAConfig, OctreeNCA
 from nca_cli.models.pyramid import upsample
 
@@ -62,9 +68,9 @@ def test_fused_octree_equals_reference(dims, shape, fire_rate):
         pytest.skip("fused CPU kernel unavailable")
     m = random_model(dims, 1 if dims == 3 else 3, 2, fire_rate)
     x = torch.rand(2, m.config.input_channels, *shape)
-    ref = m.predict_logits(x, seed=1, impl="torch")
-    fused = m.predict_logits(x, seed=1, impl="fused")
+    ref = predict_logits(m, x, seed=1, impl="torch")
+    fused = predict_logits(m, x, seed=1, impl="fused")
     assert torch.allclose(fused, ref, atol=1e-4, rtol=1e-4)
-    half = m.predict_logits(x, seed=1, impl="fused", state_dtype=torch.float16)
-    ref_half = m.predict_logits(x, seed=1, impl="torch", state_dtype=torch.float16)
+    half = predict_logits(m, x, seed=1, impl="fused", state_dtype=torch.float16)
+    ref_half = predict_logits(m, x, seed=1, impl="torch", state_dtype=torch.float16)
     assert (half - ref_half).abs().max() < 5e-2 * max(1.0, ref_half.abs().max().item())

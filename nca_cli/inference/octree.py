@@ -101,6 +101,7 @@ def _upsample_in_place(src: torch.Tensor, dst: torch.Tensor, factor: Sequence[in
             dst[b, o0:o1] = upsample(chunk.unsqueeze(0), factor, (o1 - o0, *dst.shape[2:-1]), channels_last=True)[0]
 
 
+@torch.inference_mode()
 def drive(
     model,
     source: PyramidSource,
@@ -139,7 +140,7 @@ def drive(
     return prev
 
 
-def run_octree(
+def predict_logits(
     model,
     image: torch.Tensor,
     *,
@@ -148,21 +149,27 @@ def run_octree(
     state_dtype: torch.dtype = torch.float32,
     on_level: LevelCallback | None = None,
 ) -> torch.Tensor:
-    """Logits ``[B, OUT, *spatial]`` (float32) of an in-memory image."""
+    """Logits ``[B, OUT, *spatial]`` (float32) of an in-memory ``[B, IN, *spatial]`` image, any size.
+
+    ``impl``: ``"torch"`` (the differentiable reference forward), ``"fused"`` (fused kernels,
+    one shared state buffer) or ``"auto"`` (fused when the kernels run here). Runs under
+    ``torch.inference_mode()`` with the model in eval mode."""
     from ..kernels import resolve_impl
 
+    model.check_image(image)
     c = model.config
-    chosen = resolve_impl(impl, list(model.backbones), image.device)
-    image = image.to(next(model.parameters()).dtype)
-    if chosen == "torch":
-        was_training = model.training
-        model.eval()
-        try:
-            logits, _ = model(image, seed=seed, state_dtype=None if state_dtype == torch.float32 else state_dtype)
-        finally:
-            model.train(was_training)
-        return logits.float()
-    source = TensorSource(image, c.factors, c.pyramid)
-    state = drive(model, source, impl="fused", seed=seed, state_dtype=state_dtype, device=image.device,
-                  on_level=on_level)
-    return state[..., c.input_channels:c.input_channels + c.output_channels].movedim(-1, 1).float().contiguous()
+    with torch.inference_mode():
+        chosen = resolve_impl(impl, list(model.backbones), image.device)
+        image = image.to(next(model.parameters()).dtype)
+        if chosen == "torch":
+            was_training = model.training
+            model.eval()
+            try:
+                logits, _ = model(image, seed=seed, state_dtype=None if state_dtype == torch.float32 else state_dtype)
+            finally:
+                model.train(was_training)
+            return logits.float()
+        source = TensorSource(image, c.factors, c.pyramid)
+        state = drive(model, source, impl="fused", seed=seed, state_dtype=state_dtype, device=image.device,
+                      on_level=on_level)
+        return state[..., c.input_channels:c.input_channels + c.output_channels].movedim(-1, 1).float().contiguous()

@@ -1,0 +1,168 @@
+"""Settings described once, validated everywhere: dataclass fields carry their checks.
+
+A configuration dataclass declares each field with :func:`setting` (kind, range, choices,
+help). :func:`schema_of` turns the dataclass into the key table a recipe section is
+validated against, and :func:`check_fields` applies the same checks to an instance built in
+Python, so a value is checked by one rule whether it comes from a recipe, ``--set`` or code.
+
+Kinds: ``int``, ``float``, ``bool``, ``str``, ``path``, ``choice``, ``ints``/``floats`` (a
+non-empty list; a single number becomes a one-element list), ``factors`` (per level
+transition an integer or a per-axis list of integers), ``any`` and ``section`` (a mapping
+checked elsewhere).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import NCAError
+
+MISSING = dataclasses.MISSING
+
+
+@dataclass(frozen=True)
+class Key:
+    kind: str
+    default: Any = None
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple = ()
+    required: bool = False
+    help: str = ""
+
+
+class SettingError(NCAError):
+    """A setting (recipe key, ``--set`` override) with a wrong value or name."""
+
+
+def setting(default: Any = MISSING, *, kind: str, lo: float | None = None, hi: float | None = None,
+            choices: tuple = (), help: str = "", default_factory=MISSING) -> Any:
+    """A dataclass field with its checks (see the module docstring)."""
+    required = default is MISSING and default_factory is MISSING
+    meta = {"key": Key(kind, None if required or default is MISSING else default, lo, hi, tuple(choices), required, help)}
+    if default_factory is not MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    if default is MISSING:
+        return dataclasses.field(metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def schema_of(cls) -> dict[str, Key]:
+    """``{field name: Key}`` of a dataclass declared with :func:`setting`."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        key = f.metadata.get("key")
+        if key is None:
+            continue
+        if f.default_factory is not MISSING:  # mutable defaults: the factory's value
+            key = dataclasses.replace(key, default=f.default_factory())
+        out[f.name] = key
+    return out
+
+
+def check_fields(obj, error=ValueError) -> None:
+    """Check every field of a dataclass instance by its :func:`setting` (raises ``error``)."""
+    for name, key in schema_of(type(obj)).items():
+        try:
+            check_value(name, key, getattr(obj, name), None, label=f"{type(obj).__name__} setting")
+        except SettingError as exc:
+            raise error(str(exc)) from None
+
+
+def _where(path: str | None) -> str:
+    return f" in {path}" if path else ""
+
+
+def check_value(key: str, spec: Key, value: Any, path: str | None, label: str = "Recipe key") -> Any:
+    """``value`` checked (and lightly converted: ``"1e-3"`` to a float) against ``spec``."""
+
+    def bad(what: str):
+        raise SettingError(f"{label} '{key}'{_where(path)} {what}; fix the value.")
+
+    if value is None:
+        if spec.required:
+            bad("is required but missing")
+        return None
+    kind = spec.kind
+
+    def num(v, integer):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+            bad(f"must be {'an integer' if integer else 'a number'}, got {v!r}")
+        if spec.lo is not None and v < spec.lo:
+            bad(f"must be at least {spec.lo:g}, got {v!r}")
+        if spec.hi is not None and v > spec.hi:
+            bad(f"must be at most {spec.hi:g}, got {v!r}")
+        return v
+
+    if kind == "int":
+        return num(value, True)
+    if kind == "float":
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                bad(f"must be a number, got {value!r}")
+        return float(num(value, False))
+    if kind == "bool":
+        if not isinstance(value, bool):
+            bad(f"must be true or false, got {value!r}")
+        return value
+    if kind in ("str", "path"):
+        if not isinstance(value, str):
+            bad(f"must be a string, got {value!r}")
+        return value
+    if kind == "choice":
+        if value not in spec.choices:
+            bad(f"must be one of {', '.join(str(c) for c in spec.choices)}, got {value!r}")
+        return value
+    if kind in ("ints", "floats"):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not value:
+            bad(f"must be a non-empty list of numbers, got {value!r}")
+        return [num(v, kind == "ints") for v in value]
+    if kind == "factors":
+        if not isinstance(value, (list, tuple)):
+            bad(f"must be a list with one factor (or per-axis factor list) per level transition, got {value!r}")
+        out = []
+        for f in value:
+            if isinstance(f, int) and not isinstance(f, bool) and f >= 1:
+                out.append(f)
+            elif isinstance(f, (list, tuple)) and f and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in f):
+                out.append(list(f))
+            else:
+                bad(f"must hold positive integers or lists of them, got {f!r}")
+        return out
+    return value
+
+
+def validate_section(data: Any, schema: dict, prefix: str, path: str | None) -> dict:
+    """A mapping checked against ``schema`` (``{key: Key or nested schema}``), defaults filled in.
+
+    An unknown key ends in one sentence naming it, the file and the closest valid key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SettingError(f"Recipe section '{prefix or 'top level'}'{_where(path)} must be a mapping; fix its indentation.")
+    for key in data:
+        if key not in schema:
+            full = f"{prefix}.{key}" if prefix else str(key)
+            close = difflib.get_close_matches(str(key), list(schema), n=1, cutoff=0.5)
+            hint = f"did you mean '{(prefix + '.') if prefix else ''}{close[0]}'?" if close else \
+                f"valid keys: {', '.join(schema)}."
+            raise SettingError(f"Unknown recipe key '{full}'{_where(path)}; {hint}")
+    out: dict[str, Any] = {}
+    for key, spec in schema.items():
+        full = f"{prefix}.{key}" if prefix else key
+        value = data.get(key)
+        if isinstance(spec, dict):
+            out[key] = validate_section(value, spec, full, path)
+        elif spec.kind == "section":
+            out[key] = value
+        else:
+            given = value if key in data else copy.deepcopy(spec.default)
+            out[key] = check_value(full, spec, given, path)
+    return out

@@ -1,0 +1,109 @@
+"""One entry per architecture: its builder, configuration dataclass, output kind and predictor.
+
+Models register themselves beside their definition (``@register_model``), so adding an
+architecture is one file and one registration; :func:`build_model` looks the name up::
+
+    @register_model("unet", config=UNetConfig, output="sigmoid", predictor="window")
+    def build_unet(cfg: UNetConfig) -> nn.Module: ...
+
+- ``output``: ``"sigmoid"`` (one logit per class, mask = logit > 0; loss BCE + Dice) or
+  ``"softmax"`` (classes including the background as class 0; loss Dice + weighted CE).
+- ``predictor``: ``"octree"`` (multi-level NCA: the lean single-pass driver, exact tiles,
+  ensembles) or ``"window"`` (overlapping windows of a patch-wise network).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from .config import ModelConfig
+
+OUTPUTS = ("sigmoid", "softmax")
+PREDICTORS = ("octree", "window")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    config: type
+    build: Callable[[ModelConfig], nn.Module]
+    output: str
+    predictor: str
+
+    @property
+    def softmax(self) -> bool:
+        return self.output == "softmax"
+
+    @property
+    def is_nca(self) -> bool:
+        return self.predictor == "octree"
+
+    @property
+    def loss(self) -> str:
+        return "dice_ce" if self.softmax else "bce_dice"
+
+    def classes(self, output_channels: int) -> int:
+        """Foreground classes predicted with ``output_channels`` outputs."""
+        return output_channels - 1 if self.softmax else output_channels
+
+    def make_config(self, data: dict) -> ModelConfig:
+        return self.config.from_dict({**data, "architecture": self.name})
+
+
+_REGISTRY: dict[str, Architecture] = {}
+
+
+def register_model(name: str, *, config: type, output: str, predictor: str):
+    """Decorator registering ``builder(config) -> nn.Module`` under ``name``."""
+    if output not in OUTPUTS or predictor not in PREDICTORS:
+        raise ValueError(f"output must be one of {OUTPUTS} and predictor one of {PREDICTORS}")
+
+    def wrap(builder):
+        _REGISTRY[name] = Architecture(name, config, builder, output, predictor)
+        return builder
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Every registered name (``nca_cli.models`` imports each model module, which registers
+    its architectures, before any of its submodules is used)."""
+    return sorted(_REGISTRY)
+
+
+def architecture(name: str) -> Architecture:
+    """The registry entry of ``name``; ``ValueError`` for an unknown name."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def architecture_of(model: nn.Module) -> Architecture:
+    return architecture(model.config.architecture)
+
+
+def make_config(data: dict | ModelConfig) -> ModelConfig:
+    """A configuration instance from a recipe's ``model:`` mapping (or an instance)."""
+    if isinstance(data, ModelConfig):
+        return data
+    data = dict(data)
+    return architecture(data.pop("architecture", "octree_nca")).make_config(data)
+
+
+def build_model(config: dict | ModelConfig) -> nn.Module:
+    """Build a model from its configuration (the ``model:`` section of a recipe); ``model.config``
+    is the configuration instance."""
+    cfg = make_config(config)
+    model = architecture(cfg.architecture).build(cfg)
+    model.config = cfg
+    return model
+
+
+def is_nca(model: nn.Module) -> bool:
+    return architecture_of(model).is_nca
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

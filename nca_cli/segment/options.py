@@ -1,0 +1,54 @@
+"""Every option of ``nca segment``, declared once (the CLI builds its flags from this class)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.options import option
+
+STATE_DTYPES = ("float32", "float16", "bfloat16")
+TILINGS = ("auto", "off", "force")
+IMPLS = ("auto", "fused", "torch")
+
+
+@dataclass(kw_only=True)
+class SegmentOptions:
+    inputs: list[str] = option([], argument=True, help="Input files, folders or globs.")
+    more_inputs: list[str] = option([], "-i", "--input", help="More inputs (repeatable).")
+    output: Path = option(..., "-o", "--output", help="Output file (one input) or folder (many).")
+    model: Path = option(..., "-m", "--model", help="model.pt written by `nca train`.")
+    level: int | None = option(None, "--level", min=0, help="Slides: pyramid level to segment.")
+    mpp: float | None = option(None, "--mpp", min=0.0,
+                               help="Slides: resolution in µm/px (level chosen, or the slide's mpp when it has none).")
+    start: float | None = option(None, "--start", min=0.0, help="Videos: start time in seconds.")
+    duration: float | None = option(None, "--duration", min=0.0, help="Videos: seconds to read.")
+    max_frames: int | None = option(None, "--max-frames", min=1, help="Videos: at most this many frames.")
+    overlay: Path | None = option(None, "--overlay", help="Videos: write an mp4 with the mask blended on the frames.")
+    preview: Path | None = option(None, "--preview", help="Write a downscaled overlay PNG.")
+    uncertainty: Path | None = option(None, "--uncertainty",
+                                      help="With --ensemble: per-pixel standard deviation image.")
+    ensemble: int = option(1, "--ensemble", min=1, help="Stochastic runs; the median of their logits is used.")
+    state_dtype: str = option("float16", "--state-dtype", choices=STATE_DTYPES, help="Storage type of the NCA state.")
+    memory_budget: str | None = option(None, "--memory-budget",
+                                       help="e.g. 8GiB (default and maximum: the memory this device has available).")
+    tiling: str = option("auto", "--tiling", choices=TILINGS, help="auto: tile only when one pass does not fit.")
+    tile_size: int | None = option(None, "--tile-size", min=16, help="Tile side at level 0 (default: largest that fits).")
+    impl: str = option("auto", "--impl", choices=IMPLS, help="auto, fused or torch.")
+    device: str = option("auto", "--device", help="auto, cpu or cuda.")
+    seed: int = option(0, "--seed", help="Seed of the stochastic updates.")
+    num_parts: int = option(1, "--num-parts", min=1, help="Split the input list into this many parts.")
+    part_id: int = option(0, "--part-id", min=0, help="Which part this process handles (0-based).")
+    resume: bool = option(False, "--continue",
+                          help="Skip inputs whose results are complete (their run metadata lists every output).")
+    quiet: bool = option(False, "-q", "--quiet", help="No progress display.")
+
+    @property
+    def all_inputs(self) -> list[str]:
+        return [*self.inputs, *self.more_inputs]
+
+    # Options only the NCAs use: named in the error when given with another model.
+    NCA_ONLY = (("ensemble", 1, "--ensemble"), ("uncertainty", None, "--uncertainty"), ("tiling", "auto", "--tiling"),
+                ("tile_size", None, "--tile-size"), ("impl", "auto", "--impl"))
+
+    def nca_only_flags(self) -> list[str]:
+        return [flag for name, default, flag in self.NCA_ONLY if getattr(self, name) != default]

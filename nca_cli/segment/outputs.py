@@ -1,0 +1,239 @@
+"""What one ``nca segment`` run writes, named and checked before any work, written safely.
+
+Every output name of a run (masks, previews, uncertainty maps, video overlays, run metadata)
+is computed from the inputs and options first; names that collide with each other or with an
+input, suffixes a writer cannot produce and folders that cannot be written are refused in one
+sentence before anything runs. Each file is written atomically; the run metadata
+(``<mask stem>.run_metadata.json``, beside the mask) is written last and lists every output
+with its size, so ``--continue`` recognises complete results only.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import io
+from ..core.errors import NCAError
+from ..core.files import atomic_path, check_writable, remove_partials, write_json
+from ..io.formats import full_suffix, strip_suffix
+from ..io.volume import WRITE_SUFFIXES
+
+MASK_SUFFIXES = {
+    "slide": (".tif", ".tiff"),
+    "image": (".png", ".tif", ".tiff"),
+    "volume": WRITE_SUFFIXES,
+    "video": (".nii.gz", ".nii", ".npz"),
+}
+DEFAULT_MASK_SUFFIX = {"slide": ".tif", "image": ".png", "video": ".nii.gz"}
+VOLUME_OUTPUT_FOR = {".mhd": ".mha", ".nhdr": ".nrrd"}
+METADATA_SUFFIX = ".run_metadata.json"
+
+
+@dataclass
+class Job:
+    """One input and every file its segmentation writes."""
+
+    input: Path
+    kind: str
+    dims: int
+    mask: Path
+    preview: Path | None = None
+    uncertainty: Path | None = None
+    overlay: Path | None = None
+
+    @property
+    def metadata(self) -> Path:
+        return self.mask.with_name(strip_suffix(self.mask) + METADATA_SUFFIX)
+
+    @property
+    def outputs(self) -> list[Path]:
+        return [p for p in (self.mask, self.uncertainty, self.preview, self.overlay) if p is not None]
+
+    def complete(self) -> bool:
+        """Whether a previous run finished this job: its metadata (written last) lists every
+        output of this job with the size it has now."""
+        try:
+            meta = json.loads(self.metadata.read_text())
+            sizes = meta["output_bytes"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        for p in self.outputs:
+            if str(p) not in sizes or not p.is_file() or p.stat().st_size != sizes[str(p)]:
+                return False
+        return True
+
+    def clear_partials(self) -> None:
+        """Remove what a killed earlier run left half-written for these outputs."""
+        for p in [*self.outputs, self.metadata]:
+            remove_partials(p)
+
+
+def default_mask_name(path: Path, kind: str) -> str:
+    stem = strip_suffix(path) if path.is_file() else path.name
+    if kind == "volume":
+        src = full_suffix(path) if path.is_file() else ""
+        ext = VOLUME_OUTPUT_FOR.get(src, src if src in WRITE_SUFFIXES else ".nii.gz")
+    else:
+        ext = DEFAULT_MASK_SUFFIX[kind]
+    return f"{stem}_mask{ext}"
+
+
+def _aux(given: Path | None, mask: Path, single: bool, tag: str, ext: str) -> Path | None:
+    """An auxiliary output: used as given for one input when it names a file; otherwise a
+    folder, holding ``<mask stem>_<tag><ext>``."""
+    if given is None:
+        return None
+    given = Path(given)
+    if single and given.suffix and not given.is_dir():
+        return given
+    return given / f"{strip_suffix(mask)}_{tag}{ext}"
+
+
+def _check_suffix(path: Path, allowed, what: str, job_input: Path) -> None:
+    if full_suffix(path) not in allowed and path.suffix.lower() not in allowed:
+        raise NCAError(f"Cannot write the {what} of {job_input} to {path}: use a "
+                       f"{' / '.join(allowed)} file name.")
+
+
+def plan_jobs(inputs: list[Path], opts) -> list[Job]:
+    """The jobs of a run, every name checked (see the module docstring)."""
+    output = Path(opts.output)
+    single = len(inputs) == 1 and bool(output.suffix) and not output.is_dir()
+    if len(inputs) > 1 and output.suffix and not output.is_dir():
+        raise NCAError(f"{len(inputs)} inputs need an output folder, but -o {output} names a file; "
+                       f"pass a folder (e.g. -o {output.with_suffix('')}/).")
+    jobs = []
+    for path in inputs:
+        kind, dims = io.probe(path)
+        mask = output if single else output / default_mask_name(path, kind)
+        _check_suffix(mask, MASK_SUFFIXES[kind], "mask", path)
+        unc_ext = ".tif" if dims == 2 else full_suffix(mask) if full_suffix(mask) != ".npz" else ".npz"
+        job = Job(path, kind, dims, mask,
+                  preview=_aux(opts.preview, mask, single, "preview", ".png"),
+                  uncertainty=_aux(opts.uncertainty, mask, single, "std", unc_ext),
+                  overlay=_aux(opts.overlay, mask, single, "overlay", ".mp4") if kind == "video" else None)
+        if job.preview is not None:
+            _check_suffix(job.preview, (".png",), "preview", path)
+        if job.uncertainty is not None:
+            _check_suffix(job.uncertainty, (".tif", ".tiff") if dims == 2 else (*WRITE_SUFFIXES, ".npz"),
+                          "uncertainty map", path)
+        if job.overlay is not None:
+            _check_suffix(job.overlay, (".mp4",), "overlay video", path)
+        jobs.append(job)
+    if opts.overlay is not None and not any(j.kind == "video" for j in jobs):
+        raise NCAError("--overlay writes an mp4 of a video with its mask blended in, but no input is a video; "
+                       "use --preview for images, slides and volumes.")
+    _check_collisions(jobs)
+    for folder in sorted({p.parent.resolve() for j in jobs for p in [*j.outputs, j.metadata]}):
+        check_writable(folder / ".nca-write-check")
+    return jobs
+
+
+def _check_collisions(jobs: list[Job]) -> None:
+    inputs = {}
+    for j in jobs:
+        inputs[j.input.resolve()] = j.input
+        if j.input.is_dir():
+            for f in j.input.iterdir():
+                inputs[f.resolve()] = f
+    seen: dict[Path, tuple[Job, str]] = {}
+    for j in jobs:
+        for what, p in (("mask", j.mask), ("uncertainty map", j.uncertainty), ("preview", j.preview),
+                        ("overlay", j.overlay), ("run metadata", j.metadata)):
+            if p is None:
+                continue
+            key = p.resolve()
+            if key in inputs:
+                raise NCAError(f"The {what} of {j.input} would overwrite the input {inputs[key]}; choose another "
+                               f"output name with -o.")
+            if key in seen:
+                other, other_what = seen[key]
+                if other is j:
+                    raise NCAError(f"The {what} and the {other_what} of {j.input} would both be written to {p}; "
+                                   f"give them different names.")
+                raise NCAError(f"{other.input} and {j.input} would both be written to {p}; rename one of them or "
+                               f"segment them into separate output folders.")
+            seen[key] = (j, what)
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+def write_mask(job: Job, image, labels: np.ndarray) -> None:
+    suffix = full_suffix(job.mask)
+    if job.kind == "slide" or (job.dims == 2 and suffix in (".tif", ".tiff") and labels.size > 4096 ** 2):
+        io.write_pyramidal_mask(job.mask, labels, image.meta.get("mpp"))
+    elif job.kind == "video" or (job.dims == 3 and suffix == ".npz"):
+        io.write_label_volume(job.mask, labels, image.meta)
+    elif job.dims == 3:
+        io.write_volume(job.mask, labels, image.meta)
+    else:
+        io.write_mask_image(job.mask, labels)
+
+
+def write_outputs(job: Job, image, labels: np.ndarray, std_map: np.ndarray | None = None) -> None:
+    """The mask, then the uncertainty map, preview and overlay asked for (metadata comes last)."""
+    write_mask(job, image, labels)
+    if job.uncertainty is not None and std_map is not None:
+        if job.dims == 3:
+            _write_float_volume(job.uncertainty, std_map, image)
+        else:
+            _write_float_tiff(job.uncertainty, std_map, image.meta.get("mpp"))
+    if job.preview is not None:
+        _write_preview(image, labels, job.preview)
+    if job.overlay is not None:
+        io.write_overlay_mp4(job.overlay, image.read(), labels, image.meta.get("fps", 25.0))
+
+
+def write_metadata(job: Job, record: dict) -> None:
+    """The run metadata, last: it lists every output with its size (``--continue`` checks them)."""
+    record = dict(record)
+    record["outputs"] = [str(p) for p in job.outputs]
+    record["output_bytes"] = {str(p): p.stat().st_size for p in job.outputs}
+    write_json(job.metadata, record)
+
+
+def _write_preview(image, labels: np.ndarray, path: Path) -> None:
+    if image.dims == 3:
+        mid = labels.shape[0] // 2
+        pixels = image.read((slice(mid, mid + 1),) + tuple(slice(0, n) for n in image.spatial_shape[1:]))[0]
+        lab = labels[mid]
+    else:
+        step = max(1, max(labels.shape) // 2048)
+        lab = labels[::step, ::step]
+        if image.kind == "slide" and step > 1:
+            pixels = image.read_downsampled(step)[: lab.shape[0], : lab.shape[1]]
+        else:
+            pixels = image.read()[::step, ::step]
+    if pixels.dtype != np.uint8:
+        lo, hi = np.percentile(pixels, [0.5, 99.5])
+        pixels = (np.clip((pixels - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+    io.write_preview(path, pixels, lab)
+
+
+def _write_float_tiff(path: Path, data: np.ndarray, mpp: float | None) -> None:
+    import tifffile
+
+    kwargs = {}
+    if mpp:
+        kwargs = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, data, tile=(256, 256) if min(data.shape) >= 256 else None, bigtiff=data.nbytes > 2 ** 31,
+                         compression="zlib", **kwargs)
+
+
+def _write_float_volume(path: Path, data: np.ndarray, image) -> None:
+    import SimpleITK as sitk
+
+    with atomic_path(path) as tmp:
+        if str(path).lower().endswith(".npz"):
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, std=data)
+            return
+        img = sitk.GetImageFromArray(data)
+        for key, setter in (("spacing", img.SetSpacing), ("origin", img.SetOrigin), ("direction", img.SetDirection)):
+            if image.meta.get(key) is not None:
+                setter(tuple(image.meta[key]))
+        sitk.WriteImage(img, str(tmp))

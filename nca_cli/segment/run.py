@@ -1,0 +1,222 @@
+"""``nca segment``: many inputs to masks, one input at a time, through the model's predictor.
+
+1. Expand the inputs (files, folders, globs), keep this process's part (``--num-parts``).
+2. Name and check every output first (``outputs.plan_jobs``); nothing runs when a name is
+   wrong, taken or unwritable.
+3. Per input: skip complete results with ``--continue``; open it, check it against the model,
+   plan the memory (refused before it starts when it cannot fit), predict band by band,
+   write the outputs, then the run metadata.
+"""
+from __future__ import annotations
+
+import glob
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__, io
+from ..core.device import resolve_device
+from ..core.errors import NCAError
+from ..core.files import sha256_file
+from ..core.machine import available_memory, current_rss_bytes, peak_rss_bytes
+from ..core.progress import Progress
+from ..core.sizes import format_size, parse_size
+from .options import SegmentOptions
+from .outputs import Job, plan_jobs, write_metadata, write_outputs
+
+
+def expand_inputs(items: list[str]) -> list[Path]:
+    """Files as given, folders to their supported files (a DICOM series folder stays whole),
+    globs expanded; duplicates removed, order kept."""
+    from ..io.volume import dicom_series_files
+
+    out: list[Path] = []
+    for item in items:
+        matches = sorted(glob.glob(item)) if any(ch in item for ch in "*?[") else [item]
+        if not matches:
+            raise NCAError(f"No input matches '{item}'; check the pattern.")
+        for m in matches:
+            p = Path(m)
+            if p.is_dir():
+                if dicom_series_files(p):
+                    out.append(p)
+                    continue
+                found = sorted(q for q in p.iterdir() if q.is_file() and io.is_supported(q) and not q.name.startswith(".")
+                               and ".partial" not in q.name)
+                found += sorted(q for q in p.iterdir() if q.is_dir() and dicom_series_files(q))
+                if not found:
+                    raise NCAError(f"The folder {p} holds no supported image; pass a folder of slides, volumes, "
+                                   f"videos or images.")
+                out.extend(found)
+            elif p.exists():
+                out.append(p)
+            else:
+                raise NCAError(f"The input {p} does not exist; check the path.")
+    seen, unique = set(), []
+    for p in out:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            unique.append(p)
+    return unique
+
+
+def memory_budget(opts: SegmentOptions, device: torch.device, progress: Progress) -> tuple[int, int]:
+    """(budget, what the device has available); a budget above what is available is capped."""
+    available = available_memory(device)
+    if opts.memory_budget is None:
+        return available, available
+    budget = parse_size(opts.memory_budget)
+    if budget <= 0:
+        raise NCAError(f"The memory budget '{opts.memory_budget}' must be positive; write it like 8GiB.")
+    if budget > available:
+        progress.log(f"note: --memory-budget {format_size(budget)} is more than the {format_size(available)} this "
+                     f"{device.type} device has available; using {format_size(available)}.")
+        budget = available
+    return budget, available
+
+
+def segment_inputs(opts: SegmentOptions) -> list[dict]:
+    """Segment every input of ``opts``; returns one record per input (done or skipped)."""
+    from ..inference.predictors import predictor_for
+    from ..models.checkpoint import load_model
+    from ..models.registry import architecture_of
+
+    items = opts.all_inputs
+    if not items:
+        raise NCAError("No input given; pass files, folders or globs (e.g. nca segment slide.svs -o mask.tif -m model.pt).")
+    if not 0 <= opts.part_id < opts.num_parts:
+        raise NCAError(f"--part-id {opts.part_id} must lie in 0..{opts.num_parts - 1} for --num-parts {opts.num_parts}.")
+    if opts.ensemble == 1 and opts.uncertainty is not None:
+        raise NCAError("--uncertainty needs --ensemble N with N >= 2 (the spread of N runs).")
+    inputs = expand_inputs(items)
+    jobs = plan_jobs(inputs, opts)[opts.part_id::opts.num_parts]
+    model, payload = load_model(opts.model)
+    if not architecture_of(model).is_nca and opts.nca_only_flags():
+        flags = opts.nca_only_flags()
+        many = len(flags) > 1
+        raise NCAError(f"{', '.join(flags)} {'apply' if many else 'applies'} to NCA models only, and {opts.model} "
+                       f"holds a {model.config.architecture} model; drop {'them' if many else 'it'}.")
+    device = resolve_device(opts.device)
+    recipe = payload.get("recipe") or {}
+    predictor = predictor_for(model, device=device, impl=opts.impl, state_dtype=opts.state_dtype,
+                              window=(recipe.get("data") or {}).get("patch"))
+    normalization = _training_normalization(payload)
+    checkpoint_sha = sha256_file(opts.model)
+    results = []
+    with Progress(opts.quiet) as progress:
+        budget, available = memory_budget(opts, device, progress)
+        for job in jobs:
+            if opts.resume and job.complete():
+                results.append({"input": str(job.input), "output": str(job.mask), "status": "skipped (complete)"})
+                continue
+            job.clear_partials()
+            record = segment_one(job, predictor, opts, progress, budget=budget, available=available,
+                                 normalization=normalization, checkpoint_sha=checkpoint_sha)
+            results.append({"input": str(job.input), "output": str(job.mask), "status": "done",
+                            "metadata": str(job.metadata), "megapixels_per_second": record["megapixels_per_second"],
+                            "peak_memory_bytes_per_pixel": record["peak_memory_bytes_per_pixel"]})
+    return results
+
+
+def _training_normalization(payload: dict) -> dict | None:
+    """How the model's training data was normalised (recorded by `nca train`), else None."""
+    entry = (payload.get("metadata") or {}).get("normalization")
+    return entry if isinstance(entry, dict) else None
+
+
+def segment_one(job: Job, predictor, opts: SegmentOptions, progress: Progress, *, budget: int, available: int,
+                normalization: dict | None, checkpoint_sha: str) -> dict:
+    """Segment one input into its outputs; returns the run metadata (also written beside the mask)."""
+    from ..io.normalize import Normalization
+
+    t_start = time.perf_counter()
+    rss0 = current_rss_bytes()
+    device = predictor.device
+    image = io.open_input(job.input, level=opts.level, mpp=opts.mpp, start=opts.start, duration=opts.duration,
+                          max_frames=opts.max_frames)
+    try:
+        predictor.check(image, job.input)
+        if image.dtype != np.uint8:
+            io.check_finite(image.read(), job.input)
+        norm = Normalization.from_entry(normalization, image.dtype)
+        baseline = current_rss_bytes() if device.type == "cpu" else 0
+        plan = predictor.plan(image.spatial_shape, budget=budget, tiling=opts.tiling, tile_size=opts.tile_size,
+                              ensemble=opts.ensemble, baseline=baseline, name=str(job.input),
+                              itemsize=image.dtype.itemsize)
+        tracker = _Tracker(progress, job.input.name, image.spatial_shape, getattr(predictor.config, "levels", 0))
+        prediction = predictor.predict(image, plan, normalization=norm, seed=opts.seed, ensemble=opts.ensemble,
+                                       want_std=opts.uncertainty is not None, scratch=job.mask.parent,
+                                       on_run=tracker.run, on_level=tracker.level, on_tile=tracker.tile)
+        tracker.done()
+        write_outputs(job, image, prediction.labels, prediction.std)
+        record = run_record(job, image, opts, device, prediction.labels, t_start, checkpoint_sha) | prediction.info | {
+            "memory_budget_bytes": budget, "available_bytes": available, "baseline_rss_bytes": rss0,
+            "normalization": norm.entry(str(image.dtype)),
+        }
+        write_metadata(job, record)
+        return record
+    finally:
+        image.close()
+
+
+def run_record(job: Job, image, opts: SegmentOptions, device, labels: np.ndarray, t_start: float,
+               checkpoint_sha: str) -> dict:
+    """The run_metadata.json fields every model kind shares (measured now: wall time, peak memory)."""
+    wall = time.perf_counter() - t_start
+    shape = image.spatial_shape
+    cells = int(np.prod(shape))
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
+    return {
+        "tool": "nca", "version": __version__, "input": str(job.input), "checkpoint": str(opts.model),
+        "checkpoint_sha256": checkpoint_sha,
+        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
+        "command": " ".join(sys.argv), "seed": opts.seed, "device": str(device), "input_kind": image.kind,
+        "shape": list(shape), "megapixels": cells / 1e6, "peak_memory_bytes": int(peak),
+        "peak_memory_bytes_per_pixel": peak / cells, "wall_seconds": wall, "megapixels_per_second": cells / 1e6 / wall,
+        "foreground_fraction": float((labels > 0).mean()), "host": platform.node(), "torch": torch.__version__,
+    }
+
+
+class _Tracker:
+    """Progress of one input: levels and tiles (NCAs) or windows (patch-wise models), then MP/s."""
+
+    def __init__(self, progress: Progress, name: str, shape, levels: int):
+        self.progress = progress
+        self.name = name
+        self.levels_total = levels
+        self.megapixels = float(np.prod(shape)) / 1e6
+        self.levels = self.tiles = None
+        self.t0 = time.perf_counter()
+
+    def _clear(self) -> None:
+        for task in (self.levels, self.tiles):
+            if task is not None:
+                task.remove()
+        self.levels = self.tiles = None
+
+    def run(self, run: int, runs: int, plan) -> None:
+        self._clear()
+        label = self.name + (f" run {run + 1}/{runs}" if runs > 1 else "")
+        tiled = plan.mode == "tiled"
+        self.levels = self.progress.add(f"{label} levels", total=self.levels_total - (plan.split if tiled else 0))
+        if tiled:
+            self.tiles = self.progress.add(f"{label} tiles", total=plan.tiles)
+
+    def level(self, level: int) -> None:
+        if self.levels is not None and self.levels.completed < (self.levels.total or 0):
+            self.levels.advance(info=f"level {level} done")
+
+    def tile(self, done: int, total: int) -> None:
+        if self.tiles is None:
+            self.tiles = self.progress.add(f"{self.name} windows", total=total)
+        self.tiles.update(completed=done, total=total)
+
+    def done(self) -> None:
+        seconds = time.perf_counter() - self.t0
+        self._clear()
+        self.progress.log(f"{self.name}: {self.megapixels:.1f} MP in {seconds:.1f} s "
+                          f"({self.megapixels / max(seconds, 1e-9):.2f} MP/s)")

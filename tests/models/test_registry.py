@@ -1,0 +1,40 @@
+import dataclasses
+
+import pytest
+import torch
+
+from nca_cli.models import NCAConfig, architecture, build_model, list_models
+from nca_cli.models.config import ModelConfig
+
+BASELINES = {"unet", "meunet", "meunet_cascade", "segresmamba", "segresnet"}
+
+
+def test_one_entry_per_architecture():
+    assert set(list_models()) == BASELINES | {"octree_nca", "med_nca", "m3d_nca"}
+    for name in list_models():
+        arch = architecture(name)
+        assert issubclass(arch.config, ModelConfig) and arch.name == name
+        assert arch.output in ("sigmoid", "softmax") and arch.predictor in ("octree", "window")
+    assert architecture("unet").output == "sigmoid" and architecture("meunet").softmax
+    assert architecture("med_nca").config is NCAConfig and architecture("m3d_nca").is_nca
+    with pytest.raises(ValueError, match="unknown architecture 'nope'"):
+        architecture("nope")
+
+
+def test_baselines_build_from_their_config_and_run():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32)
+    for name in sorted(BASELINES):
+        model = build_model({"architecture": name, "dims": 2, "input_channels": 3, "output_channels": 2}).eval()
+        assert model.config.architecture == name and dataclasses.is_dataclass(model.config)
+        assert 32 % model.divisor == 0, name
+        with torch.inference_mode():
+            assert model(x).shape == (1, 2, 32, 32), name
+        assert build_model(model.config.to_dict()).config == model.config
+
+
+def test_config_checks_share_one_rule():
+    with pytest.raises(ValueError, match="hidden"):
+        NCAConfig(dims=2, input_channels=3, output_channels=1, hidden=0)
+    with pytest.raises(ValueError, match="widths"):
+        build_model({"architecture": "segresnet", "dims": 3, "input_channels": 1, "output_channels": 2, "widths": [4]})
