@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         if rest:
             cmd += ["--memory-budget", rest[0]]
         subprocess.run(cmd, check=True)
-        meta = json.loads((args.workdir / "run_metadata.json").read_text())
+        meta = json.loads(out.with_name(out.name[:-4] + ".run_metadata.json").read_text())
         rows.append((cfg, meta))
         print(json.dumps({k: meta[k] for k in ("impl", "state_dtype", "mode", "tiles", "megapixels", "wall_seconds",
                                                "megapixels_per_second", "peak_memory_bytes_per_pixel")}), flush=True)

@@ -81,9 +81,9 @@ def run_config(name: str, patch: int, batch: int, device: str) -> dict:
 
         model = build_model(load_recipe(os.path.join(RECIPES, NCA_RECIPES[name]))["model"])
     elif name == "unet3d@P":
-        from nca_cli.models.baselines import build_unet
+        from nca_cli.models import build_model
 
-        model = build_unet(3, 1, 1)
+        model = build_model({"architecture": "unet", "dims": 3, "input_channels": 1, "output_channels": 1})
     elif name.startswith("unet"):
         model = UNetBody(1, NUM_CLASSES)
     elif name.startswith("meunet"):

@@ -37,6 +37,7 @@ from nca_cli.recipes import load_recipe
 from nca_cli.training.trainer import train
 from nca_cli.vwsl.evaluation import evaluate, load_eval_cases
 from nca_cli.vwsl.finetune import finetune
+from nca_cli.vwsl.options import FinetuneOptions
 from nca_cli.vwsl.targets import cache_dir_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,8 +122,8 @@ def main() -> None:
             if first_cache is not None:
                 shutil.copytree(first_cache, cache_dir_for(out))
             t1 = time.perf_counter()
-            res = finetune(unlabeled, model_file, out, gamma=gamma, predictions=args.predictions, device="cpu",
-                           quiet=True)
+            res = finetune(FinetuneOptions(unlabeled=unlabeled, model=model_file, output=out, gamma=gamma,
+                                           predictions=args.predictions, device="cpu", quiet=True))
             seconds = time.perf_counter() - t1
             first_cache = first_cache or cache_dir_for(out)
             adapted, _ = checkpoint.load_model(out, require_nca=True)
