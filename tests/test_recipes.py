@@ -82,3 +82,24 @@ def test_not_yaml_and_missing(tmp_path):
         load_recipe(p)
     with pytest.raises(NCAError, match="does not exist"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_shipped_recipes_resolve_by_name():
+    from nca_cli.core.resources import bundled_recipes
+
+    assert "octree_pathology" in bundled_recipes()
+    r = load_recipe("octree_pathology")
+    assert r["name"] == "octree_pathology" and r["_source"].endswith("octree_pathology.yaml")
+    with pytest.raises(NCAError, match="shipped recipe"):
+        load_recipe("octree_pathologyy")
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("training.lr=[1,", "not valid YAML"),
+    ("training.lr=!!python/object:os.system 'ls'", "not valid YAML"),
+    ("training", "must look like section.key=value"),
+    ("training..lr=1", "empty key part"),
+])
+def test_malformed_overrides_end_in_one_sentence(override, fragment):
+    with pytest.raises(NCAError, match=fragment):
+        load_recipe("octree_pathology", [override])

@@ -15,6 +15,9 @@ Classes: with ``classes`` (names) label value k is class k and any value above
 ``len(classes)`` is an error; without, the non-zero values present become the classes,
 renumbered 1..K in value order and named ``class_<value>``. Masks holding only 0 and 255
 count as binary (255 = class 1). Labels are stored as an index map.
+Instance masks (one id per object, e.g. nucleus instance labels) are recognised (more than
+``INSTANCE_IDS`` ids, most of them small) and refused with the advice to pass ``binary``,
+which merges every non-zero value into one foreground class.
 
 Normalisation (``normalization``): ``auto`` keeps uint8 images as uint8 (divide by 255)
 and applies ``percentile`` otherwise, decided by the first image; ``percentile`` clips each
@@ -83,6 +86,112 @@ def _integer_labels(label: np.ndarray, path: Path) -> np.ndarray:
     return label.astype(np.uint8)
 
 
+INSTANCE_IDS = 16          # more distinct ids than this, most of them small: an instance mask
+INSTANCE_AREA = 0.02       # "small": below this fraction of the image
+
+
+def _check_not_instances(label: np.ndarray, path: Path) -> None:
+    counts = np.bincount(label.ravel(), minlength=256)[1:]
+    ids = np.flatnonzero(counts)
+    if len(ids) > INSTANCE_IDS and np.median(counts[ids]) < INSTANCE_AREA * label.size:
+        raise NCAError(f"The label {path} holds {len(ids)} distinct ids, most covering small regions: it looks like an "
+                       f"instance mask (one id per object); prepare it with --binary to merge every object into one "
+                       f"foreground class, or name its classes with --classes.")
+
+
+class _Normalise:
+    """The dataset's one normalisation: decided by the first image (``auto``), applied to all."""
+
+    def __init__(self, method: str, low: float, high: float):
+        self.method = None if method == "auto" else method
+        self.low, self.high = low, high
+        self.keep_uint8: bool | None = None
+
+    def __call__(self, image: np.ndarray, path: Path) -> np.ndarray:
+        if self.keep_uint8 is None:
+            self.keep_uint8 = image.dtype == np.uint8 and self.method != "percentile"
+            self.method = self.method or ("none" if self.keep_uint8 else "percentile")
+        if self.method == "percentile":
+            return normalize(image, Normalization("percentile", self.low, self.high))
+        if self.keep_uint8 and image.dtype != np.uint8:
+            raise NCAError(f"The image {path} is {image.dtype} while earlier images were uint8; convert with "
+                           f"normalization='percentile'.")
+        return image if self.keep_uint8 else image.astype(np.float32)
+
+    def entry(self) -> dict:
+        if self.method == "percentile":
+            return Normalization("percentile", self.low, self.high).entry("float32")
+        if self.keep_uint8:
+            return Normalization("none", divide_by=255.0).entry("uint8")
+        return Normalization("none", divide_by=1.0).entry("float32")
+
+
+def _pairs(images_dir: Path, labels_dir: Path) -> list[tuple[Path, list[Path]]]:
+    """Every label with its image file(s) (several channel files in nnU-Net naming)."""
+    labels = [p for p in visible_files(labels_dir) if is_image_file(p) or is_volume_file(p)]
+    if not labels:
+        raise NCAError(f"{labels_dir} holds no label files; pass a folder laid out as {LAYOUT}.")
+    channel_index, plain_index = _image_index(images_dir)
+    pairs = []
+    for label_path in labels:
+        stem = strip_suffix(label_path)
+        images = [p for _, p in channel_index[stem]] if stem in channel_index else \
+            [plain_index[stem]] if stem in plain_index else []
+        if not images:
+            raise NCAError(f"The label {label_path} has no image named {stem} in {images_dir}; add the image or remove "
+                           f"the label.")
+        if any(is_volume_file(p) != is_volume_file(label_path) for p in images):
+            raise NCAError(f"The image {images[0]} and its label {label_path} are not both 2D or both 3D files; pair "
+                           f"like with like.")
+        pairs.append((label_path, images))
+    return pairs
+
+
+def _read_case(label_path: Path, image_paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list | None]:
+    """(image [*spatial, C] with the channel files stacked, integer label, spacing of a volume)."""
+    label, _ = io.read_labels(label_path)
+    loaded = [_read_image(p, is_volume_file(label_path)) for p in image_paths]
+    for path, part in zip(image_paths, loaded):
+        if part.array.shape[:-1] != label.shape:
+            raise NCAError(f"The image {path} has shape {part.array.shape[:-1]} but its label {label_path} has "
+                           f"{label.shape}; they must match pixel for pixel.")
+    parts = [v.array for v in loaded]
+    image = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+    return image, _integer_labels(label, label_path), loaded[0].spacing if loaded[0].dims == 3 else None
+
+
+def _class_values(label: np.ndarray, path: Path, names: list[str] | None, binary: bool) -> np.ndarray:
+    """The label with its values checked (and merged with ``binary``)."""
+    if binary:
+        return (label > 0).astype(np.uint8)
+    values = set(np.unique(label).tolist()) - {0}
+    if names is None:
+        _check_not_instances(label, path)
+        return label
+    if values == {255} and len(names) == 1:
+        return (label > 0).astype(np.uint8)
+    unknown = sorted(v for v in values if v > len(names))
+    if unknown:
+        raise NCAError(f"The label {path} contains value {unknown[0]} but only {len(names)} class(es) were named "
+                       f"({', '.join(names)}); name more classes or fix the label.")
+    return label
+
+
+def _name_classes(writer: DatasetWriter, present: set[int]) -> list[str]:
+    """Without class names: the values present become classes 1..K (in value order)."""
+    if present <= {255}:
+        mapping, names = {255: 1}, ["class_1"]
+    else:
+        mapping = {v: k + 1 for k, v in enumerate(sorted(present))}
+        names = [f"class_{v}" for v in sorted(present)]
+    if any(v != k for v, k in mapping.items()):
+        lut = np.zeros(256, np.uint8)
+        for v, k in mapping.items():
+            lut[v] = k
+        writer.relabel(lut)
+    return names
+
+
 def fill_generic(
     src,
     writer: DatasetWriter,
@@ -95,6 +204,7 @@ def fill_generic(
     patient_regex: str | None = None,
     low: float = LOW_PERCENTILE,
     high: float = HIGH_PERCENTILE,
+    binary: bool = False,
 ) -> None:
     """Write every labelled case of a generic image folder into ``writer``."""
     src = source_dir(src, LAYOUT)
@@ -102,94 +212,35 @@ def fill_generic(
         raise NCAError(f"The dataset kind {dataset_kind!r} is unknown; use one of {', '.join(DATASET_KINDS)}.")
     if normalization not in NORMALIZATIONS:
         raise NCAError(f"The normalization {normalization!r} is unknown; use one of {', '.join(NORMALIZATIONS)}.")
+    if binary and classes is not None and len(classes) != 1:
+        raise NCAError("--binary makes one foreground class; pass at most one class name with it.")
     pattern = re.compile(patient_regex) if patient_regex else None
-    images_dir, labels_dir = _layout(src)
-    labels = [p for p in visible_files(labels_dir) if is_image_file(p) or is_volume_file(p)]
-    if not labels:
-        raise NCAError(f"{labels_dir} holds no label files; pass a folder laid out as {LAYOUT}.")
-    channel_index, plain_index = _image_index(images_dir)
-    names = list(classes) if classes else None
-    method = None if normalization == "auto" else normalization
-    keep_uint8: bool | None = None
-    spacing, unit = None, "px"
-    present: set[int] = set()
-    for label_path in labels:
-        stem = strip_suffix(label_path)
-        image_paths = [p for _, p in channel_index[stem]] if stem in channel_index else [plain_index[stem]] if stem in plain_index else []
-        if not image_paths:
-            raise NCAError(f"The label {label_path} has no image named {stem} in {images_dir}; add the image or remove the label.")
-        three_d = is_volume_file(label_path)
-        if any(is_volume_file(p) != three_d for p in image_paths):
-            raise NCAError(f"The image {image_paths[0]} and its label {label_path} are not both 2D or both 3D files; pair like with like.")
-        label, _ = io.read_labels(label_path)
-        loaded = [_read_image(p, three_d) for p in image_paths]
-        parts = [v.array for v in loaded]
+    names = list(classes) if classes else (["foreground"] if binary else None)
+    norm = _Normalise(normalization, low, high)
+    spacing, unit, present = None, "px", set()
+    for label_path, image_paths in _pairs(*_layout(src)):
+        image, label, vol_spacing = _read_case(label_path, image_paths)
         if spacing is None:
-            spacing, unit = (loaded[0].spacing, "mm") if three_d and loaded[0].spacing else ([1.0] * label.ndim, "px")
-        for path, part in zip(image_paths, parts):
-            if part.shape[:-1] != label.shape:
-                raise NCAError(
-                    f"The image {path} has shape {part.shape[:-1]} but its label {label_path} has {label.shape}; they must match pixel for pixel."
-                )
-        image = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
-        label = _integer_labels(label, label_path)
-
-        values = set(np.unique(label).tolist()) - {0}
-        if names is not None:
-            if values == {255} and len(names) == 1:
-                label = (label > 0).astype(np.uint8)
-                values = {1}
-            unknown = sorted(v for v in values if v > len(names))
-            if unknown:
-                raise NCAError(
-                    f"The label {label_path} contains value {unknown[0]} but only {len(names)} class(es) were named ({', '.join(names)}); name more classes or fix the label."
-                )
-        present |= values
-
-        if keep_uint8 is None:
-            keep_uint8 = image.dtype == np.uint8 and method != "percentile"
-            method = method or ("none" if keep_uint8 else "percentile")
-        if method == "percentile":
-            image = normalize(image, Normalization("percentile", low, high))
-        elif keep_uint8 and image.dtype != np.uint8:
-            raise NCAError(f"The image {image_paths[0]} is {image.dtype} while earlier images were uint8; convert with normalization='percentile'.")
-        elif not keep_uint8:
-            image = image.astype(np.float32)
+            spacing, unit = (vol_spacing, "mm") if vol_spacing else ([1.0] * label.ndim, "px")
+        label = _class_values(label, label_path, names, binary)
+        present |= set(np.unique(label).tolist()) - {0}
+        image = norm(image, image_paths[0])
         if resize is not None:
             shape = tuple(int(s) for s in resize)
             if len(shape) != label.ndim:
-                raise NCAError(f"The resize shape {shape} has {len(shape)} axes but {label_path} is {label.ndim}D; give one size per axis.")
+                raise NCAError(f"The resize shape {shape} has {len(shape)} axes but {label_path} is {label.ndim}D; "
+                               f"give one size per axis.")
             image, label = resize_image(image, shape), resize_labels(label, shape)
-        case_id = safe_id(stem)
+        case_id = safe_id(strip_suffix(label_path))
         match = pattern.search(case_id) if pattern else None
         writer.add_case(case_id, match.group(1) if match and match.groups() else case_id, image, label)
-
-    if names is None:
-        if present <= {255}:
-            mapping = {255: 1}
-            names = ["class_1"]
-        else:
-            mapping = {v: k + 1 for k, v in enumerate(sorted(present))}
-            names = [f"class_{v}" for v in sorted(present)]
-        if any(v != k for v, k in mapping.items()):
-            lut = np.zeros(256, np.uint8)
-            for v, k in mapping.items():
-                lut[v] = k
-            writer.relabel(lut)
-    if method == "percentile":
-        norm = Normalization("percentile", low, high).entry("float32")
-    elif keep_uint8:
-        norm = Normalization("none", divide_by=255.0).entry("uint8")
-    else:
-        norm = Normalization("none", divide_by=1.0).entry("float32")
     writer.set_info(
         name=src.name,
         kind=dataset_kind,
         modality=modality,
-        classes=names,
+        classes=names if names is not None else _name_classes(writer, present),
         spacing=spacing,
         spacing_unit=unit,
-        normalization=norm,
-        source={"format": "generic", "path": str(src)},
+        normalization=norm.entry(),
+        source={"format": "generic", "path": str(src), "binary": binary},
     )
-

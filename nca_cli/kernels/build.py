@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import threading
@@ -23,7 +22,10 @@ from types import ModuleType
 
 import torch
 
-SOURCE_DIR = Path(__file__).resolve().parents[2] / "cuda"
+from ..core.machine import machine_tag
+from ..core.resources import kernel_source_dir
+
+SOURCE_DIR = kernel_source_dir()
 CPU_SOURCES = ("nca_cell.h", "nca_cpu.h", "nca_cpu.cpp")
 CUDA_SOURCES = ("nca_cell.h", "nca_cuda.h", "nca_cuda.cu", "nca_cuda_binding.cpp")
 
@@ -57,22 +59,6 @@ def cache_root() -> Path:
         return Path(os.environ["NCA_KERNEL_CACHE"]).expanduser()
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "nca" / "kernels"
-
-
-def _machine_tag() -> str:
-    """CPU model and feature flags: ``-march=native`` code is only valid on the same kind of CPU."""
-    model, flags = "", ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1].strip()
-            if model and flags:
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()}|{platform.processor()}|{model}|{flags}"
 
 
 def _cpu_instantiations(shapes: tuple[Shape, ...]) -> dict[str, str]:
@@ -109,7 +95,7 @@ def _key(kind: str, sources: dict[str, str], generated: dict[str, str], flags: l
         "flags": flags,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "machine": _machine_tag(),
+        "machine": machine_tag(),
         "compiler": os.environ.get("CXX", "c++"),
     }
     h.update(json.dumps(payload, sort_keys=True).encode())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -73,6 +74,88 @@ def _epoch_batches(groups: dict, batch_size: int, gen: torch.Generator) -> list[
     return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
 
+@dataclass
+class _Job:
+    """Everything a fine-tuning run works with, checked before anything is computed."""
+
+    opts: FinetuneOptions
+    net: torch.nn.Module
+    payload: dict
+    settings: dict              # the vwsl section in effect
+    recipe: dict
+    epochs: int
+    gamma: float
+    predictions: int
+    seed: int
+    patch: list | None
+    crop_levels: int
+    images: list
+    eval_cases: list | None
+    device: torch.device
+
+    @classmethod
+    def check(cls, opts: FinetuneOptions) -> "_Job":
+        model_file, output = Path(opts.model), Path(opts.output)
+        net, payload = checkpoint.load_model(model_file, require_nca=True)
+        _check_output(output, model_file)
+        vw, recipe = _settings(payload, opts.recipe)
+        epochs = int(opts.epochs if opts.epochs is not None else vw["epochs"])
+        gamma = float(opts.gamma if opts.gamma is not None else vw["gamma"])
+        predictions = int(opts.predictions if opts.predictions is not None else vw["predictions"])
+        seed = int(opts.seed if opts.seed is not None else vw["seed"])
+        if epochs < 1 or predictions < 2 or gamma < 0:
+            raise NCAError(f"Fine-tuning needs epochs >= 1, predictions >= 2 and gamma >= 0 (got {epochs}, "
+                           f"{predictions}, {gamma}); fix the options or the recipe's vwsl section.")
+        data = recipe.get("data") or {}
+        patch = data.get("crop")
+        normalization = (payload.get("metadata") or {}).get("normalization")
+        images = load_unlabeled(opts.unlabeled, net, normalization)
+        eval_cases = load_eval_cases(opts.eval_dir, net, normalization) if opts.eval_dir is not None else None
+        device = resolve_device(opts.device)
+        return cls(opts, net.to(device), payload, vw, recipe, epochs, gamma, predictions, seed, patch,
+                   int(data.get("crop_levels") or 0) if patch else 0, images, eval_cases, device)
+
+    def evaluate(self) -> dict | None:
+        return evaluate(self.net, self.eval_cases, self.predictions, self.device) if self.eval_cases else None
+
+
+def _adapt(job: _Job, targets, progress: Progress) -> list[dict]:
+    """The fine-tuning epochs; returns one metrics record per epoch."""
+    net, vw = job.net, job.settings
+    groups: dict[tuple, list[int]] = {}
+    for i, u in enumerate(job.images):
+        groups.setdefault(tuple(u.image.shape), []).append(i)
+    gen = torch.Generator().manual_seed(job.seed)
+    betas = tuple((job.recipe.get("training") or {}).get("betas") or (0.9, 0.99))
+    opt = torch.optim.Adam(net.parameters(), lr=float(vw["lr"]), betas=betas)
+    records = []
+    task = progress.add("epoch", total=job.epochs)
+    net.train()
+    for epoch in range(job.epochs):
+        te = time.perf_counter()
+
+        def loss(b: int, idx: list[int]) -> dict:
+            x = torch.stack([job.images[i].image for i in idx]).to(job.device)
+            mean = torch.stack([targets.mean[i] for i in idx]).to(job.device)
+            var = torch.stack([targets.var[i] for i in idx]).to(job.device)
+            crop = net.random_crop(x.shape[2:], job.patch, job.crop_levels, gen)
+            levels_a, region = net(x, seed=pass_seed(job.seed, epoch, b, 0), crop=crop, all_levels=True)
+            levels_b, _ = net(x, seed=pass_seed(job.seed, epoch, b, 1), crop=crop, all_levels=True)
+            if region is not None:
+                mean = mean[(slice(None), slice(None), *region)]
+                var = var[(slice(None), slice(None), *region)]
+            return vwsl_loss(levels_a[0], mean, var, levels_a, levels_b, gamma=job.gamma,
+                             focal_gamma=float(vw["focal_gamma"]))
+
+        means = optimise_epoch(opt, _epoch_batches(groups, int(vw["batch_size"]), gen), loss,
+                               diverged=f"Fine-tuning diverged at epoch {epoch + 1} (loss {{value}}); "
+                                        f"lower vwsl.lr or --gamma.")
+        records.append({"epoch": epoch + 1, **means, "seconds": time.perf_counter() - te})
+        task.advance(info=f"loss {means['loss']:.4f}  l1 {means['l1']:.5f}")
+    net.eval()
+    return records
+
+
 def finetune(opts: FinetuneOptions) -> dict:
     """Adapt the NCA in ``opts.model`` to the images of ``opts.unlabeled``; write ``opts.output``.
 
@@ -80,92 +163,40 @@ def finetune(opts: FinetuneOptions) -> dict:
     predicted variance before and after on that labeled target data).
     """
     t0 = time.perf_counter()
-    unlabeled, model_file, output = Path(opts.unlabeled), Path(opts.model), Path(opts.output)
-    net, payload = checkpoint.load_model(model_file, require_nca=True)
-    _check_output(output, model_file)
-    vw, used_recipe = _settings(payload, opts.recipe)
-    epochs = int(opts.epochs if opts.epochs is not None else vw["epochs"])
-    gamma = float(opts.gamma if opts.gamma is not None else vw["gamma"])
-    predictions = int(opts.predictions if opts.predictions is not None else vw["predictions"])
-    seed = int(opts.seed if opts.seed is not None else vw["seed"])
-    if epochs < 1 or predictions < 2 or gamma < 0:
-        raise NCAError(f"Fine-tuning needs epochs >= 1, predictions >= 2 and gamma >= 0 (got {epochs}, {predictions}, "
-                       f"{gamma}); fix the options or the recipe's vwsl section.")
-    data = used_recipe.get("data") or {}
-    patch = data.get("crop")
-    crop_levels = int(data.get("crop_levels") or 0) if patch else 0
-    betas = tuple((used_recipe.get("training") or {}).get("betas") or (0.9, 0.99))
-    normalization = (payload.get("metadata") or {}).get("normalization")
-
-    images = load_unlabeled(unlabeled, net, normalization)
-    eval_cases = load_eval_cases(opts.eval_dir, net, normalization) if opts.eval_dir is not None else None
-    dev = resolve_device(opts.device)
-    net.to(dev)
-
+    job = _Job.check(opts)
+    model_file, output = Path(opts.model), Path(opts.output)
     cache = cache_dir_for(output)
     with Progress(opts.quiet) as progress:
-        task = progress.add("targets", total=len(images), info=f"{predictions} predictions per image")
-        key = cache_key(model_file, [u.path for u in images], predictions)
-        targets = load_or_compute(cache, key, net, [u.image for u in images], predictions, dev,
+        task = progress.add("targets", total=len(job.images), info=f"{job.predictions} predictions per image")
+        key = cache_key(model_file, [u.path for u in job.images], job.predictions)
+        targets = load_or_compute(cache, key, job.net, [u.image for u in job.images], job.predictions, job.device,
                                   on_image=lambda i: task.advance())
-        task.update(completed=len(images), info="reused cache" if targets.reused else "computed")
-        before = evaluate(net, eval_cases, predictions, dev) if eval_cases else None
-
-        groups: dict[tuple, list[int]] = {}
-        for i, u in enumerate(images):
-            groups.setdefault(tuple(u.image.shape), []).append(i)
-        gen = torch.Generator().manual_seed(seed)
-        opt = torch.optim.Adam(net.parameters(), lr=float(vw["lr"]), betas=betas)
-        records = []
-        task = progress.add("epoch", total=epochs)
-        net.train()
-        for epoch in range(epochs):
-            te = time.perf_counter()
-
-            def loss(b: int, idx: list[int]) -> dict:
-                x = torch.stack([images[i].image for i in idx]).to(dev)
-                mean = torch.stack([targets.mean[i] for i in idx]).to(dev)
-                var = torch.stack([targets.var[i] for i in idx]).to(dev)
-                crop = net.random_crop(x.shape[2:], patch, crop_levels, gen)
-                levels_a, region = net(x, seed=pass_seed(seed, epoch, b, 0), crop=crop, all_levels=True)
-                levels_b, _ = net(x, seed=pass_seed(seed, epoch, b, 1), crop=crop, all_levels=True)
-                if region is not None:
-                    mean = mean[(slice(None), slice(None), *region)]
-                    var = var[(slice(None), slice(None), *region)]
-                return vwsl_loss(levels_a[0], mean, var, levels_a, levels_b, gamma=gamma,
-                                 focal_gamma=float(vw["focal_gamma"]))
-
-            means = optimise_epoch(opt, _epoch_batches(groups, int(vw["batch_size"]), gen), loss,
-                                   diverged=f"Fine-tuning diverged at epoch {epoch + 1} (loss {{value}}); "
-                                            f"lower vwsl.lr or --gamma.")
-            record = {"epoch": epoch + 1, **means, "seconds": time.perf_counter() - te}
-            records.append(record)
-            task.advance(info=f"loss {record['loss']:.4f}  l1 {record['l1']:.5f}")
-        net.eval()
-        after = evaluate(net, eval_cases, predictions, dev) if eval_cases else None
-
-    variance_before = float(sum(v.mean().item() for v in targets.var) / len(images))
+        task.update(completed=len(job.images), info="reused cache" if targets.reused else "computed")
+        before = job.evaluate()
+        records = _adapt(job, targets, progress)
+        after = job.evaluate()
+    vw = job.settings
     adaptation = {
-        "method": "vwsl", "gamma": gamma, "epochs": epochs, "predictions": predictions,
+        "method": "vwsl", "gamma": job.gamma, "epochs": job.epochs, "predictions": job.predictions,
         "focal_gamma": float(vw["focal_gamma"]), "lr": float(vw["lr"]), "batch_size": int(vw["batch_size"]),
-        "seed": seed, "crop": list(patch) if crop_levels else None, "crop_levels": crop_levels,
+        "seed": job.seed, "crop": list(job.patch) if job.crop_levels else None, "crop_levels": job.crop_levels,
         "source_checkpoint": str(model_file), "source_checkpoint_sha256": key["model_sha256"],
-        "unlabeled": str(unlabeled), "images": len(images), "final_loss": records[-1]["loss"],
-        "unlabeled_mean_variance_before": variance_before,
+        "unlabeled": str(opts.unlabeled), "images": len(job.images), "final_loss": records[-1]["loss"],
+        "unlabeled_mean_variance_before": float(sum(v.mean().item() for v in targets.var) / len(job.images)),
     }
-    if eval_cases is not None:
-        adaptation["eval"] = {"dir": str(opts.eval_dir), "cases": len(eval_cases),
+    if job.eval_cases is not None:
+        adaptation["eval"] = {"dir": str(opts.eval_dir), "cases": len(job.eval_cases),
                               "dice_before": before["dice"], "dice_after": after["dice"],
                               "mean_variance_before": before["mean_variance"],
                               "mean_variance_after": after["mean_variance"]}
-    metadata = copy.deepcopy(payload.get("metadata") or {})
+    metadata = copy.deepcopy(job.payload.get("metadata") or {})
     metadata["adaptation"] = adaptation
     metrics = metrics_path_for(output)
     with atomic_path(metrics) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    checkpoint.save_model(output, net, payload.get("recipe") or (used_recipe or None), metadata)
+    checkpoint.save_model(output, job.net, job.payload.get("recipe") or (job.recipe or None), metadata)
     return {
         "output": str(output), "metrics": str(metrics), "cache": str(cache), "cache_reused": targets.reused,
-        "device": str(dev), "output_sha256": sha256_file(output), "seconds": time.perf_counter() - t0,
+        "device": str(job.device), "output_sha256": sha256_file(output), "seconds": time.perf_counter() - t0,
         **adaptation,
     }
