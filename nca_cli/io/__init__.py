@@ -10,6 +10,7 @@ from ..errors import NCAError
 from .base import InputImage
 from .checks import check_finite
 from .image import DICOM_SUFFIXES, PIL_SUFFIXES, TIFF_SUFFIXES, open_dicom, open_image, write_mask_image
+from .geojson import write_geojson
 from .preview import downscale_nearest, write_preview
 from .slide import open_slide, slide_vendor
 from .slide_writer import write_pyramidal_mask
@@ -112,6 +113,7 @@ __all__ = [
     "downscale_nearest",
     "is_supported",
     "open_input",
+    "write_geojson",
     "write_label_volume",
     "write_mask_image",
     "write_overlay_mp4",
