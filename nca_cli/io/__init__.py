@@ -11,7 +11,7 @@ from .base import InputImage
 from .checks import check_finite
 from .image import DICOM_SUFFIXES, PIL_SUFFIXES, TIFF_SUFFIXES, open_dicom, open_image, write_mask_image
 from .geojson import write_geojson
-from .preview import downscale_nearest, write_preview
+from .preview import downscale_nearest, write_preview, write_volume_preview
 from .slide import open_slide, slide_vendor
 from .slide_writer import write_pyramidal_mask
 from .video import VIDEO_SUFFIXES, open_video, write_label_volume, write_overlay_mp4
@@ -118,6 +118,7 @@ __all__ = [
     "write_mask_image",
     "write_overlay_mp4",
     "write_preview",
+    "write_volume_preview",
     "write_pyramidal_mask",
     "write_volume",
 ]
