@@ -55,7 +55,7 @@ def _nearest(arr: np.ndarray, h: int, w: int) -> np.ndarray:
     """Nearest-neighbour resample of ``[H, W, ...]`` to ``h`` x ``w`` (sampling pixel centres)."""
     rows = ((np.arange(h) + 0.5) * arr.shape[0] / h).astype(np.intp)
     cols = ((np.arange(w) + 0.5) * arr.shape[1] / w).astype(np.intp)
-    return np.asarray(arr[rows][:, cols])
+    return np.asarray(arr[np.ix_(rows, cols)])  # only the sampled pixels, even from a memmap
 
 
 def _resize_image(image: np.ndarray, h: int, w: int) -> np.ndarray:
