@@ -31,7 +31,8 @@ from .formats import (
     strip_suffix,
 )
 from .image import open_dicom, open_image, read_label_image, write_mask_image
-from .preview import downscale_nearest, write_preview
+from .geojson import write_geojson
+from .preview import downscale_nearest, write_preview, write_volume_preview
 from .slide import open_slide, slide_vendor
 from .slide_writer import write_pyramidal_mask
 from .video import open_video, write_label_volume, write_overlay_mp4

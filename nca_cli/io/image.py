@@ -330,7 +330,14 @@ def open_dicom(path: Path) -> InputImage:
 
 
 def write_mask_image(path: str | Path, labels: np.ndarray) -> Path:
-    """Write a ``[H, W]`` uint8 label image as PNG or (zlib-compressed) TIFF, atomically."""
+    """Write a ``[H, W]`` uint8 label image as PNG or (zlib-compressed) TIFF, atomically.
+
+    A PNG is a palette image (mode "P") with the project palette: the stored values stay
+    the class indices (``np.asarray(Image.open(path))`` gives them back) while viewers show
+    each class in its colour on black. TIFF masks are plain greyscale.
+    """
+    from .palette import PALETTE
+
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in MASK_SUFFIXES:
@@ -339,7 +346,9 @@ def write_mask_image(path: str | Path, labels: np.ndarray) -> Path:
         raise ValueError(f"labels must be uint8 [H, W], got {labels.dtype} {labels.shape}")
     with atomic_path(path) as tmp:
         if suffix == ".png":
-            Image.fromarray(np.ascontiguousarray(labels)).save(tmp, format="PNG")
+            picture = Image.fromarray(np.ascontiguousarray(labels))
+            picture.putpalette(PALETTE.ravel().tolist())  # "L" becomes "P", values unchanged
+            picture.save(tmp, format="PNG")
         else:
             tifffile.imwrite(tmp, labels, compression="zlib", photometric="minisblack")
     return path

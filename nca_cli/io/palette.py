@@ -1,4 +1,10 @@
-"""Colours for label classes and the overlay blend used by previews and overlay videos."""
+"""Colours for label classes and the overlay blend used by previews and overlay videos.
+
+One palette serves palette masks (PNG, pyramidal TIFF), previews, overlay videos and the
+class colours in GeoJSON, so a class looks the same everywhere. The first classes get
+bright, saturated colours that stand out on H&E tissue (pink and purple) as well as on
+grey MRI/CT; previews add a dark halo so that they also show on white glass.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -6,21 +12,22 @@ import numpy as np
 _BASE = np.array(
     [
         (0, 0, 0),
-        (230, 25, 75),
-        (60, 180, 75),
-        (0, 130, 200),
-        (255, 225, 25),
-        (245, 130, 48),
-        (145, 30, 180),
-        (70, 240, 240),
-        (240, 50, 230),
-        (210, 245, 60),
-        (250, 190, 212),
-        (0, 128, 128),
-        (170, 110, 40),
-        (128, 0, 0),
-        (170, 255, 195),
-        (128, 128, 0),
+        # first the colours that stand out on pink/purple H&E and on grey scans alike
+        (0, 255, 64),  # green
+        (255, 230, 0),  # yellow
+        (0, 220, 255),  # cyan
+        (255, 128, 0),  # orange
+        (255, 255, 255),  # white
+        (255, 64, 170),  # pink
+        (64, 110, 255),  # blue
+        (190, 255, 120),  # pale lime
+        (230, 30, 40),  # red
+        (160, 90, 255),  # violet
+        (0, 150, 120),  # teal
+        (170, 110, 40),  # brown
+        (255, 190, 140),  # peach
+        (128, 128, 0),  # olive
+        (128, 0, 0),  # maroon
     ],
     dtype=np.uint8,
 )

@@ -11,6 +11,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from nca_cli.core.errors import NCAError
 from nca_cli.io import image as image_mod
 from nca_cli.io import open_input, write_mask_image
+from nca_cli.io.palette import PALETTE
 
 
 def test_png_rgb_grey_and_16_bit(tmp_path):
@@ -159,6 +160,32 @@ def test_write_mask_image_round_trip(tmp_path):
     np.testing.assert_array_equal(tifffile.imread(tif), labels)
     with pytest.raises(NCAError, match="m.jpg"):
         write_mask_image(tmp_path / "m.jpg", labels)
+
+
+def test_png_mask_is_a_palette_image(tmp_path):
+    labels = np.zeros((6, 7), np.uint8)
+    labels[1:3, 1:4] = 1
+    labels[4, :] = 2
+    labels[5, 6] = 255
+    with Image.open(write_mask_image(tmp_path / "m.png", labels)) as img:
+        assert img.mode == "P"
+        np.testing.assert_array_equal(np.asarray(img), labels)  # values stay the class indices
+        colours = np.asarray(img.convert("RGB"))  # what viewers show
+    np.testing.assert_array_equal(colours, PALETTE[labels])
+    assert (colours[labels == 0] == 0).all()
+    assert tifffile.TiffFile(write_mask_image(tmp_path / "m.tif", labels)).pages[0].photometric == 1  # stays grey
+
+
+@pytest.mark.xfail(strict=True, reason="open_input decodes palette PNGs (mode P) to RGB colours, so a label PNG read "
+                                        "through it gives the palette colours instead of the class indices")
+def test_open_input_reads_png_mask_as_class_indices(tmp_path):
+    labels = np.zeros((6, 7), np.uint8)
+    labels[1:3, 1:4] = 1
+    labels[4, :] = 2
+    write_mask_image(tmp_path / "m.png", labels)
+    with open_input(tmp_path / "m.png") as img:
+        assert img.channels == 1
+        np.testing.assert_array_equal(img.read()[..., 0], labels)
 
 
 def test_write_mask_image_failure_leaves_no_file(tmp_path, monkeypatch):
