@@ -182,7 +182,9 @@ def version():
 def main(argv: Optional[list] = None) -> None:
     """Entry point: user errors end in one sentence on stderr and exit code 1."""
     from .core.errors import NCAError
+    from .core.machine import return_freed_memory
 
+    return_freed_memory()
     try:
         app(args=argv)
     except NCAError as exc:

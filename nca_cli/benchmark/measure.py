@@ -156,6 +156,9 @@ def run_measurement(spec: dict, timeout: float) -> dict:
 
 
 def main() -> None:
+    from ..core.machine import return_freed_memory
+
+    return_freed_memory()   # as `nca segment` does
     spec = json.loads(sys.stdin.read())
     try:
         result = measure(spec)

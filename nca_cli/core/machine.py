@@ -105,6 +105,21 @@ def trim_heap() -> None:
         pass
 
 
+MMAP_THRESHOLD = 1 << 20
+_M_MMAP_THRESHOLD = -3
+
+
+def return_freed_memory() -> bool:
+    """Make the C library hand every allocation of ``MMAP_THRESHOLD`` bytes or more back to the
+    system as soon as it is freed (glibc ``mallopt(M_MMAP_THRESHOLD)``; by default it keeps raising
+    that threshold and holds freed blocks). The resident size then follows the live tensors, so a
+    run peaks where the memory model predicts. Returns False where this is not glibc."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+
+
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter of this process; False where Linux does not allow it."""
     try:

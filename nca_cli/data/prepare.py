@@ -38,7 +38,7 @@ KINDS = (*FILLERS, "synthetic")
 SYNTHETIC_SOURCE = {"pathology": "peso", "radiology": "msd-prostate", "surgery": "cholecseg8k", "xray": "chexmask",
                     "microct": "generic"}
 SYNTHETIC_FILL = {"microct": {"classes": list(MICROCT_CLASSES), "modality": "microCT"}}  # converter defaults
-WRITER_OPTIONS = ("seed", "val_fraction", "test_fraction", "overwrite")
+WRITER_OPTIONS = ("seed", "val_fraction", "test_fraction", "test_cases", "overwrite")
 SYNTHETIC_OPTIONS = ("kind", "cases", "size", "shifted")
 
 
@@ -57,16 +57,21 @@ def prepare(kind: str, src, dst, /, *, quiet: bool = True, **options) -> Path:
         raise NCAError(f"Unknown dataset kind {kind!r}; use one of {', '.join(KINDS)}.")
     with Progress(quiet) as progress:
         task = progress.add("cases written")
-        return _prepare(kind, src, Path(dst), options, lambda case_id, n: task.update(completed=n, info=case_id))
+        notes: list[str] = []
+        out = _prepare(kind, src, Path(dst), options, lambda case_id, n: task.update(completed=n, info=case_id), notes)
+        for note in notes:
+            progress.log(f"note: {note}")
+        return out
 
 
-def _prepare(kind: str, src, dst: Path, options: dict, on_case) -> Path:
+def _prepare(kind: str, src, dst: Path, options: dict, on_case, notes: list) -> Path:
     writer_options = {k: options.pop(k) for k in WRITER_OPTIONS if k in options}
     if kind != "synthetic":
         fill = FILLERS[kind]
         _check_options(kind, fill, options)
         with DatasetWriter(dst, **writer_options) as writer:
             writer.on_case = on_case
+            writer.notes = notes
             fill(src, writer, **options)
         return dst
 
@@ -82,6 +87,7 @@ def _prepare(kind: str, src, dst: Path, options: dict, on_case) -> Path:
     seed = writer_options.get("seed", 0)
     with DatasetWriter(dst, **writer_options) as writer:
         writer.on_case = on_case
+        writer.notes = notes
         raw = make_synthetic(which, writer.root / f"raw-synthetic-{which}", seed=seed, **synth)
         fill(raw, writer, **{**SYNTHETIC_FILL.get(which, {}), **options})
         suffix = "-shifted" if synth.get("shifted") else ""

@@ -52,12 +52,15 @@ class DatasetWriter:
     absent or empty, or (with ``overwrite``) an earlier prepared dataset.
     """
 
-    def __init__(self, dst: str | Path, *, overwrite: bool = False, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2):
+    def __init__(self, dst: str | Path, *, overwrite: bool = False, seed: int = 0, val_fraction: float = 0.1,
+                 test_fraction: float = 0.2, test_cases=()):
         self.dst = Path(dst)
         self.overwrite = overwrite
         self.seed = seed
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
+        self.test_cases = list(test_cases or ())
+        self.notes: list[str] = []   # what a user should know about the result (e.g. no validation cases)
         self.info: dict = {"synthetic": False, "label_encoding": "index"}
         self.cases: dict[str, dict] = {}
         self._open: list[np.memmap] = []
@@ -158,7 +161,13 @@ class DatasetWriter:
                 f"Case {odd['id']} has {len(odd['shape'])}D data with {odd['_channels']} channel(s) but case {first['id']} has "
                 f"{len(first['shape'])}D with {first['_channels']}; all cases of a dataset must match."
             )
-        split = patient_split({c["id"]: c["patient"] for c in cases}, seed=self.seed, val_fraction=self.val_fraction, test_fraction=self.test_fraction)
+        split = patient_split({c["id"]: c["patient"] for c in cases}, seed=self.seed, val_fraction=self.val_fraction,
+                              test_fraction=self.test_fraction, test_cases=self.test_cases)
+        if not split["val"]:
+            self.notes.append(f"{len(cases)} case(s) give no validation case, so `nca train` will not validate "
+                              f"(no best.pt; model.pt is saved every training.save_every epochs)")
+        if not split["test"]:
+            self.notes.append("no test case was set aside")
         manifest = {
             "format_version": FORMAT_VERSION,
             "name": info["name"],

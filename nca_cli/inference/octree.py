@@ -90,7 +90,7 @@ def _upsample_in_place(src: torch.Tensor, dst: torch.Tensor, factor: Sequence[in
     so copying a chunk of source rows out before writing their output is always safe."""
     f0, n0 = factor[0], dst.shape[1]
     row_bytes = max(1, src[0, :1].numel() * src.element_size())
-    rows = max(1, chunk_bytes // row_bytes)
+    rows = max(1, chunk_bytes // (row_bytes * math.prod(factor)))   # the upsampled chunk stays within chunk_bytes
     for b in range(src.shape[0]):
         for y in range(0, src.shape[1], rows):
             y1 = min(y + rows, src.shape[1])

@@ -29,7 +29,14 @@ from ..core.errors import NCAError
 from ..io.normalize import Normalization, Normalizer
 from ..models.registry import architecture_of
 from .labels import EnsembleAccumulator, logits_to_labels
-from .memory import Plan, plan_run
+from .memory import (
+    InputCost,
+    Plan,
+    forward_peak_bytes,
+    plan_run,
+    torch_step_cost,
+    window_plan,
+)
 from .windows import (
     OVERLAP,
     label_array,
@@ -90,6 +97,16 @@ class Predictor:
         norm = normalization or Normalization.for_dtype(image.dtype)
         return Normalizer.fit_image(norm, image)
 
+    @staticmethod
+    def cost(image, normalization: Normalization | None) -> InputCost:
+        """What reading ``image`` costs (for the memory plan)."""
+        return InputCost(image.channels, image.dtype.itemsize, normalization or Normalization.for_dtype(image.dtype),
+                         image.kind)
+
+    def prepare(self, image) -> None:
+        """Measure, once per process, what the memory plan of ``image`` needs measured (call it
+        before taking the run's baseline)."""
+
 
 class OctreePredictor(Predictor):
     """Multi-level NCAs: single pass or exact tiles, one shared state buffer, ensembles."""
@@ -110,10 +127,17 @@ class OctreePredictor(Predictor):
                                state_dtype=self.dtype) for k in range(ensemble)]
         return runs[0] if ensemble == 1 else torch.stack(runs).median(dim=0).values
 
-    def plan(self, shape: Sequence[int], *, budget: int, tiling: str = "auto", tile_size: int | None = None,
-             ensemble: int = 1, baseline: int = 0, name: str = "the input", itemsize: int = 4) -> Plan:
-        return plan_run(self.model, shape, dtype=self.dtype, impl=self.impl, budget=budget, tiling=tiling,
-                        tile_size=tile_size, ensemble=ensemble, baseline=baseline, name=name)
+    def prepare(self, image) -> None:
+        if self.impl == "torch":
+            for bb in self.model.backbones:
+                torch_step_cost(bb)
+
+    def plan(self, image, *, budget: int, tiling: str = "auto", tile_size: int | None = None, ensemble: int = 1,
+             baseline: int = 0, name: str = "the input", normalization: Normalization | None = None,
+             want_std: bool = False) -> Plan:
+        return plan_run(self.model, image.spatial_shape, dtype=self.dtype, impl=self.impl, budget=budget,
+                        tiling=tiling, tile_size=tile_size, ensemble=ensemble, baseline=baseline, name=name,
+                        cost=self.cost(image, normalization), want_std=want_std)
 
     @torch.inference_mode()
     def predict(self, image, plan: Plan, *, normalization: Normalization | None = None, seed: int = 0,
@@ -197,12 +221,14 @@ class WindowPredictor(Predictor):
     def masks(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.stack([rows_to_masks(lg, self.arch.softmax) for lg in logits])
 
-    def plan(self, shape: Sequence[int], *, budget: int, baseline: int = 0, name: str = "the input",
-             itemsize: int = 4, **_) -> Plan:
-        from .memory import window_plan
+    def prepare(self, image) -> None:
+        forward_peak_bytes(self.model, self._window(image.spatial_shape), self.config.input_channels, self.device)
 
+    def plan(self, image, *, budget: int, baseline: int = 0, name: str = "the input",
+             normalization: Normalization | None = None, **_) -> Plan:
+        shape = image.spatial_shape
         return window_plan(self.model, shape, self._window(shape), budget=budget, baseline=baseline, name=name,
-                           input_itemsize=itemsize, device=self.device)
+                           cost=self.cost(image, normalization), device=self.device)
 
     @torch.inference_mode()
     def predict(self, image, plan: Plan, *, normalization: Normalization | None = None, scratch: Path | None = None,

@@ -15,7 +15,7 @@ import tifffile
 
 from ..core.errors import NCAError
 from .base import InputImage
-from .checks import check_finite
+from .checks import check_finite, check_finite_input
 from .formats import (
     DICOM_SUFFIXES,
     IMAGE_SUFFIXES,
@@ -30,8 +30,8 @@ from .formats import (
     is_volume_file,
     strip_suffix,
 )
-from .image import open_dicom, open_image, read_label_image, write_mask_image
 from .geojson import write_geojson
+from .image import open_dicom, open_image, read_label_image, write_mask_image
 from .preview import downscale_nearest, write_preview, write_volume_preview
 from .slide import open_slide, slide_vendor
 from .slide_writer import write_pyramidal_mask
@@ -159,8 +159,10 @@ class Loaded:
 
 
 def load(path: str | os.PathLike, **options) -> Loaded:
-    """Open ``path`` with :func:`open_input` and read it whole (for datasets of moderate size)."""
+    """Open ``path`` with :func:`open_input` and read it whole (for datasets of moderate size);
+    NaN or Inf values are refused."""
     with open_input(path, **options) as image:
+        check_finite_input(image)
         return Loaded(image.read(), image.kind, image.dims, dict(image.meta))
 
 
@@ -179,9 +181,10 @@ def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, Loaded | None]:
 
 __all__ = [
     "DICOM_SUFFIXES", "IMAGE_SUFFIXES", "InputImage", "Loaded", "PIL_SUFFIXES", "SLIDE_SUFFIXES",
-    "SUPPORTED_SUFFIXES", "TIFF_SUFFIXES", "VIDEO_SUFFIXES", "VOLUME_SUFFIXES", "check_finite", "downscale_nearest",
+    "SUPPORTED_SUFFIXES", "TIFF_SUFFIXES", "VIDEO_SUFFIXES", "VOLUME_SUFFIXES", "check_finite", "check_finite_input", "downscale_nearest",
     "full_suffix", "is_image_file", "is_supported", "is_volume_file", "load", "open_dicom", "open_image",
     "open_input", "open_slide", "probe", "open_video", "open_volume", "read_label_image", "read_labels", "strip_suffix",
-    "write_label_volume", "write_mask_image", "write_overlay_mp4", "write_preview", "write_pyramidal_mask",
+    "write_geojson", "write_label_volume", "write_mask_image", "write_overlay_mp4", "write_preview",
+    "write_pyramidal_mask", "write_volume_preview",
     "write_volume",
 ]

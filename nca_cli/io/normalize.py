@@ -23,7 +23,7 @@ import numpy as np
 
 LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.5
-SAMPLE = 1 << 24          # values per channel the percentiles are taken from, at most
+SAMPLE = 1 << 22          # values per channel the percentiles are taken from, at most
 METHODS = ("none", "percentile")
 
 
@@ -70,12 +70,15 @@ class Normalization:
 Reader = Callable[[slice], np.ndarray]   # rows of the first spatial axis -> [rows, ..., C]
 
 
-def _sample(read: Reader, shape: Sequence[int], channels: int, limit: int = SAMPLE) -> list[np.ndarray]:
+FIT_BAND = 1 << 22        # values read at once while sampling
+
+
+def _sample(read: Reader, shape: Sequence[int], channels: int) -> list[np.ndarray]:
     """Per channel, every ``stride``-th value in row-major order (all values when few enough)."""
     n = math.prod(shape)
-    stride = max(1, math.ceil(n / limit))
+    stride = max(1, math.ceil(n / SAMPLE))
     per_row = max(1, math.prod(shape[1:]))
-    band = max(1, (1 << 24) // (per_row * max(1, channels)))
+    band = max(1, FIT_BAND // (per_row * max(1, channels)))
     parts: list[list[np.ndarray]] = [[] for _ in range(channels)]
     for r0 in range(0, shape[0], band):
         r1 = min(shape[0], r0 + band)
@@ -140,6 +143,21 @@ class Normalizer:
         if self.method == "none":
             return {"method": "none", "divide_by": self.divide_by}
         return {"method": "percentile", "low_values": self.lo.tolist(), "high_values": self.hi.tolist()}
+
+
+def fit_bytes(cells: int, channels: int, itemsize: int, norm: Normalization) -> int:
+    """Peak working memory of :meth:`Normalizer.fit` on an image of ``cells`` x ``channels``:
+    one band of raw values, the kept sample (float64) and the sorted copy ``np.percentile`` makes."""
+    if norm.method == "none":
+        return 0
+    sample = min(cells, SAMPLE)
+    return min(cells * channels, FIT_BAND) * itemsize + sample * channels * 8 + sample * 8
+
+
+def band_bytes(values: int, itemsize: int, norm: Normalization) -> int:
+    """Peak working memory of normalising ``values`` raw values (one band): the raw values, the
+    float32 result and, for percentiles, the float64 working copy."""
+    return values * (itemsize + 4 + (8 if norm.method == "percentile" else 0))
 
 
 def normalize(image: np.ndarray, norm: Normalization) -> np.ndarray:

@@ -48,19 +48,23 @@ def dicom_series_files(folder: Path) -> list[str]:
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
 
 
-def _nifti_sizes(path: Path, gz: bool) -> tuple[int, int] | None:
-    """``(vox_offset, payload bytes)`` from a NIfTI-1/2 header, or None if unparseable."""
+# NIfTI datatype codes of floating-point voxels -> numpy type (complex: checked per component)
+_NIFTI_FLOATS = {16: "f4", 64: "f8", 32: "f4", 1792: "f8"}
+
+
+def _nifti_header(path: Path, gz: bool) -> tuple[int, int, str, int] | None:
+    """``(vox_offset, payload bytes, byte order, datatype)`` of a NIfTI-1/2 file, or None."""
     opener = gzip.open if gz else open
     with opener(path, "rb") as f:
         head = f.read(540)
     for order in "<>":
         if len(head) >= 348 and struct.unpack(order + "i", head[:4])[0] == 348:
             dims = struct.unpack(order + "8h", head[40:56])
-            bitpix = struct.unpack(order + "h", head[72:74])[0]
+            datatype, bitpix = struct.unpack(order + "2h", head[70:74])
             offset = int(struct.unpack(order + "f", head[108:112])[0])
             break
         if len(head) >= 540 and struct.unpack(order + "i", head[:4])[0] == 540:
-            bitpix = struct.unpack(order + "h", head[14:16])[0]
+            datatype, bitpix = struct.unpack(order + "2h", head[12:16])
             dims = struct.unpack(order + "8q", head[16:80])
             offset = struct.unpack(order + "q", head[168:176])[0]
             break
@@ -69,7 +73,38 @@ def _nifti_sizes(path: Path, gz: bool) -> tuple[int, int] | None:
     n = 1
     for d in dims[1 : 1 + max(0, min(7, dims[0]))]:
         n *= max(1, d)
-    return offset, n * bitpix // 8
+    return offset, n * bitpix // 8, order, datatype
+
+
+def _nifti_sizes(path: Path, gz: bool) -> tuple[int, int] | None:
+    """``(vox_offset, payload bytes)`` from a NIfTI-1/2 header, or None if unparseable."""
+    header = _nifti_header(path, gz)
+    return header[:2] if header else None
+
+
+def nifti_is_finite(path: Path) -> bool:
+    """Whether every voxel of a floating-point NIfTI file is finite, read from the file itself
+    (ITK's NIfTI reader silently turns NaN and Inf into 0), streamed in chunks."""
+    gz = full_suffix(path) == ".nii.gz"
+    header = _nifti_header(path, gz)
+    if header is None or header[3] not in _NIFTI_FLOATS:
+        return True
+    offset, size, order, datatype = header
+    dtype = np.dtype(order + _NIFTI_FLOATS[datatype])
+    chunk = (1 << 24) // dtype.itemsize * dtype.itemsize
+    opener = gzip.open if gz else open
+    with opener(path, "rb") as f:
+        f.seek(offset)
+        left = size
+        while left > 0:
+            block = f.read(min(chunk, left))
+            if not block:
+                break
+            left -= len(block)
+            usable = len(block) // dtype.itemsize * dtype.itemsize
+            if not np.isfinite(np.frombuffer(block[:usable], dtype=dtype)).all():
+                return False
+    return True
 
 
 def _gzip_length(path: Path) -> int:

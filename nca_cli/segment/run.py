@@ -22,7 +22,13 @@ from .. import __version__, io
 from ..core.device import resolve_device
 from ..core.errors import NCAError
 from ..core.files import sha256_file
-from ..core.machine import available_memory, current_rss_bytes, peak_rss_bytes
+from ..core.machine import (
+    available_memory,
+    current_rss_bytes,
+    peak_rss_bytes,
+    reset_peak_rss,
+    trim_heap,
+)
 from ..core.progress import Progress
 from ..core.sizes import format_size, parse_size
 from .options import SegmentOptions
@@ -134,19 +140,24 @@ def segment_one(job: Job, predictor, opts: SegmentOptions, progress: Progress, *
     from ..io.normalize import Normalization
 
     t_start = time.perf_counter()
-    rss0 = current_rss_bytes()
     device = predictor.device
     image = io.open_input(job.input, level=opts.level, mpp=opts.mpp, start=opts.start, duration=opts.duration,
                           max_frames=opts.max_frames)
     try:
         predictor.check(image, job.input)
-        if image.dtype != np.uint8:
-            io.check_finite(image.read(), job.input)
+        io.check_finite_input(image)
         norm = Normalization.from_entry(normalization, image.dtype)
-        baseline = current_rss_bytes() if device.type == "cpu" else 0
-        plan = predictor.plan(image.spatial_shape, budget=budget, tiling=opts.tiling, tile_size=opts.tile_size,
-                              ensemble=opts.ensemble, baseline=baseline, name=str(job.input),
-                              itemsize=image.dtype.itemsize)
+        image.read(tuple(slice(0, 1) for _ in image.spatial_shape))   # readers that decode whole files do it now
+        predictor.prepare(image)
+        trim_heap()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        meter = "VmHWM of this input" if device.type == "cpu" and reset_peak_rss() else "process peak"
+        rss0 = current_rss_bytes()
+        baseline = rss0 if device.type == "cpu" else torch.cuda.memory_allocated(device)
+        plan = predictor.plan(image, budget=budget, tiling=opts.tiling, tile_size=opts.tile_size,
+                              ensemble=opts.ensemble, baseline=baseline, name=str(job.input), normalization=norm,
+                              want_std=opts.uncertainty is not None)
         tracker = _Tracker(progress, job.input.name, image.spatial_shape, getattr(predictor.config, "levels", 0))
         prediction = predictor.predict(image, plan, normalization=norm, seed=opts.seed, ensemble=opts.ensemble,
                                        want_std=opts.uncertainty is not None, scratch=job.mask.parent,
@@ -155,6 +166,7 @@ def segment_one(job: Job, predictor, opts: SegmentOptions, progress: Progress, *
         write_outputs(job, image, prediction.labels, prediction.std)
         record = run_record(job, image, opts, device, prediction.labels, t_start, checkpoint_sha) | prediction.info | {
             "memory_budget_bytes": budget, "available_bytes": available, "baseline_rss_bytes": rss0,
+            "peak_meter": meter, "predicted_phases_bytes": plan.phases,
             "normalization": norm.entry(str(image.dtype)),
         }
         write_metadata(job, record)

@@ -47,10 +47,10 @@ def read_input(path: Path, model, normalization: dict | None = None) -> torch.Te
             raise NCAError(f"{path} is a whole-slide image, which fine-tuning cannot hold in memory; "
                            f"export tiles of it as PNG or TIFF files and pass their folder.")
         check_input(model.config, image, path)
+        io.check_finite_input(image)
         pixels = image.read()
     finally:
         image.close()
-    io.check_finite(pixels, path)
     norm = Normalization.from_entry(normalization, pixels.dtype)
     return torch.from_numpy(Normalizer.fit(norm, pixels)(pixels)).movedim(-1, 0).contiguous()
 

@@ -2,7 +2,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from nca_cli.core.schema import SettingError, check_fields, schema_of, setting, validate_section
+from nca_cli.core.schema import (
+    SettingError,
+    check_fields,
+    schema_of,
+    setting,
+    validate_section,
+)
 
 
 @dataclass

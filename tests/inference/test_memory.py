@@ -1,0 +1,89 @@
+"""The memory model holds on every path: for every model family, implementation and state type,
+the measured peak of a real `nca segment` (a fresh process, VmHWM of the input's run) stays
+within the prediction + 5 % + a few MiB, and never above --memory-budget; a run that cannot fit
+is refused before it starts, naming the size that would."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from PIL import Image
+
+from nca_cli.models import architecture, build_model, checkpoint
+from nca_cli.recipes import load_recipe
+
+MIB = 2 ** 20
+SLACK = 8 * MIB
+NCAS = {"octree_nca 2D": "octree_pathology", "octree_nca 3D": "octree_radiology", "med_nca 2D": "mednca_pathology",
+        "m3d_nca 3D": "m3d_radiology_2levels"}
+WINDOWED = {
+    "unet 2D": {"architecture": "unet", "dims": 2, "input_channels": 3, "output_channels": 1,
+                "num_encoding_blocks": 3, "out_channels_first_layer": 8},
+    "meunet 3D": {"architecture": "meunet", "dims": 3, "input_channels": 1, "output_channels": 3},
+    "meunet_cascade 3D": {"architecture": "meunet_cascade", "dims": 3, "input_channels": 1, "output_channels": 3},
+    "segresmamba 3D": {"architecture": "segresmamba", "dims": 3, "input_channels": 1, "output_channels": 2,
+                       "widths": [8, 16], "blocks_down": [1, 1]},
+}
+WINDOW = {2: [128, 128], 3: [32, 32, 32]}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("memory-inputs")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (384, 320, 3), dtype=np.uint8)).save(root / "rgb.png")
+    sitk.WriteImage(sitk.GetImageFromArray(rng.normal(100, 20, (16, 80, 64)).astype(np.float32)), str(root / "vol.nii.gz"))
+    return {2: root / "rgb.png", 3: root / "vol.nii.gz"}
+
+
+def _model(tmp_path, spec):
+    torch.manual_seed(0)
+    config = load_recipe(spec)["model"] if isinstance(spec, str) else spec
+    model = build_model(config)
+    nca = architecture(model.config.architecture).is_nca
+    if nca:
+        for bb in model.backbones:
+            torch.nn.init.normal_(bb.fc1.weight, std=0.01)
+    recipe = None if nca else {"name": "m", "model": model.config.to_dict(), "data": {"patch": WINDOW[model.config.dims]}}
+    path = tmp_path / "model.pt"
+    checkpoint.save_model(path, model, recipe)
+    return path, model.config.dims
+
+
+def _segment(model, image, out, *args):
+    proc = subprocess.run([sys.executable, "-m", "nca_cli", "segment", str(image), "-o", str(out), "-m", str(model),
+                           "-q", *map(str, args)], capture_output=True, text=True)
+    meta = out.with_name(out.name.split(".")[0] + ".run_metadata.json")
+    return proc, (json.loads(meta.read_text()) if proc.returncode == 0 else None)
+
+
+CASES = [(name, impl, dtype) for name in NCAS for impl in ("fused", "torch") for dtype in ("float16", "float32")] + \
+        [(name, None, None) for name in WINDOWED]
+
+
+@pytest.mark.memory
+@pytest.mark.parametrize("name,impl,dtype", CASES, ids=[" ".join(filter(None, c)) for c in CASES])
+def test_measured_peak_within_the_prediction_and_the_budget(tmp_path, inputs, name, impl, dtype):
+    model, dims = _model(tmp_path, NCAS.get(name) or WINDOWED[name])
+    out = tmp_path / ("m.png" if dims == 2 else "m.nii.gz")
+    extra = ["--impl", impl, "--state-dtype", dtype] if impl else []
+    budget = 3 * 2 ** 30
+    proc, meta = _segment(model, inputs[dims], out, "--memory-budget", budget, *extra)
+    assert proc.returncode == 0, proc.stderr
+    predicted, measured = meta["predicted_peak_bytes"], meta["peak_memory_bytes"]
+    assert meta["peak_meter"] == "VmHWM of this input"
+    assert measured <= 1.05 * predicted + SLACK, (meta["impl"], predicted / MIB, measured / MIB, meta["predicted_phases_bytes"])
+    assert measured <= budget
+
+
+@pytest.mark.memory
+def test_a_run_that_cannot_fit_is_refused_before_it_starts(tmp_path, inputs):
+    model, _ = _model(tmp_path, NCAS["med_nca 2D"])            # BatchNorm: cannot be tiled exactly
+    proc, _ = _segment(model, inputs[2], tmp_path / "m.png", "--memory-budget", "420MiB")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "largest input of its proportions that fits" in proc.stderr and " MP)" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
