@@ -75,13 +75,28 @@ def prepare(
     shifted: bool = typer.Option(False, "--shifted", help="synthetic xray only: the shifted target domain (phone photo of a monitor)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/val/test split (and of synthetic data)."),
     classes: Optional[str] = typer.Option(None, "--classes", help="generic only: comma-separated class names."),
+    binary: bool = typer.Option(False, "--binary",
+                                help="generic only: merge every non-zero label into one foreground class "
+                                     "(instance masks: one id per object)."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.99,
+                                       help="Share of patients for validation."),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", min=0.0, max=0.99,
+                                        help="Share of patients held out for testing."),
+    test_cases: Optional[str] = typer.Option(None, "--test-cases",
+                                             help="Comma-separated case ids to hold out for testing (instead of "
+                                                  "--test-fraction)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
 ):
     """Convert a public dataset's layout (or your own folders) into a prepared dataset."""
     from .data.prepare import prepare as run_prepare
 
-    options = {"seed": seed, "overwrite": overwrite, "quiet": quiet}
+    options = {"seed": seed, "overwrite": overwrite, "quiet": quiet, "val_fraction": val_fraction,
+               "test_fraction": test_fraction}
+    if test_cases:
+        options["test_cases"] = [c.strip() for c in test_cases.split(",") if c.strip()]
+    if binary:
+        options["binary"] = True
     if kind == "synthetic":
         options.update(kind=synthetic_kind, cases=cases, shifted=shifted)
         if size:

@@ -33,8 +33,8 @@ from .. import io
 from ..core.errors import NCAError
 from ..io.formats import IMAGE_SUFFIXES, full_suffix, strip_suffix
 from ..io.normalize import Normalization, normalize
+from ..io.resize import resize_image, resize_labels
 from .layout import source_dir, visible_files
-from .resize import resize_image, resize_labels
 from .writer import DatasetWriter, safe_id
 
 MASK_COLUMNS = ("Left Lung", "Right Lung", "Heart")

@@ -43,8 +43,8 @@ import numpy as np
 from .. import io
 from ..core.errors import NCAError
 from ..io.normalize import Normalization
+from ..io.resize import resize_image, resize_labels
 from .layout import source_dir, visible_files
-from .resize import resize_image, resize_labels
 from .writer import DatasetWriter, safe_id
 
 COLORS = {

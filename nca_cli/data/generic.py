@@ -37,9 +37,9 @@ from .. import io
 from ..core.errors import NCAError
 from ..io.formats import is_image_file, is_volume_file, strip_suffix
 from ..io.normalize import HIGH_PERCENTILE, LOW_PERCENTILE, Normalization, normalize
+from ..io.resize import resize_image, resize_labels
 from .dataset import DATASET_KINDS
 from .layout import source_dir, visible_files
-from .resize import resize_image, resize_labels
 from .writer import DatasetWriter, safe_id
 
 CHANNEL = re.compile(r"(.+)_(\d{4})$")

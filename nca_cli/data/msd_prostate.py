@@ -16,8 +16,8 @@ import numpy as np
 from .. import io
 from ..core.errors import NCAError
 from ..io.normalize import HIGH_PERCENTILE, LOW_PERCENTILE, Normalization, normalize
+from ..io.resize import resize_image, resize_labels
 from .layout import source_dir, visible_files
-from .resize import resize_image, resize_labels
 from .writer import DatasetWriter, safe_id
 
 DEFAULT_SHAPE = (24, 320, 320)

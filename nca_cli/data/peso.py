@@ -19,8 +19,8 @@ import numpy as np
 from .. import io
 from ..core.errors import NCAError
 from ..io.normalize import Normalization
+from ..io.resize import nearest_indices
 from .layout import source_dir, visible_files
-from .resize import nearest_indices
 from .writer import DatasetWriter, safe_id
 
 MASK_SUFFIX = "_training_mask"

@@ -45,9 +45,9 @@ from typing import Sequence
 import numpy as np
 
 from ..core.errors import NCAError
+from ..io.resize import resize_image
 from .chexmask import encode_rle
 from .cholecseg8k import COLORS
-from .resize import resize_image
 from .synthetic_slide import make_synthetic_slide, value_noise
 
 SYNTHETIC_KINDS = ("pathology", "radiology", "surgery", "xray", "microct")

@@ -88,8 +88,8 @@ def open_input(
     Slides, images and volume files are decoded only when read; videos and DICOM series
     folders are decoded here.
 
-    ``level``/``mpp`` choose the slide level (``mpp`` is also recorded for plain images
-    that lack a resolution); ``start``/``duration``/``max_frames`` select video frames.
+    ``level``/``mpp`` choose the slide level; ``start``/``duration``/``max_frames`` select
+    video frames.
     Options that do not apply to the input's kind are ignored, so one set of options can
     serve a folder of mixed inputs.
     """
@@ -110,12 +110,7 @@ def open_input(
     if suffix in DICOM_SUFFIXES or has_dicom_magic(path):
         return open_dicom(path)
     if suffix in PIL_SUFFIXES or suffix in TIFF_SUFFIXES:
-        image = open_image(path)
-        if mpp is not None:
-            image.meta["requested_mpp"] = float(mpp)
-            if "mpp" not in image.meta:
-                image.meta.update(mpp=float(mpp), mpp_source="argument")
-        return image
+        return open_image(path)
     raise NCAError(
         f"Cannot open {path}: the format {suffix or '(no suffix)'} is not supported; "
         f"pass one of {' '.join(SUPPORTED_SUFFIXES)} or a DICOM series folder."

@@ -233,10 +233,10 @@ def _dicom_value(ds: pydicom.Dataset, keyword: str, sub: str):
 
 def _dicom_geometry(ds: pydicom.Dataset, frames: int) -> dict[str, Any]:
     """Spacing (and for multi-frame, origin/direction) in SimpleITK order."""
-    ps = _dicom_value(ds, "PixelSpacing", "PixelMeasuresSequence")
+    ps = _dicom_value(ds, "PixelSpacing", "PixelMeasuresSequence") or ds.get("ImagerPixelSpacing")
     sx, sy = (float(ps[1]), float(ps[0])) if ps else (1.0, 1.0)
     if frames == 1:
-        return {"spacing": (sx, sy)}
+        return {"spacing": (sx, sy), **({"pixel_spacing_mm": (sx, sy)} if ps else {})}
     sz = _dicom_value(ds, "SpacingBetweenSlices", "PixelMeasuresSequence") or _dicom_value(
         ds, "SliceThickness", "PixelMeasuresSequence"
     )
@@ -261,17 +261,35 @@ def _dicom_header(path: Path) -> pydicom.Dataset:
         raise NCAError(f"Cannot read DICOM file {path} ({exc}); check that it is a complete DICOM image.") from None
 
 
-def dicom_kind(path: Path) -> tuple[str, int]:
-    """``(kind, dims)`` of a DICOM file from its header: one frame is an image, several a volume."""
-    ds = _dicom_header(Path(path))
+def _frame_rate(ds: pydicom.Dataset) -> float | None:
+    """Frames per second of a cine (FrameTime in ms, or CineRate), None for a still volume."""
+    if ds.get("FrameTime") not in (None, "") and float(ds.FrameTime) > 0:
+        return 1000.0 / float(ds.FrameTime)
+    if ds.get("CineRate") not in (None, "") and float(ds.CineRate) > 0:
+        return float(ds.CineRate)
+    return None
+
+
+def _dicom_kind(ds: pydicom.Dataset) -> str:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    return ("volume", 3) if frames > 1 else ("image", 2)
+    if frames == 1:
+        return "image"
+    return "video" if _frame_rate(ds) else "volume"
+
+
+def dicom_kind(path: Path) -> tuple[str, int]:
+    """``(kind, dims)`` of a DICOM file from its header: one frame is an image, frames with a
+    frame time or cine rate a video (an ultrasound cine), other multi-frame files a volume."""
+    kind = _dicom_kind(_dicom_header(Path(path)))
+    return kind, 2 if kind == "image" else 3
 
 
 def open_dicom(path: Path) -> InputImage:
     """Open one DICOM file. Grey data comes back as float32 after rescale slope/intercept,
     with MONOCHROME1 inverted so that higher means brighter; colour data as uint8 RGB.
-    A multi-frame file is a ``[F, H, W]`` volume (kind ``"volume"``)."""
+    A multi-frame file is ``[F, H, W]``: a video (kind ``"video"``, ``meta["fps"]``) when it
+    records a frame time (0018,1063) or cine rate (0018,0040), else a volume. A single image's
+    ``meta["mpp"]`` is its PixelSpacing (or ImagerPixelSpacing) in µm."""
     path = Path(path)
     ds = _dicom_header(path)
     if "Rows" not in ds or "Columns" not in ds:
@@ -306,6 +324,7 @@ def open_dicom(path: Path) -> InputImage:
         return arr[..., None]
 
     read, close = _cached(load)
+    kind = _dicom_kind(ds)
     meta = {
         **_dicom_geometry(ds, frames),
         "photometric": photometric,
@@ -313,12 +332,17 @@ def open_dicom(path: Path) -> InputImage:
         "modality": str(ds.get("Modality", "")),
         "default_output_suffix": ".nii.gz" if frames > 1 else ".png",
     }
-    if "FrameTime" in ds:
-        meta["frame_time_ms"] = float(ds.FrameTime)
+    if kind == "video":
+        fps = _frame_rate(ds)
+        meta.update(fps=fps, frame_time_ms=1000.0 / fps, start=0.0, duration=frames / fps)
+        sx, sy = meta["spacing"][:2]
+        meta["spacing"] = (sx, sy, 1.0 / fps)
+    elif frames == 1 and meta.get("pixel_spacing_mm"):
+        meta.update(mpp=1000.0 * meta["pixel_spacing_mm"][0], mpp_source="file")
     spatial = (frames, rows, cols) if frames > 1 else (rows, cols)
     return InputImage(
         path,
-        "volume" if frames > 1 else "image",
+        kind,
         len(spatial),
         spatial,
         3 if colour else 1,

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..core.errors import NCAError
-from ..core.files import atomic_path
+from ..core.files import atomic_path, write_failure
 from .registry import build_model
 
 MODEL_FORMAT = "nca-model/1"
@@ -23,17 +23,11 @@ def save(obj: dict, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         try:
             torch.save(obj, tmp)
-        except (OSError, RuntimeError) as exc:
-            raise NCAError(f"Cannot write {path} ({_os_reason(exc)}); free disk space or choose another location.") from None
-
-
-def _os_reason(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    if "unexpected pos" in text or "file write failed" in text or "No space" in text:
-        return "the disk is full or the write failed"
-    return text
+        except OSError as exc:
+            raise write_failure(path, exc) from None
+        except RuntimeError as exc:   # torch's zip writer reports a full disk as "unexpected pos" / "write failed"
+            raise NCAError(f"Cannot write {path}: the disk is full or the write failed "
+                           f"({str(exc).splitlines()[0]}); free disk space or choose another location.") from None
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..core.options import option
 
 STATE_DTYPES = ("float32", "float16", "bfloat16")
+PREVIEW_STYLES = ("outline", "fill", "side-by-side")
 TILINGS = ("auto", "off", "force")
 IMPLS = ("auto", "fused", "torch")
 
@@ -15,16 +16,31 @@ IMPLS = ("auto", "fused", "torch")
 class SegmentOptions:
     inputs: list[str] = option([], argument=True, help="Input files, folders or globs.")
     more_inputs: list[str] = option([], "-i", "--input", help="More inputs (repeatable).")
-    output: Path = option(..., "-o", "--output", help="Output file (one input) or folder (many).")
+    output: Path = option(..., "-o", "--output",
+                          help="Output file (one input) or folder (many); a .geojson file gives QuPath polygons.")
     model: Path = option(..., "-m", "--model", help="model.pt written by `nca train`.")
     level: int | None = option(None, "--level", min=0, help="Slides: pyramid level to segment.")
     mpp: float | None = option(None, "--mpp", min=0.0,
-                               help="Slides: resolution in µm/px (level chosen, or the slide's mpp when it has none).")
+                               help="Resolution to segment at, in µm/px: slides pick the level; images and DICOM are "
+                                    "resized from their own resolution (--input-mpp for plain images) and the mask "
+                                    "is written at the input's size.")
+    input_mpp: float | None = option(None, "--input-mpp", min=0.0,
+                                     help="Images: their resolution in µm/px, when the file does not record it.")
+    scale: float | None = option(None, "--scale", min=0.0,
+                                 help="Images and DICOM: resize by this factor before segmenting (mask written back "
+                                      "at the input's size).")
     start: float | None = option(None, "--start", min=0.0, help="Videos: start time in seconds.")
     duration: float | None = option(None, "--duration", min=0.0, help="Videos: seconds to read.")
     max_frames: int | None = option(None, "--max-frames", min=1, help="Videos: at most this many frames.")
     overlay: Path | None = option(None, "--overlay", help="Videos: write an mp4 with the mask blended on the frames.")
-    preview: Path | None = option(None, "--preview", help="Write a downscaled overlay PNG.")
+    preview: Path | None = option(None, "--preview",
+                                  help="Write a downscaled overlay PNG (volumes and videos: a montage of the three planes).")
+    preview_style: str = option("outline", "--preview-style", choices=PREVIEW_STYLES,
+                                help="Preview: class outlines, filled classes, or image and mask side by side.")
+    geojson: Path | None = option(None, "--geojson",
+                                  help="Slides and images: also write the mask as QuPath GeoJSON polygons.")
+    geojson_tolerance: float = option(1.0, "--geojson-tolerance", min=0.0,
+                                      help="Polygon simplification tolerance in pixels of the segmented level (0: exact).")
     uncertainty: Path | None = option(None, "--uncertainty",
                                       help="With --ensemble: per-pixel standard deviation image.")
     ensemble: int = option(1, "--ensemble", min=1, help="Stochastic runs; the median of their logits is used.")

@@ -21,9 +21,10 @@ from ..core.files import atomic_path, check_writable, remove_partials, write_jso
 from ..io.formats import full_suffix, strip_suffix
 from ..io.volume import WRITE_SUFFIXES
 
+GEOJSON_SUFFIXES = (".geojson", ".json")
 MASK_SUFFIXES = {
-    "slide": (".tif", ".tiff"),
-    "image": (".png", ".tif", ".tiff"),
+    "slide": (".tif", ".tiff", *GEOJSON_SUFFIXES),
+    "image": (".png", ".tif", ".tiff", *GEOJSON_SUFFIXES),
     "volume": WRITE_SUFFIXES,
     "video": (".nii.gz", ".nii", ".npz"),
 }
@@ -43,6 +44,11 @@ class Job:
     preview: Path | None = None
     uncertainty: Path | None = None
     overlay: Path | None = None
+    geojson: Path | None = None
+
+    @property
+    def mask_is_geojson(self) -> bool:
+        return self.mask.suffix.lower() in GEOJSON_SUFFIXES
 
     @property
     def metadata(self) -> Path:
@@ -50,7 +56,7 @@ class Job:
 
     @property
     def outputs(self) -> list[Path]:
-        return [p for p in (self.mask, self.uncertainty, self.preview, self.overlay) if p is not None]
+        return [p for p in (self.mask, self.geojson, self.uncertainty, self.preview, self.overlay) if p is not None]
 
     def complete(self) -> bool:
         """Whether a previous run finished this job: its metadata (written last) lists every
@@ -111,10 +117,16 @@ def plan_jobs(inputs: list[Path], opts) -> list[Job]:
         mask = output if single else output / default_mask_name(path, kind)
         _check_suffix(mask, MASK_SUFFIXES[kind], "mask", path)
         unc_ext = ".tif" if dims == 2 else full_suffix(mask) if full_suffix(mask) != ".npz" else ".npz"
+        if dims == 3 and opts.geojson is not None:
+            raise NCAError(f"--geojson writes 2D polygons, but {path} is a 3D volume or video; use it with slides and "
+                           f"images, or drop it.")
         job = Job(path, kind, dims, mask,
                   preview=_aux(opts.preview, mask, single, "preview", ".png"),
                   uncertainty=_aux(opts.uncertainty, mask, single, "std", unc_ext),
-                  overlay=_aux(opts.overlay, mask, single, "overlay", ".mp4") if kind == "video" else None)
+                  overlay=_aux(opts.overlay, mask, single, "overlay", ".mp4") if kind == "video" else None,
+                  geojson=_aux(opts.geojson, mask, single, "polygons", ".geojson") if dims == 2 else None)
+        if job.geojson is not None:
+            _check_suffix(job.geojson, GEOJSON_SUFFIXES, "polygons", path)
         if job.preview is not None:
             _check_suffix(job.preview, (".png",), "preview", path)
         if job.uncertainty is not None:
@@ -141,8 +153,8 @@ def _check_collisions(jobs: list[Job]) -> None:
                 inputs[f.resolve()] = f
     seen: dict[Path, tuple[Job, str]] = {}
     for j in jobs:
-        for what, p in (("mask", j.mask), ("uncertainty map", j.uncertainty), ("preview", j.preview),
-                        ("overlay", j.overlay), ("run metadata", j.metadata)):
+        for what, p in (("mask", j.mask), ("polygons", j.geojson), ("uncertainty map", j.uncertainty),
+                        ("preview", j.preview), ("overlay", j.overlay), ("run metadata", j.metadata)):
             if p is None:
                 continue
             key = p.resolve()
@@ -161,9 +173,27 @@ def _check_collisions(jobs: list[Job]) -> None:
 
 # -- writing ---------------------------------------------------------------------------------
 
-def write_mask(job: Job, image, labels: np.ndarray) -> None:
+@dataclass
+class Rendering:
+    """How outputs are drawn: class names and colours (GeoJSON), preview style, polygon tolerance,
+    and the level-0 pixels per mask pixel (slides at a coarser level, resized images)."""
+
+    classes: list[str]
+    preview_style: str = "outline"
+    tolerance: float = 1.0
+    downsample: float = 1.0
+
+
+def write_geojson(path: Path, labels: np.ndarray, render: Rendering) -> None:
+    io.write_geojson(path, labels, ["background", *render.classes], downsample=render.downsample,
+                     tolerance=render.tolerance)
+
+
+def write_mask(job: Job, image, labels: np.ndarray, render: Rendering) -> None:
     suffix = full_suffix(job.mask)
-    if job.kind == "slide" or (job.dims == 2 and suffix in (".tif", ".tiff") and labels.size > 4096 ** 2):
+    if job.mask_is_geojson:
+        write_geojson(job.mask, labels, render)
+    elif job.kind == "slide" or (job.dims == 2 and suffix in (".tif", ".tiff") and labels.size > 4096 ** 2):
         io.write_pyramidal_mask(job.mask, labels, image.meta.get("mpp"))
     elif job.kind == "video" or (job.dims == 3 and suffix == ".npz"):
         io.write_label_volume(job.mask, labels, image.meta)
@@ -173,18 +203,20 @@ def write_mask(job: Job, image, labels: np.ndarray) -> None:
         io.write_mask_image(job.mask, labels)
 
 
-def write_outputs(job: Job, image, labels: np.ndarray, std_map: np.ndarray | None = None) -> None:
-    """The mask, then the uncertainty map, preview and overlay asked for (metadata comes last)."""
-    write_mask(job, image, labels)
+def write_outputs(job: Job, image, labels: np.ndarray, render: Rendering, std_map: np.ndarray | None = None) -> None:
+    """The mask, then the polygons, uncertainty map, preview and overlay asked for (metadata comes last)."""
+    write_mask(job, image, labels, render)
+    if job.geojson is not None:
+        write_geojson(job.geojson, labels, render)
     if job.uncertainty is not None and std_map is not None:
         if job.dims == 3:
             _write_float_volume(job.uncertainty, std_map, image)
         else:
             _write_float_tiff(job.uncertainty, std_map, image.meta.get("mpp"))
     if job.preview is not None:
-        _write_preview(image, labels, job.preview)
+        _write_preview(image, labels, job.preview, render.preview_style)
     if job.overlay is not None:
-        io.write_overlay_mp4(job.overlay, image.read(), labels, image.meta.get("fps", 25.0))
+        io.write_overlay_mp4(job.overlay, _display(image.read()), labels, image.meta.get("fps", 25.0))
 
 
 def write_metadata(job: Job, record: dict) -> None:
@@ -195,22 +227,40 @@ def write_metadata(job: Job, record: dict) -> None:
     write_json(job.metadata, record)
 
 
-def _write_preview(image, labels: np.ndarray, path: Path) -> None:
-    if image.dims == 3:
-        mid = labels.shape[0] // 2
-        pixels = image.read((slice(mid, mid + 1),) + tuple(slice(0, n) for n in image.spatial_shape[1:]))[0]
-        lab = labels[mid]
-    else:
-        step = max(1, max(labels.shape) // 2048)
-        lab = labels[::step, ::step]
-        if image.kind == "slide" and step > 1:
-            pixels = image.read_downsampled(step)[: lab.shape[0], : lab.shape[1]]
-        else:
-            pixels = image.read()[::step, ::step]
-    if pixels.dtype != np.uint8:
+def _display(pixels: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """Pixels as uint8 for a picture: 8-bit as they are, others rescaled to their (or the given)
+    0.5-99.5 percentiles."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    if lo is None or hi is None:
         lo, hi = np.percentile(pixels, [0.5, 99.5])
-        pixels = (np.clip((pixels - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
-    io.write_preview(path, pixels, lab)
+    return (np.clip((pixels.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+
+def _write_preview(image, labels: np.ndarray, path: Path, style: str) -> None:
+    if image.dims == 3:
+        d, h, w = image.spatial_shape
+        mid = image.read((slice(d // 2, d // 2 + 1), slice(0, h), slice(0, w)))
+        lo, hi = (None, None) if mid.dtype == np.uint8 else np.percentile(mid, [0.5, 99.5])
+
+        def read_slice(axis: int, index: int) -> np.ndarray:
+            region = [slice(0, d), slice(0, h), slice(0, w)]
+            region[axis] = slice(index, index + 1)
+            return _display(np.take(image.read(tuple(region)), 0, axis=axis), lo, hi)
+
+        spacing = image.meta.get("spacing")
+        names = ("frame", "row", "column") if image.kind == "video" else ("axial", "coronal", "sagittal")
+        io.write_volume_preview(path, read_slice, (d, h, w), labels, style=style,
+                                spacing=tuple(reversed(spacing)) if spacing and len(spacing) == 3 else None,
+                                plane_names=names)
+        return
+    step = max(1, max(labels.shape) // 2048)
+    lab = labels[::step, ::step]
+    if image.kind == "slide" and step > 1:
+        pixels = image.read_downsampled(step)[: lab.shape[0], : lab.shape[1]]
+    else:
+        pixels = image.read()[::step, ::step]
+    io.write_preview(path, _display(pixels), lab, style=style)
 
 
 def _write_float_tiff(path: Path, data: np.ndarray, mpp: float | None) -> None:

@@ -32,7 +32,7 @@ from ..core.machine import (
 from ..core.progress import Progress
 from ..core.sizes import format_size, parse_size
 from .options import SegmentOptions
-from .outputs import Job, plan_jobs, write_metadata, write_outputs
+from .outputs import Job, Rendering, plan_jobs, write_metadata, write_outputs
 
 
 def expand_inputs(items: list[str]) -> list[Path]:
@@ -111,6 +111,7 @@ def segment_inputs(opts: SegmentOptions) -> list[dict]:
     predictor = predictor_for(model, device=device, impl=opts.impl, state_dtype=opts.state_dtype,
                               window=(recipe.get("data") or {}).get("patch"))
     normalization = _training_normalization(payload)
+    classes = _class_names(payload, model)
     checkpoint_sha = sha256_file(opts.model)
     results = []
     with Progress(opts.quiet) as progress:
@@ -121,11 +122,39 @@ def segment_inputs(opts: SegmentOptions) -> list[dict]:
                 continue
             job.clear_partials()
             record = segment_one(job, predictor, opts, progress, budget=budget, available=available,
-                                 normalization=normalization, checkpoint_sha=checkpoint_sha)
+                                 normalization=normalization, checkpoint_sha=checkpoint_sha, classes=classes)
             results.append({"input": str(job.input), "output": str(job.mask), "status": "done",
                             "metadata": str(job.metadata), "megapixels_per_second": record["megapixels_per_second"],
                             "peak_memory_bytes_per_pixel": record["peak_memory_bytes_per_pixel"]})
     return results
+
+
+def _class_names(payload: dict, model) -> list[str]:
+    """The foreground class names the model was trained on (recorded by `nca train`)."""
+    from ..models.registry import architecture_of
+
+    names = (payload.get("metadata") or {}).get("classes")
+    count = architecture_of(model).classes(model.config.output_channels)
+    if isinstance(names, list) and len(names) == count:
+        return [str(n) for n in names]
+    return [f"class {k + 1}" for k in range(count)]
+
+
+def scale_factor(image, opts: SegmentOptions) -> float | None:
+    """How much a 2D image or DICOM is resized before segmenting (``--scale``, or ``--mpp`` from
+    its own resolution or ``--input-mpp``); None when it is segmented as it is. Slides pick a
+    level for ``--mpp`` instead; volumes and videos are not resized."""
+    if image.kind != "image" or (opts.scale is None and opts.mpp is None):
+        return None
+    if opts.scale is not None:
+        if not opts.scale > 0:
+            raise NCAError(f"--scale {opts.scale} must be positive.")
+        return float(opts.scale)
+    own = opts.input_mpp or image.meta.get("mpp")
+    if not own:
+        raise NCAError(f"{image.path} records no resolution, so --mpp {opts.mpp:g} cannot resize it; give its resolution "
+                       f"with --input-mpp (µm/px) or resize it with --scale.")
+    return float(own) / float(opts.mpp)
 
 
 def _training_normalization(payload: dict) -> dict | None:
@@ -135,17 +164,20 @@ def _training_normalization(payload: dict) -> dict | None:
 
 
 def segment_one(job: Job, predictor, opts: SegmentOptions, progress: Progress, *, budget: int, available: int,
-                normalization: dict | None, checkpoint_sha: str) -> dict:
+                normalization: dict | None, checkpoint_sha: str, classes: list[str]) -> dict:
     """Segment one input into its outputs; returns the run metadata (also written beside the mask)."""
     from ..io.normalize import Normalization
+    from ..io.resize import resize_labels, scaled_input
 
     t_start = time.perf_counter()
     device = predictor.device
-    image = io.open_input(job.input, level=opts.level, mpp=opts.mpp, start=opts.start, duration=opts.duration,
-                          max_frames=opts.max_frames)
+    source = io.open_input(job.input, level=opts.level, mpp=opts.mpp, start=opts.start, duration=opts.duration,
+                           max_frames=opts.max_frames)
     try:
-        predictor.check(image, job.input)
-        io.check_finite_input(image)
+        predictor.check(source, job.input)
+        io.check_finite_input(source)
+        factor = scale_factor(source, opts)
+        image = scaled_input(source, factor) if factor and abs(factor - 1.0) > 1e-9 else source
         norm = Normalization.from_entry(normalization, image.dtype)
         image.read(tuple(slice(0, 1) for _ in image.spatial_shape))   # readers that decode whole files do it now
         predictor.prepare(image)
@@ -158,21 +190,36 @@ def segment_one(job: Job, predictor, opts: SegmentOptions, progress: Progress, *
         plan = predictor.plan(image, budget=budget, tiling=opts.tiling, tile_size=opts.tile_size,
                               ensemble=opts.ensemble, baseline=baseline, name=str(job.input), normalization=norm,
                               want_std=opts.uncertainty is not None)
+        if image is not source:   # the labels written back at the input's size, and the writer's copies
+            plan.phases["write_input_size"] = 3 * int(np.prod(source.spatial_shape))
+            plan.predicted_bytes = max(plan.predicted_bytes, baseline + plan.phases["write_input_size"]
+                                       + int(np.prod(image.spatial_shape)))
+            if plan.predicted_bytes > budget:
+                raise NCAError(f"Segmenting {job.input} needs about {format_size(plan.predicted_bytes)} but the budget "
+                               f"is {format_size(budget)}; raise --memory-budget or resize less.")
         tracker = _Tracker(progress, job.input.name, image.spatial_shape, getattr(predictor.config, "levels", 0))
         prediction = predictor.predict(image, plan, normalization=norm, seed=opts.seed, ensemble=opts.ensemble,
                                        want_std=opts.uncertainty is not None, scratch=job.mask.parent,
                                        on_run=tracker.run, on_level=tracker.level, on_tile=tracker.tile)
         tracker.done()
-        write_outputs(job, image, prediction.labels, prediction.std)
-        record = run_record(job, image, opts, device, prediction.labels, t_start, checkpoint_sha) | prediction.info | {
+        labels, std, info = prediction.labels, prediction.std, prediction.info
+        if image is not source:
+            labels = resize_labels(labels, source.spatial_shape)
+            std = resize_labels(std, source.spatial_shape) if std is not None else None
+        del prediction
+        render = Rendering(classes, opts.preview_style, opts.geojson_tolerance,
+                           float(source.meta.get("downsample") or 1.0))
+        write_outputs(job, source, labels, render, std)
+        record = run_record(job, source, opts, device, labels, t_start, checkpoint_sha) | info | {
             "memory_budget_bytes": budget, "available_bytes": available, "baseline_rss_bytes": rss0,
             "peak_meter": meter, "predicted_phases_bytes": plan.phases,
-            "normalization": norm.entry(str(image.dtype)),
+            "normalization": norm.entry(str(image.dtype)), "scale": factor,
+            "segmented_shape": list(image.spatial_shape),
         }
         write_metadata(job, record)
         return record
     finally:
-        image.close()
+        source.close()
 
 
 def run_record(job: Job, image, opts: SegmentOptions, device, labels: np.ndarray, t_start: float,

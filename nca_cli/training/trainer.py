@@ -258,7 +258,7 @@ def train(recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False, dev
         per_epoch = data.get("batches_per_epoch") or max(1, len(train_ds) // data["batch_size"])
         val_cases = run.step.validation_cases(val_ds) if dist.main and len(val_ds) else []
         meta = {"recipe_name": recipe.get("name"), "normalization": train_ds.normalization,
-                "dataset": str(ds_path), "resumes": run.resumes}
+                "classes": train_ds.classes, "dataset": str(ds_path), "resumes": run.resumes}
         if dist.main:
             _write_run_files(run_dir, recipe, ds_path, run.epoch)
         record: dict = {}

@@ -104,3 +104,47 @@ def test_colour_label_and_bad_layout(tmp_path):
     with pytest.raises(NCAError, match="neither imagesTr/"):
         prepare("generic", tmp_path / "flat", tmp_path / "out")
     assert no_leftovers(tmp_path, "out")
+
+
+def _instance_folder(tmp_path, n_objects=40):
+    src = tmp_path / "nuclei"
+    (src / "images").mkdir(parents=True)
+    (src / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(src / "images" / f"n{i}.png")
+        label = np.zeros((64, 64), np.uint8)
+        for k in range(1, n_objects + 1):
+            y, x = rng.integers(2, 60, 2)
+            label[y - 1:y + 2, x - 1:x + 2] = k
+        Image.fromarray(label).save(src / "masks" / f"n{i}.png")
+    return src
+
+
+def test_instance_masks_are_refused_with_the_advice_to_merge_them(tmp_path):
+    src = _instance_folder(tmp_path)
+    with pytest.raises(NCAError, match=r"distinct ids.*instance mask.*--binary"):
+        prepare("generic", src, tmp_path / "out")
+    ds = PreparedDataset(prepare("generic", src, tmp_path / "bin", binary=True), "all")
+    assert ds.classes == ["foreground"] and set(np.unique(ds.label(0)).tolist()) == {0, 1}
+
+
+def test_split_control_and_the_one_case_note(tmp_path):
+    import subprocess
+    import sys
+
+    src = _instance_folder(tmp_path)
+    ds = PreparedDataset(prepare("generic", src, tmp_path / "fixed", binary=True, test_cases=["n1"],
+                                 val_fraction=0.0), "all")
+    assert ds.manifest["split"]["test"] == ["n1"] and ds.manifest["split"]["val"] == []
+    with pytest.raises(NCAError, match="'n9' is not among the prepared cases"):
+        prepare("generic", src, tmp_path / "bad", binary=True, test_cases=["n9"])
+    one = tmp_path / "one"
+    (one / "images").mkdir(parents=True)
+    (one / "masks").mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(one / "images" / "a.png")
+    Image.fromarray(np.eye(16, dtype=np.uint8)).save(one / "masks" / "a.png")
+    proc = subprocess.run([sys.executable, "-m", "nca_cli", "prepare", "generic", str(one), "-o", str(tmp_path / "ds1")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "no validation case" in proc.stdout and "cases written 1" in proc.stdout

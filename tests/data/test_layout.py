@@ -1,7 +1,7 @@
 import numpy as np
 
 from nca_cli.data.layout import visible_files
-from nca_cli.data.resize import nearest_indices, resize_image, resize_labels
+from nca_cli.io.resize import nearest_indices, resize_image, resize_labels
 
 
 def test_visible_files_skip_hidden_and_macos_leftovers(tmp_path):

@@ -31,10 +31,10 @@ def test_tiff_dispatch(tmp_path):
         np.testing.assert_array_equal(img.read(), rgb)
 
 
-def test_mpp_recorded_for_plain_image(tmp_path):
+def test_slide_and_video_options_are_ignored_by_plain_images(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
     with open_input(tmp_path / "a.png", mpp=0.8, level=3, max_frames=2) as img:
-        assert img.meta["mpp"] == 0.8 and img.meta["mpp_source"] == "argument"
+        assert img.kind == "image" and "mpp" not in img.meta   # --mpp resizes images in segment
 
 
 def test_is_supported(tmp_path):

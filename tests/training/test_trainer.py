@@ -69,3 +69,69 @@ def test_ddp_two_cpu_processes(tmp_path, dataset):
     state = checkpoint.load(tmp_path / "ddp" / "last.pt")
     assert len(state["generators"]) == 2 and state["epoch"] == 2
     checkpoint.load_model(tmp_path / "ddp" / "model.pt")
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "nca_cli", "train", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+def test_resume_continues_the_recorded_recipe_and_refuses_changes(tmp_path, dataset):
+    sets = [x for s in [f"data.dataset={dataset}", *SMALL] for x in ("--set", s)]
+    run = tmp_path / "run"
+    first = _cli("octree_pathology", "-o", run, "--epochs", 1, "--impl", "torch", "-q", *sets)
+    assert first.returncode == 0, first.stderr
+    # without repeating the first run's --set overrides: the run folder's recipe.yaml is used
+    again = _cli("octree_pathology", "-o", run, "--resume", "--epochs", 2, "--impl", "torch", "-q")
+    assert again.returncode == 0, again.stderr
+    state = checkpoint.load(run / "last.pt")
+    assert state["epoch"] == 2 and state["resumes"] == [{"epoch": 1, "changes": {"training.epochs": [1, 2]}}]
+    recorded = (run / "recipe.yaml").read_text()
+    assert "epochs: 2" in recorded and "hidden: 16" in recorded
+    for change in ("training.lr=0.5", "model.hidden=32"):
+        refused = _cli("octree_pathology", "-o", run, "--resume", "--epochs", 3, "--set", change, "-q")
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert change.split("=")[0] in refused.stderr and "start a new run" in refused.stderr
+    assert checkpoint.load(run / "last.pt")["epoch"] == 2 and "lr: 0.0016" in (run / "recipe.yaml").read_text()
+
+
+def test_run_folder_that_is_a_file_and_a_full_disk_end_in_one_sentence(tmp_path, dataset, monkeypatch):
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(NCAError, match="is a file; pass a folder"):
+        train(recipe(dataset), tmp_path / "taken", epochs=1, quiet=True)
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(NCAError, match=r"Cannot write .*: the disk is full"):
+        train(recipe(dataset), tmp_path / "run", epochs=1, quiet=True, impl="torch")
+    assert not list((tmp_path / "run").glob("*.pt"))
+
+
+def test_model_pt_exists_at_every_improvement_and_records_its_training_data(tmp_path, dataset):
+    train(recipe(dataset, "training.validate_every=1"), tmp_path / "run", epochs=2, quiet=True, impl="torch")
+    _, payload = checkpoint.load_model(tmp_path / "run" / "model.pt")
+    meta = payload["metadata"]
+    assert meta["weights"] == "final" and meta["normalization"]["divide_by"] == 255.0
+    best = checkpoint.load_model(tmp_path / "run" / "best.pt")[1]["metadata"]
+    assert best["weights"] == "best" and best["epoch"] in (1, 2)
+
+
+def test_log_shows_progress_lines_when_not_on_a_terminal(tmp_path, dataset):
+    sets = [x for s in [f"data.dataset={dataset}", *SMALL] for x in ("--set", s)]
+    proc = _cli("octree_pathology", "-o", tmp_path / "run", "--epochs", 2, "--impl", "torch", *sets)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("epoch ")]
+    assert lines[0].startswith("epoch 1/2 (50%)  loss ") and lines[-1].startswith("epoch 2/2 (100%)")
+    assert "s/epoch" in lines[-1] and "dice" in lines[-1]
+
+
+def test_dry_run_checks_the_dataset_against_the_model(tmp_path, dataset):
+    ok = _cli("octree_pathology", "--dry-run", "--set", f"data.dataset={dataset}", "--set", "data.patch=[48,48]")
+    assert ok.returncode == 0 and "matches the model" in ok.stdout, ok.stderr
+    big = _cli("octree_pathology", "--dry-run", "--set", f"data.dataset={dataset}")      # 320x320 patches, 192 px cases
+    assert big.returncode == 1 and "data.patch" in big.stderr and "larger than every case" in big.stderr
+    grey = _cli("octree_pathology", "--dry-run", "--set", f"data.dataset={dataset}", "--set", "model.input_channels=1")
+    assert grey.returncode == 1 and "set model.input_channels=3" in grey.stderr

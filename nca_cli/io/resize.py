@@ -65,3 +65,23 @@ def _resize_plane(x, hw: Sequence[int]):
         return x
     shrinking = hw[0] < x.shape[-2] or hw[1] < x.shape[-1]
     return F.interpolate(x, size=tuple(hw), mode="bilinear", align_corners=False, antialias=shrinking)
+
+
+def scaled_input(image, factor: float):
+    """A 2D input resized by ``factor`` (linear, anti-aliased when shrinking), as an opened input
+    (read whole: plain images and DICOM are decoded whole anyway). ``meta["scale"]`` records the
+    factor and ``meta["source_shape"]`` the original size; the resolution is updated."""
+    from .base import InputImage
+
+    if image.dims != 2:
+        raise ValueError("scaled_input works on 2D inputs")
+    h, w = image.spatial_shape
+    shape = (max(1, round(h * factor)), max(1, round(w * factor)))
+    pixels = resize_image(image.read(), shape)
+    meta = dict(image.meta, scale=float(factor), source_shape=(h, w))
+    if meta.get("mpp"):
+        meta["mpp"] = meta["mpp"] / factor
+    if meta.get("spacing"):
+        meta["spacing"] = tuple(s / factor for s in meta["spacing"])
+    return InputImage(image.path, image.kind, 2, shape, image.channels, pixels.dtype, meta,
+                      lambda region, a=pixels: np.array(a[region]), None)
