@@ -502,7 +502,7 @@ def test_gigapixel_memmap_streams_with_bounded_memory(tmp_path):
 
 def test_validity_check_catches_bad_polygons():
     """The check that decides when simplification must back off."""
-    from nca_cli.io.geojson import _problems
+    from nca_cli.io.simplify import _problems
 
     def ring(*xy):
         return np.array(xy, np.int64)
