@@ -1,8 +1,8 @@
 """What is benchmarked: one model run one way (a "subject"), with untrained random weights.
 
 Per task: the UNet baseline (PyTorch, the whole input in one pass), Med-NCA (pathology) or
-M3D-NCA (surgery, radiology) on PyTorch (BatchNorm: never fused), and OctreeNCA on PyTorch
-and on the fused kernel with a float32 or a float16 state. NCA models come from the recipes
+M3D-NCA (surgery, radiology) and OctreeNCA, each on PyTorch and on the fused kernel with a
+float32 or a float16 state. NCA models come from the recipes
 in ``recipes/``.
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ class Subject:
         if self.model == "unet":
             return "UNet"
         if self.model in ("med_nca", "m3d_nca"):
-            return "med/M3D-NCA"
+            return "med/M3D-NCA" if self.impl == "torch" else "-"
         return "OctreeNCA" if self.impl == "torch" else "OctreeNCA-CUDA"
 
     def to_dict(self) -> dict:
@@ -96,9 +96,12 @@ def task_subjects(task: str) -> list[Subject]:
     unet_cfg = {"architecture": "unet", "dims": dims, "input_channels": inp, "output_channels": out}
     baseline = next(m for m in TASK_RECIPES[task] if m != "octree_nca")
     octree = _recipe_model(task, "octree_nca")
+    other = _recipe_model(task, baseline)
     return [
         Subject("unet", "torch", "float32", unet_cfg, _unet_divisor(dims, inp, out)),
-        Subject(baseline, "torch", "float32", _recipe_model(task, baseline)),
+        Subject(baseline, "torch", "float32", other),
+        Subject(baseline, "fused", "float32", other),
+        Subject(baseline, "fused", "float16", other),
         Subject("octree_nca", "torch", "float32", octree),
         Subject("octree_nca", "fused", "float32", octree),
         Subject("octree_nca", "fused", "float16", octree),

@@ -45,7 +45,8 @@ def test_max_size_json_has_one_verified_row_per_subject(simulated, tmp_path, cap
     assert section["budget_bytes"] == 2 ** 30 and section["task"] == "pathology"
     assert section["paper"]["table2"]["OctreeNCA-CUDA"] == [184.9, 77.36]
     keys = [(r["model"], r["impl"], r["state_dtype"]) for r in section["rows"]]
-    assert keys == [("unet", "torch", "float32"), ("med_nca", "torch", "float32"), ("octree_nca", "torch", "float32"),
+    assert keys == [("unet", "torch", "float32"), ("med_nca", "torch", "float32"), ("med_nca", "fused", "float32"),
+                    ("med_nca", "fused", "float16"), ("octree_nca", "torch", "float32"),
                     ("octree_nca", "fused", "float32"), ("octree_nca", "fused", "float16")]
     for r in section["rows"]:
         assert r["verification"] == "measured"
