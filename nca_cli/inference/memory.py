@@ -169,8 +169,16 @@ def _inputs_bytes(cells0: int, cost: InputCost) -> int:
     return band_bytes(band, cost.itemsize, cost.normalization)
 
 
+def _fused_step_bytes(model, shapes, dtype_bytes: int, device_type: str) -> int:
+    """The fused step's own memory: per-thread planes on the CPU; on CUDA the second state of
+    the double-buffered launcher (the largest level's)."""
+    if device_type == "cuda":
+        return max(math.prod(s) * model.config.channels * dtype_bytes for s in shapes)
+    return _kernel_thread_bytes(model, shapes, dtype_bytes, torch.get_num_threads())
+
+
 def single_pass_phases(model, shape, *, dtype, impl: str, cost: InputCost, ensemble: int = 1,
-                       want_std: bool = False, threads: int | None = None) -> dict[str, int]:
+                       want_std: bool = False, device_type: str = "cpu") -> dict[str, int]:
     """Bytes of every phase of a single pass (see the module docstring)."""
     c = model.config
     shapes = model.level_shapes(shape)
@@ -179,12 +187,11 @@ def single_pass_phases(model, shape, *, dtype, impl: str, cost: InputCost, ensem
     cells0 = math.prod(shapes[0])
     pyramid = sum(math.prod(s) * c.input_channels for s in shapes[1:]) * b
     read = _inputs_bytes(cells0, cost)
-    threads = threads or torch.get_num_threads()
     if impl == "torch":
         largest = max(torch_step_bytes(bb, math.prod(s)) + math.prod(s) * c.channels * 4 * (b != 4)
                       for s, bb in zip(shapes, model.backbones))
     else:
-        largest = _kernel_thread_bytes(model, shapes, b, threads)
+        largest = _fused_step_bytes(model, shapes, b, device_type)
     transient = max(read, 3 * CHUNK, int(largest))
     kept, band = _label_bytes(cells0, min(cells0, BAND_CELLS), c.output_channels, ensemble)
     return {
@@ -197,14 +204,14 @@ def single_pass_phases(model, shape, *, dtype, impl: str, cost: InputCost, ensem
 
 
 def single_pass_bytes(model, shape, *, dtype, impl: str, cost: InputCost | None = None, ensemble: int = 1,
-                      want_std: bool = False) -> int:
+                      want_std: bool = False, device_type: str = "cpu") -> int:
     cost = cost or InputCost(model.config.input_channels)
     return max(single_pass_phases(model, shape, dtype=dtype, impl=impl, cost=cost, ensemble=ensemble,
-                                  want_std=want_std).values())
+                                  want_std=want_std, device_type=device_type).values())
 
 
 def tiled_phases(model, shape, *, split: int, tile, dtype, impl: str, cost: InputCost, ensemble: int = 1,
-                 want_std: bool = False) -> tuple[dict[str, int], int]:
+                 want_std: bool = False, device_type: str = "cpu") -> tuple[dict[str, int], int]:
     """Bytes of every phase of an exact tiled run, and the number of tiles."""
     c = model.config
     shapes = model.level_shapes(shape)
@@ -226,9 +233,9 @@ def tiled_phases(model, shape, *, split: int, tile, dtype, impl: str, cost: Inpu
                    for t in sample for level in range(split))
     else:
         tile_shapes = [[r.stop - r.start for r in sample[1].regions[level]] for level in range(split)]
-        step = _kernel_thread_bytes(model, tile_shapes + shapes[split:], b, torch.get_num_threads())
+        step = _fused_step_bytes(model, tile_shapes + shapes[split:], b, device_type)
     kept, band = _label_bytes(cells0, math.prod(tile), c.output_channels, ensemble)
-    coarse_run = single_pass_phases(model, shape, dtype=dtype, impl=impl, cost=cost)
+    coarse_run = single_pass_phases(model, shape, dtype=dtype, impl=impl, cost=cost, device_type=device_type)
     phases = {
         "fit": coarse_run["fit"],
         "pyramid": pyramid + _inputs_bytes(min(cells0, BAND_CELLS), cost) + kept,
@@ -239,10 +246,10 @@ def tiled_phases(model, shape, *, split: int, tile, dtype, impl: str, cost: Inpu
 
 
 def tiled_bytes(model, shape, *, split: int, tile, dtype, impl: str, cost: InputCost | None = None,
-                ensemble: int = 1, want_std: bool = False) -> tuple[int, int]:
+                ensemble: int = 1, want_std: bool = False, device_type: str = "cpu") -> tuple[int, int]:
     cost = cost or InputCost(model.config.input_channels)
     phases, count = tiled_phases(model, shape, split=split, tile=tile, dtype=dtype, impl=impl, cost=cost,
-                                 ensemble=ensemble, want_std=want_std)
+                                 ensemble=ensemble, want_std=want_std, device_type=device_type)
     return max(phases.values()), count
 
 
@@ -268,16 +275,16 @@ def _describe(shape: Sequence[int]) -> str:
 
 def plan_run(model, shape, *, dtype, impl: str, budget: int, tiling: str = "auto", tile_size: int | None = None,
              ensemble: int = 1, baseline: int = 0, name: str = "the input", cost: InputCost | None = None,
-             want_std: bool = False) -> Plan:
+             want_std: bool = False, device_type: str = "cpu") -> Plan:
     """Single pass when it fits (or ``tiling == "off"``), else the cheapest tiling that fits; a run
     that cannot fit is refused in one sentence naming the size that would."""
     cost = cost or InputCost(model.config.input_channels)
-    phases = single_pass_phases(model, shape, dtype=dtype, impl=impl, cost=cost, ensemble=ensemble, want_std=want_std)
+    where = {"cost": cost, "ensemble": ensemble, "want_std": want_std, "device_type": device_type}
+    phases = single_pass_phases(model, shape, dtype=dtype, impl=impl, **where)
     single = max(phases.values()) + baseline
 
     def single_need(s):
-        return single_pass_bytes(model, s, dtype=dtype, impl=impl, cost=cost, ensemble=ensemble,
-                                 want_std=want_std) + baseline
+        return single_pass_bytes(model, s, dtype=dtype, impl=impl, **where) + baseline
 
     if tiling == "off" or (tiling == "auto" and single <= budget):
         if single > budget:
@@ -302,8 +309,7 @@ def plan_run(model, shape, *, dtype, impl: str, budget: int, tiling: str = "auto
             tile = [min(side, n) for n in shape]
             if dims == 3 and tile_size is None:
                 tile[0] = shape[0] if shape[0] <= side else side
-            tphases, count = tiled_phases(model, shape, split=split, tile=tile, dtype=dtype, impl=impl, cost=cost,
-                                          ensemble=ensemble, want_std=want_std)
+            tphases, count = tiled_phases(model, shape, split=split, tile=tile, dtype=dtype, impl=impl, **where)
             need = max(tphases.values()) + baseline
             if need <= budget:
                 cand = Plan("tiled", need, split, tile, count, tphases)
@@ -314,7 +320,7 @@ def plan_run(model, shape, *, dtype, impl: str, budget: int, tiling: str = "auto
             break
     if best is None:
         smallest = tiled_bytes(model, shape, split=c.levels - 1, tile=[min(64, n) for n in shape], dtype=dtype,
-                               impl=impl, cost=cost, ensemble=ensemble, want_std=want_std)[0] + baseline
+                               impl=impl, **where)[0] + baseline
         raise NCAError(f"The memory budget {format_size(budget)} is too small to segment {name} even in tiles "
                        f"(at least {format_size(smallest)} needed); raise --memory-budget.")
     return best

@@ -137,7 +137,7 @@ class OctreePredictor(Predictor):
              want_std: bool = False) -> Plan:
         return plan_run(self.model, image.spatial_shape, dtype=self.dtype, impl=self.impl, budget=budget,
                         tiling=tiling, tile_size=tile_size, ensemble=ensemble, baseline=baseline, name=name,
-                        cost=self.cost(image, normalization), want_std=want_std)
+                        cost=self.cost(image, normalization), want_std=want_std, device_type=self.device.type)
 
     @torch.inference_mode()
     def predict(self, image, plan: Plan, *, normalization: Normalization | None = None, seed: int = 0,
