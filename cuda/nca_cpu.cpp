@@ -1,7 +1,10 @@
 // Python binding of the CPU launcher (nca_cpu.h) and the FMA throughput probe.
 // The model shapes compiled in are registered by generated instantiation files
 // (nca_cli/kernels/build.py), each calling nca_cpu::add<Cfg, Storage>().
-#include <torch/extension.h>
+//
+// torch/csrc/utils/pybind.h (pybind11 with the at::Tensor caster) instead of the whole of
+// torch/extension.h: it is all this file needs and compiles in a third of the time.
+#include <torch/csrc/utils/pybind.h>
 
 #include <chrono>
 #include <new>
@@ -51,11 +54,11 @@ std::pair<double, double> fma_peak(int threads, int64_t iters) {
 
 namespace {
 
-int storage_code(const torch::Tensor& t) {
+int storage_code(const at::Tensor& t) {
     switch (t.scalar_type()) {
-        case torch::kFloat32: return nca::F32::code;
-        case torch::kFloat16: return nca::F16::code;
-        case torch::kBFloat16: return nca::BF16::code;
+        case at::kFloat: return nca::F32::code;
+        case at::kHalf: return nca::F16::code;
+        case at::kBFloat16: return nca::BF16::code;
         default: TORCH_CHECK(false, "state must be float32, float16 or bfloat16, got ", t.scalar_type());
     }
     return -1;
@@ -70,13 +73,13 @@ bool has(int64_t dims, int64_t channels, int64_t hidden, int64_t in, int64_t ker
     return nca_cpu::registry().count(make_key(dims, channels, hidden, in, kernel, storage)) > 0;
 }
 
-void run(torch::Tensor state, torch::Tensor weights, int64_t dims, int64_t channels, int64_t hidden, int64_t in,
+void run(at::Tensor state, at::Tensor weights, int64_t dims, int64_t channels, int64_t hidden, int64_t in,
          int64_t kernel, int64_t steps, int64_t seed, int64_t level, std::vector<int64_t> origin, int64_t threshold,
          int64_t threads) {
     TORCH_CHECK(state.device().is_cpu() && weights.device().is_cpu(), "state and weights must be on the CPU");
     TORCH_CHECK(state.is_contiguous(), "state must be contiguous (channels last)");
     TORCH_CHECK(state.dim() == dims + 2 && state.size(-1) == channels, "state must be [B, *spatial, C]");
-    TORCH_CHECK(weights.scalar_type() == torch::kFloat32 && weights.is_contiguous() && weights.dim() == 1,
+    TORCH_CHECK(weights.scalar_type() == at::kFloat && weights.is_contiguous() && weights.dim() == 1,
                 "weights must be a contiguous float32 vector");
     TORCH_CHECK(static_cast<int64_t>(origin.size()) == dims, "origin needs one entry per spatial axis");
     const int64_t taps = (dims == 3 ? kernel : 1) * kernel * kernel;

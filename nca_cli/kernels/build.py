@@ -179,8 +179,8 @@ def _build(kind: str, shapes: tuple[Shape, ...]) -> ModuleType:
             return cpp_extension.load(
                 name=f"nca_cpu_{key[:12]}",
                 sources=[str(build_dir / "nca_cpu.cpp"), *gen_paths],
-                extra_cflags=CPU_CFLAGS,
-                extra_ldflags=CPU_LDFLAGS,
+                extra_cflags=list(CPU_CFLAGS),      # copies: torch appends its own flags to these lists
+                extra_ldflags=list(CPU_LDFLAGS),
                 extra_include_paths=[str(build_dir)],
                 build_directory=str(build_dir),
                 verbose=False,
@@ -189,7 +189,7 @@ def _build(kind: str, shapes: tuple[Shape, ...]) -> ModuleType:
             name=f"nca_cuda_{key[:12]}",
             sources=[str(build_dir / "nca_cuda_binding.cpp"), *gen_paths],
             extra_cflags=["-O3"],
-            extra_cuda_cflags=CUDA_CFLAGS,
+            extra_cuda_cflags=list(CUDA_CFLAGS),
             extra_include_paths=[str(build_dir)],
             build_directory=str(build_dir),
             with_cuda=True,
