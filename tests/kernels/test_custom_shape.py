@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from nca_cli.kernels import fused_run, from_channels_last, kernel_module, resolve_impl, to_channels_last
+from nca_cli.kernels.build import as_shape
 
 from .conftest import make_backbone
 
@@ -16,7 +17,7 @@ def test_on_demand_shape_matches_reference(cpu_kernels):
     m = make_backbone(dims, inp, 0.5, channels=channels, hidden=hidden, kernel_size=k)
     assert resolve_impl("auto", [m], "cpu") == "fused"
     mod = kernel_module("cpu", SHAPE)
-    assert mod is not kernel_module("cpu") and mod.has(*SHAPE, 0)
+    assert mod is not kernel_module("cpu") and mod.has(*as_shape(SHAPE), 0)
     for shape in [(13, 21), (3, 2), (1, 9)]:
         state = torch.randn(2, channels, *shape)
         with torch.no_grad():
