@@ -365,7 +365,7 @@ class Band {
 
     // Perceive the blocks of one row; STATS: add their statistics, else update them.
     template <bool STATS>
-    void row(const float* const* rp, uint32_t hrow, raw* dst) {
+    __attribute__((noinline)) void row(const float* const* rp, uint32_t hrow, raw* dst) {
         int64_t b = 0;
         for (; b + 1 < nblk_; b += 2) {
             vf2 both[FEAT];
@@ -440,7 +440,7 @@ class Band {
     }
 
     // The rest of the step for the perceived block b of a row.
-    void block(int64_t b, const vf* feat, uint32_t hrow, raw* dst) {
+    __attribute__((noinline)) void block(int64_t b, const vf* feat, uint32_t hrow, raw* dst) {
         const int64_t x0 = b * LANES;
         const int n = static_cast<int>(std::min<int64_t>(LANES, W_ - x0));
         raw* cells = dst + x0 * C;
@@ -576,14 +576,15 @@ class Band {
     int64_t tag_[R];
     raw* item_ = nullptr;
     uint32_t key_ = 0;
-    bool reading_ = false;
-    const float* norm_ = nullptr;
-    double* sums_ = nullptr;
-    vd acc_sum_[Cfg::BN ? HIDDEN : 1], acc_sq_[Cfg::BN ? HIDDEN : 1];
     vf queue_[2][FEAT];  // queued cells (feature k of slot j: queue_[cur_][k][j]) and the overflow
     int cur_ = 0;
     raw* qdst_[2 * LANES];
     int qn_ = 0;
+    // BatchNorm: this step's alpha, beta; the statistics sweep's plane sums and accumulators.
+    const float* norm_ = nullptr;
+    bool reading_ = false;
+    double* sums_ = nullptr;
+    vd acc_sum_[Cfg::BN ? HIDDEN : 1], acc_sq_[Cfg::BN ? HIDDEN : 1];
 };
 
 // BatchNorm between the two sweeps of a step: thread t of T turns the per-plane sums of
