@@ -2,10 +2,20 @@
 //
 // The function computed is the one of nca_cli/models/backbone.py (BackboneNCA.step):
 //
-//   p     = depthwise K^DIMS conv of the state, with bias, reflect borders (reflect_index)
-//   h     = relu(W0 [s, p] + b0)          W0: HIDDEN x 2C
+//   p     = perception of the state, with bias, reflect borders (reflect_index):
+//             DEPTHWISE: feat = [s, conv(s)], one depthwise K^DIMS conv (groups = C)
+//             FULL2:     feat = [s, conv0(s), conv1(s)], two full C -> C K^DIMS convs
+//   z     = W0 feat + b0                  W0: HIDDEN x FEAT
+//   h     = relu(z)                       without normalisation
+//         = relu(alpha z + beta)          BATCH_NORM: alpha, beta from the batch's statistics
 //   delta = W1 h                          W1: (C - IN) x HIDDEN, no bias
 //   s[IN:] += delta  where the cell fires (counter-based hash of nca_cli/firemask.py)
+//
+// With BATCH_NORM a launcher first sweeps every cell of the batch, summing z and z^2 per
+// hidden unit in double precision (pre_activations below); batch_norm_affine turns those
+// sums into the per-unit alpha, beta of the update sweep. Nothing of the hidden layer is
+// ever stored. An fc1 with all C outputs (Med-NCA) needs no variant: the updates of the
+// input channels are discarded, so only its rows IN..C-1 are packed.
 //
 // The math is templated on a lane type V: V = float computes one cell (one CUDA thread);
 // on the CPU V is a SIMD vector holding one value per cell of a block of cells, so the
@@ -14,11 +24,15 @@
 // nearest even. Results equal the PyTorch reference up to the order of float32 sums (see
 // nca_cli/kernels/__init__.py for what that means with 16-bit storage).
 //
-// Weights are one packed float32 array, laid out as described by Cfg:
-//   pw [C][K^DIMS] (conv weight, (dz,) dy, dx row-major), pb [C], w0 [HIDDEN][2C], b0 [HIDDEN],
-//   w1 [C-IN][HIDDEN].
+// Weights are one packed float32 array, laid out as described by Cfg (conv weights are
+// torch's, taps (dz,) dy, dx row-major):
+//   DEPTHWISE: pw [C][K^DIMS], pb [C]
+//   FULL2:     p0w [C][C][K^DIMS], p0b [C], p1w [C][C][K^DIMS], p1b [C]
+//   then w0 [HIDDEN][FEAT], b0 [HIDDEN], BATCH_NORM only: gamma [HIDDEN], beta [HIDDEN],
+//   then w1 [C-IN][HIDDEN].
 #pragma once
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -27,9 +41,11 @@
 #include <cuda_fp16.h>
 #define NCA_HD __host__ __device__ __forceinline__
 #define NCA_UNROLL _Pragma("unroll")
+#define NCA_NO_UNROLL _Pragma("unroll 1")
 #else
 #define NCA_HD inline __attribute__((always_inline))
 #define NCA_UNROLL _Pragma("GCC unroll 64")
+#define NCA_NO_UNROLL _Pragma("GCC unroll 1")
 #endif
 
 namespace nca {
@@ -37,27 +53,39 @@ namespace nca {
 // ---------------------------------------------------------------------------------------
 // Model shape, fixed at compile time.
 
-template <int DIMS_, int C_, int HIDDEN_, int IN_, int K_>
+enum Perception : int { DEPTHWISE = 0, FULL2 = 1 };
+enum Normalization : int { NO_NORM = 0, BATCH_NORM = 1 };
+
+template <int DIMS_, int C_, int HIDDEN_, int IN_, int K_, int PERCEPTION_ = DEPTHWISE, int NORM_ = NO_NORM>
 struct Cfg {
     static_assert(DIMS_ == 2 || DIMS_ == 3, "DIMS must be 2 or 3");
     static_assert(K_ % 2 == 1, "kernel size must be odd");
     static_assert(IN_ > 0 && IN_ < C_, "input channels must lie in 1..C-1");
+    static_assert(PERCEPTION_ == DEPTHWISE || PERCEPTION_ == FULL2, "unknown perception");
+    static_assert(NORM_ == NO_NORM || NORM_ == BATCH_NORM, "unknown normalisation");
     static constexpr int DIMS = DIMS_;
     static constexpr int C = C_;
     static constexpr int HIDDEN = HIDDEN_;
     static constexpr int IN = IN_;
     static constexpr int K = K_;
+    static constexpr int PERCEPTION = PERCEPTION_;
+    static constexpr bool BN = NORM_ == BATCH_NORM;
     static constexpr int OUT = C_ - IN_;
     static constexpr int P = K_ / 2;
     static constexpr int KZ = DIMS_ == 3 ? K_ : 1;            // taps along z (1 in 2D)
     static constexpr int TAPS = KZ * K_ * K_;
-    static constexpr int FEAT = 2 * C_;
-    static constexpr int OFF_PW = 0;
-    static constexpr int OFF_PB = OFF_PW + C_ * TAPS;
-    static constexpr int OFF_W0 = OFF_PB + C_;
+    static constexpr int NCONV = PERCEPTION_ == FULL2 ? 2 : 1;  // perception convs
+    static constexpr int CONV_W = (PERCEPTION_ == FULL2 ? C_ : 1) * C_ * TAPS;  // weights of one conv
+    static constexpr int FEAT = (1 + NCONV) * C_;
+    static constexpr int OFF_PW = 0;                          // conv i: weight at i * (CONV_W + C)
+    static constexpr int OFF_PB = OFF_PW + CONV_W;            // conv i: bias at the same + CONV_W
+    static constexpr int OFF_W0 = NCONV * (CONV_W + C_);
     static constexpr int OFF_B0 = OFF_W0 + HIDDEN_ * FEAT;
-    static constexpr int OFF_W1 = OFF_B0 + HIDDEN_;
+    static constexpr int OFF_BN = OFF_B0 + HIDDEN_;           // gamma [HIDDEN], beta [HIDDEN]
+    static constexpr int OFF_W1 = OFF_BN + (BN ? 2 * HIDDEN_ : 0);
     static constexpr int NWEIGHTS = OFF_W1 + OUT * HIDDEN_;
+    // BatchNorm: torch's default eps; alpha [HIDDEN], beta [HIDDEN] per step (see update).
+    static constexpr double BN_EPS = 1e-5;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -228,50 +256,124 @@ struct Lane {
     NCA_HD static V hold(V x) { return x; }
 };
 
-// Perception: feat[0..C) = the cell's state, feat[C..2C) = depthwise conv with bias.
-// src(c, dz, dy, dx) returns channel c of the neighbour at offset (dz-P, dy-P, dx-P)
-// (dz = 0 in 2D), already resolved for reflect borders. One partial sum per dx keeps the
-// chains of dependent multiply-adds short.
+// Depthwise conv taps of one tap row (dz, dy) of channel c: acc[dx] += w * neighbour.
 template <class Cfg, class V, class Src>
-NCA_HD void perceive(const float* __restrict__ w, const Src& src, V* __restrict__ feat) {
-    constexpr int C = Cfg::C, K = Cfg::K, KZ = Cfg::KZ, P = Cfg::P, TAPS = Cfg::TAPS;
+NCA_HD void depthwise_row(const float* __restrict__ pw, const Src& src, V* __restrict__ acc, int c, int dz, int dy) {
+    constexpr int K = Cfg::K, TAPS = Cfg::TAPS;
+    NCA_UNROLL
+    for (int dx = 0; dx < K; ++dx)
+        acc[dx] = Lane<V>::madd(pw[c * TAPS + (dz * K + dy) * K + dx], src(c, dz, dy, dx), acc[dx]);
+}
+
+// Depthwise perception of channel c: feat[c] = the cell's state, feat[C + c] = conv with
+// bias. One partial sum per dx keeps the chains of dependent multiply-adds short. Kernels
+// of more than 27 taps keep the loop over tap rows rolled, so the code stays small (CPU
+// instruction cache, compile time) and, on the GPU, feat stays in registers.
+template <class Cfg, class V, class Src>
+NCA_HD void perceive_depthwise(const float* __restrict__ w, const Src& src, V* __restrict__ feat, int c) {
+    constexpr int C = Cfg::C, K = Cfg::K, KZ = Cfg::KZ, P = Cfg::P;
     const float* pw = w + Cfg::OFF_PW;
     const float* pb = w + Cfg::OFF_PB;
+    V acc[K];
     NCA_UNROLL
-    for (int c = 0; c < C; ++c) {
-        V acc[K];
+    for (int dx = 0; dx < K; ++dx) acc[dx] = Lane<V>::set1(dx == 0 ? pb[c] : 0.0f);
+    if constexpr (Cfg::TAPS <= 27) {
         NCA_UNROLL
-        for (int dx = 0; dx < K; ++dx) acc[dx] = Lane<V>::set1(dx == 0 ? pb[c] : 0.0f);
+        for (int dz = 0; dz < KZ; ++dz) {
+            NCA_UNROLL
+            for (int dy = 0; dy < K; ++dy) depthwise_row<Cfg, V>(pw, src, acc, c, dz, dy);
+        }
+    } else {
+        NCA_NO_UNROLL
+        for (int r = 0; r < KZ * K; ++r) depthwise_row<Cfg, V>(pw, src, acc, c, r / K, r % K);
+    }
+    NCA_UNROLL
+    for (int dx = 1; dx < K; ++dx) acc[0] = acc[0] + acc[dx];
+    feat[c] = src(c, KZ == 1 ? 0 : P, P, P);
+    feat[C + c] = acc[0];
+}
+
+// Full perception, NO outputs o0 .. o0+NO of the two convs together (output o < C: conv0
+// channel o, else conv1 channel o - C): every neighbour value loaded feeds NO accumulators.
+// The loop over input channels stays rolled: its body already holds NO * K^DIMS
+// multiply-adds.
+template <class Cfg, class V, int NO, class Src>
+NCA_HD void perceive_full_block(const float* __restrict__ w, const Src& src, V* __restrict__ feat, int o0) {
+    constexpr int C = Cfg::C, K = Cfg::K, KZ = Cfg::KZ, TAPS = Cfg::TAPS;
+    const float* wo[NO];
+    V acc[NO];
+    NCA_UNROLL
+    for (int oo = 0; oo < NO; ++oo) {
+        const int o = o0 + oo, conv = o / C, ch = o % C;
+        const float* base = w + Cfg::OFF_PW + conv * (Cfg::CONV_W + C);
+        wo[oo] = base + ch * C * TAPS;
+        acc[oo] = Lane<V>::set1(base[Cfg::CONV_W + ch]);
+    }
+    NCA_NO_UNROLL
+    for (int c = 0; c < C; ++c) {
         NCA_UNROLL
         for (int dz = 0; dz < KZ; ++dz) {
             NCA_UNROLL
             for (int dy = 0; dy < K; ++dy) {
                 NCA_UNROLL
-                for (int dx = 0; dx < K; ++dx)
-                    acc[dx] = Lane<V>::madd(pw[c * TAPS + (dz * K + dy) * K + dx], src(c, dz, dy, dx), acc[dx]);
+                for (int dx = 0; dx < K; ++dx) {
+                    const int tap = (dz * K + dy) * K + dx;
+                    V x = Lane<V>::hold(src(c, dz, dy, dx));
+                    NCA_UNROLL
+                    for (int oo = 0; oo < NO; ++oo) acc[oo] = Lane<V>::madd(wo[oo][c * TAPS + tap], x, acc[oo]);
+                }
             }
         }
+    }
+    NCA_UNROLL
+    for (int oo = 0; oo < NO; ++oo) feat[C + o0 + oo] = acc[oo];
+}
+
+// Perception: feat[0..C) = the cell's state, then the conv outputs (see Cfg).
+// src(c, dz, dy, dx) returns channel c of the neighbour at offset (dz-P, dy-P, dx-P)
+// (dz = 0 in 2D), already resolved for reflect borders.
+template <class Cfg, class V, class Src>
+NCA_HD void perceive(const float* __restrict__ w, const Src& src, V* __restrict__ feat) {
+    constexpr int C = Cfg::C, KZ = Cfg::KZ, P = Cfg::P;
+    if constexpr (Cfg::PERCEPTION == DEPTHWISE) {
         NCA_UNROLL
-        for (int dx = 1; dx < K; ++dx) acc[0] = acc[0] + acc[dx];
-        feat[c] = src(c, KZ == 1 ? 0 : P, P, P);
-        feat[C + c] = acc[0];
+        for (int c = 0; c < C; ++c) perceive_depthwise<Cfg, V>(w, src, feat, c);
+    } else {
+        constexpr int NO = Cfg::NCONV * C, OB = 8, OFULL = NO / OB * OB;
+        NCA_UNROLL
+        for (int c = 0; c < C; ++c) feat[c] = src(c, KZ == 1 ? 0 : P, P, P);
+        for (int o0 = 0; o0 < OFULL; o0 += OB) perceive_full_block<Cfg, V, OB>(w, src, feat, o0);
+        if constexpr (OFULL < NO) perceive_full_block<Cfg, V, NO - OFULL>(w, src, feat, OFULL);
     }
 }
 
-// fc0 for NJ hidden units starting at j0, ReLU, into h[j0 .. j0+NJ).
+// fc0 pre-activations of NJ hidden units starting at j0: z[jj] = W0[j0 + jj] feat + b0.
 template <class Cfg, class V, int NJ>
-NCA_HD void hidden_block(const float* __restrict__ w, const V* __restrict__ feat, V* __restrict__ h, int j0) {
+NCA_HD void fc0_block(const float* __restrict__ w, const V* __restrict__ feat, V* __restrict__ z, int j0) {
     constexpr int FEAT = Cfg::FEAT;
     const float* w0 = w + Cfg::OFF_W0 + j0 * FEAT;
     const float* b0 = w + Cfg::OFF_B0 + j0;
-    V acc[NJ];
     NCA_UNROLL
-    for (int jj = 0; jj < NJ; ++jj) acc[jj] = Lane<V>::set1(b0[jj]);
+    for (int jj = 0; jj < NJ; ++jj) z[jj] = Lane<V>::set1(b0[jj]);
     NCA_UNROLL
     for (int k = 0; k < FEAT; ++k) {
         V f = Lane<V>::hold(feat[k]);
         NCA_UNROLL
-        for (int jj = 0; jj < NJ; ++jj) acc[jj] = Lane<V>::madd(w0[jj * FEAT + k], f, acc[jj]);
+        for (int jj = 0; jj < NJ; ++jj) z[jj] = Lane<V>::madd(w0[jj * FEAT + k], f, z[jj]);
+    }
+}
+
+// fc0, normalisation (BATCH_NORM: norm = alpha [HIDDEN], beta [HIDDEN]) and ReLU for NJ
+// hidden units starting at j0, into h[j0 .. j0+NJ).
+template <class Cfg, class V, int NJ>
+NCA_HD void hidden_block(const float* __restrict__ w, const V* __restrict__ feat, V* __restrict__ h, int j0,
+                         const float* __restrict__ norm) {
+    V acc[NJ];
+    fc0_block<Cfg, V, NJ>(w, feat, acc, j0);
+    if constexpr (Cfg::BN) {
+        NCA_UNROLL
+        for (int jj = 0; jj < NJ; ++jj)
+            acc[jj] = Lane<V>::madd(norm[j0 + jj], acc[jj], Lane<V>::set1(norm[Cfg::HIDDEN + j0 + jj]));
     }
     NCA_UNROLL
     for (int jj = 0; jj < NJ; ++jj) h[j0 + jj] = Lane<V>::relu(acc[jj]);
@@ -295,17 +397,53 @@ NCA_HD void output_block(const float* __restrict__ w, const V* __restrict__ h, V
     for (int oo = 0; oo < NO; ++oo) delta[o0 + oo] = acc[oo];
 }
 
-// delta = fc1(relu(fc0(feat))): the update of channels IN..C-1, before the fire mask.
+// delta = fc1(relu(norm(fc0(feat)))): the update of channels IN..C-1, before the fire mask.
+// norm: BATCH_NORM only, alpha [HIDDEN] then beta [HIDDEN] (batch_norm_affine).
 // JB / OB: hidden units / outputs accumulated at once (register blocking).
 template <class Cfg, class V, int JB = 8, int OB = 8>
-NCA_HD void update(const float* __restrict__ w, const V* __restrict__ feat, V* __restrict__ delta) {
+NCA_HD void update(const float* __restrict__ w, const V* __restrict__ feat, V* __restrict__ delta,
+                   const float* __restrict__ norm = nullptr) {
     constexpr int HIDDEN = Cfg::HIDDEN, OUT = Cfg::OUT;
     constexpr int JFULL = HIDDEN / JB * JB, OFULL = OUT / OB * OB;
     V h[HIDDEN];
-    for (int j0 = 0; j0 < JFULL; j0 += JB) hidden_block<Cfg, V, JB>(w, feat, h, j0);
-    if constexpr (JFULL < HIDDEN) hidden_block<Cfg, V, HIDDEN - JFULL>(w, feat, h, JFULL);
+    for (int j0 = 0; j0 < JFULL; j0 += JB) hidden_block<Cfg, V, JB>(w, feat, h, j0, norm);
+    if constexpr (JFULL < HIDDEN) hidden_block<Cfg, V, HIDDEN - JFULL>(w, feat, h, JFULL, norm);
     for (int o0 = 0; o0 < OFULL; o0 += OB) output_block<Cfg, V, OB>(w, h, delta, o0);
     if constexpr (OFULL < OUT) output_block<Cfg, V, OUT - OFULL>(w, h, delta, OFULL);
+}
+
+// The statistics sweep of BATCH_NORM: the fc0 pre-activations z of one cell (or lane block),
+// JB hidden units at a time, handed to sink(j0, z, count) for z[0 .. count) = units
+// j0 .. j0+count; the launcher sums them and their squares in double precision.
+template <class Cfg, class V, int JB, class Sink>
+NCA_HD void pre_activations(const float* __restrict__ w, const V* __restrict__ feat, Sink& sink) {
+    constexpr int HIDDEN = Cfg::HIDDEN, JFULL = HIDDEN / JB * JB;
+    for (int j0 = 0; j0 < JFULL; j0 += JB) {
+        V z[JB];
+        fc0_block<Cfg, V, JB>(w, feat, z, j0);
+        sink(j0, z, JB);
+    }
+    if constexpr (JFULL < HIDDEN) {
+        V z[HIDDEN - JFULL];
+        fc0_block<Cfg, V, HIDDEN - JFULL>(w, feat, z, JFULL);
+        sink(JFULL, z, HIDDEN - JFULL);
+    }
+}
+
+// BatchNorm of one hidden unit from the batch's sums, as torch computes it with
+// track_running_stats=False: mean and biased variance over the batch and every cell,
+// invstd = 1 / sqrt(var + eps), then y = alpha z + beta with alpha = invstd * gamma and
+// beta = bias - mean * alpha. The sums are double; var = E[z^2] - mean^2 in double (the
+// z^2 of a float z is exact in double, so only the summation rounds).
+template <class Cfg>
+NCA_HD void batch_norm_affine(double sum, double sumsq, double count, float gamma, float bias, float* alpha,
+                              float* beta) {
+    const double mean = sum / count;
+    double var = sumsq / count - mean * mean;
+    if (var < 0.0) var = 0.0;
+    const float invstd = static_cast<float>(1.0 / sqrt(var + Cfg::BN_EPS));
+    *alpha = invstd * gamma;
+    *beta = bias - static_cast<float>(mean) * *alpha;
 }
 
 }  // namespace nca

@@ -1,7 +1,10 @@
 // Python binding of the CPU launcher (nca_cpu.h) and the FMA throughput probe.
 // The model shapes compiled in are registered by generated instantiation files
 // (nca_cli/kernels/build.py), each calling nca_cpu::add<Cfg, Storage>().
-#include <torch/extension.h>
+//
+// torch/csrc/utils/pybind.h (pybind11 with the at::Tensor caster) instead of the whole of
+// torch/extension.h: it is all this file needs and compiles in a third of the time.
+#include <torch/csrc/utils/pybind.h>
 
 #include <chrono>
 #include <new>
@@ -51,38 +54,51 @@ std::pair<double, double> fma_peak(int threads, int64_t iters) {
 
 namespace {
 
-int storage_code(const torch::Tensor& t) {
+int storage_code(const at::Tensor& t) {
     switch (t.scalar_type()) {
-        case torch::kFloat32: return nca::F32::code;
-        case torch::kFloat16: return nca::F16::code;
-        case torch::kBFloat16: return nca::BF16::code;
+        case at::kFloat: return nca::F32::code;
+        case at::kHalf: return nca::F16::code;
+        case at::kBFloat16: return nca::BF16::code;
         default: TORCH_CHECK(false, "state must be float32, float16 or bfloat16, got ", t.scalar_type());
     }
     return -1;
 }
 
-nca_cpu::Key make_key(int64_t dims, int64_t channels, int64_t hidden, int64_t in, int64_t kernel, int64_t storage) {
-    return nca_cpu::Key{static_cast<int>(dims), static_cast<int>(channels), static_cast<int>(hidden),
-                        static_cast<int>(in), static_cast<int>(kernel), static_cast<int>(storage)};
+nca_cpu::Key make_key(int64_t dims, int64_t channels, int64_t hidden, int64_t in, int64_t kernel, int64_t perception,
+                      int64_t normalization, int64_t storage) {
+    return nca_cpu::Key{static_cast<int>(dims),       static_cast<int>(channels),      static_cast<int>(hidden),
+                        static_cast<int>(in),         static_cast<int>(kernel),        static_cast<int>(perception),
+                        static_cast<int>(normalization), static_cast<int>(storage)};
 }
 
-bool has(int64_t dims, int64_t channels, int64_t hidden, int64_t in, int64_t kernel, int64_t storage) {
-    return nca_cpu::registry().count(make_key(dims, channels, hidden, in, kernel, storage)) > 0;
+bool has(int64_t dims, int64_t channels, int64_t hidden, int64_t in, int64_t kernel, int64_t perception,
+         int64_t normalization, int64_t storage) {
+    return nca_cpu::registry().count(make_key(dims, channels, hidden, in, kernel, perception, normalization, storage)) > 0;
 }
 
-void run(torch::Tensor state, torch::Tensor weights, int64_t dims, int64_t channels, int64_t hidden, int64_t in,
-         int64_t kernel, int64_t steps, int64_t seed, int64_t level, std::vector<int64_t> origin, int64_t threshold,
-         int64_t threads) {
+// Packed weights of a model shape (layout: nca::Cfg in nca_cell.h).
+int64_t weight_count(int64_t dims, int64_t channels, int64_t hidden, int64_t in, int64_t kernel, int64_t perception,
+                     int64_t normalization) {
+    const int64_t taps = (dims == 3 ? kernel : 1) * kernel * kernel;
+    const int64_t convs = perception == nca::FULL2 ? 2 : 1;
+    const int64_t conv = (perception == nca::FULL2 ? channels : 1) * channels * taps + channels;
+    const int64_t bn = normalization == nca::BATCH_NORM ? 2 * hidden : 0;
+    return convs * conv + hidden * (1 + convs) * channels + hidden + bn + (channels - in) * hidden;
+}
+
+void run(at::Tensor state, at::Tensor weights, int64_t dims, int64_t channels, int64_t hidden, int64_t in,
+         int64_t kernel, int64_t perception, int64_t normalization, int64_t steps, int64_t seed, int64_t level,
+         std::vector<int64_t> origin, int64_t threshold, int64_t threads) {
     TORCH_CHECK(state.device().is_cpu() && weights.device().is_cpu(), "state and weights must be on the CPU");
     TORCH_CHECK(state.is_contiguous(), "state must be contiguous (channels last)");
     TORCH_CHECK(state.dim() == dims + 2 && state.size(-1) == channels, "state must be [B, *spatial, C]");
-    TORCH_CHECK(weights.scalar_type() == torch::kFloat32 && weights.is_contiguous() && weights.dim() == 1,
+    TORCH_CHECK(weights.scalar_type() == at::kFloat && weights.is_contiguous() && weights.dim() == 1,
                 "weights must be a contiguous float32 vector");
     TORCH_CHECK(static_cast<int64_t>(origin.size()) == dims, "origin needs one entry per spatial axis");
-    const int64_t taps = (dims == 3 ? kernel : 1) * kernel * kernel;
-    const int64_t nweights = channels * taps + channels + hidden * 2 * channels + hidden + (channels - in) * hidden;
+    const int64_t nweights = weight_count(dims, channels, hidden, in, kernel, perception, normalization);
     TORCH_CHECK(weights.numel() == nweights, "expected ", nweights, " packed weights, got ", weights.numel());
-    auto it = nca_cpu::registry().find(make_key(dims, channels, hidden, in, kernel, storage_code(state)));
+    auto it = nca_cpu::registry().find(
+        make_key(dims, channels, hidden, in, kernel, perception, normalization, storage_code(state)));
     TORCH_CHECK(it != nca_cpu::registry().end(), "no compiled kernel for this model shape and dtype");
     nca_cpu::Problem pb{};
     pb.batch = state.size(0);
@@ -124,7 +140,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "Fused NCA step on the CPU (OpenMP, in place).";
     m.def("run", &run, "Run steps of the fused NCA step in place on a channels-last state.");
     m.def("has", &has, "Whether a model shape and storage dtype is compiled in.");
-    m.def("instances", &instances, "Compiled (dims, channels, hidden, in, kernel, storage) tuples.");
+    m.def("instances", &instances,
+          "Compiled (dims, channels, hidden, in, kernel, perception, normalization, storage) tuples.");
+    m.def("weight_count", &weight_count, "Packed float32 weights of a model shape.");
     m.def("fma_peak", &fma_peak, "Float32 FMA throughput probe: (FLOPs done, wall seconds).");
     m.def("lanes", []() { return nca_cpu::LANES; }, "Cells per SIMD vector.");
 }

@@ -18,6 +18,16 @@
 // Cells of a row are perceived LANES at a time; the cells that fire are packed into a
 // queue of LANES cells and fc0 / ReLU / fc1 run on full queues, so cells that do not fire
 // cost no matrix work.
+//
+// BatchNorm (Cfg::BN) normalises with the statistics of the whole batch of the current
+// state, so a step takes two sweeps. The statistics sweep only reads: every thread
+// perceives every cell of its band (all cells: the fire mask plays no part) straight from
+// the state (the ring serves as conversion scratch, no halos are needed), computes fc0 and
+// adds each hidden unit's z and z^2, in double-vector lanes, to per-plane sums. After a
+// barrier the per-plane sums are added in plane order (so the result does not depend on the
+// number of threads), turned into alpha, beta (nca::batch_norm_affine), and after a second
+// barrier the update sweep runs as above. The only extra memory is 2 * HIDDEN doubles per
+// plane of the batch.
 #pragma once
 
 #include <omp.h>
@@ -51,6 +61,9 @@ typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(LANES * sizeof(int32_t))));
 typedef uint32_t vu __attribute__((vector_size(LANES * sizeof(uint32_t))));
 typedef uint16_t vh __attribute__((vector_size(LANES * sizeof(uint16_t))));
+constexpr int DLANES = LANES / 2;  // doubles per vector of LANES / 2 floats converted
+typedef float vfh __attribute__((vector_size(DLANES * sizeof(float))));
+typedef double vd __attribute__((vector_size(DLANES * sizeof(double))));
 typedef uint16_t lanemask;  // bit i: lane i
 
 inline vf loadu(const float* p) {
@@ -191,6 +204,7 @@ struct Lane<nca_cpu::vf2> {
     using V = nca_cpu::vf2;
     static inline V set1(float v) { return {Lane<nca_cpu::vf>::set1(v), Lane<nca_cpu::vf>::set1(v)}; }
     static inline V madd(float w, V x, V acc) { return {acc.a + w * x.a, acc.b + w * x.b}; }
+    static inline V hold(V x) { return {Lane<nca_cpu::vf>::hold(x.a), Lane<nca_cpu::vf>::hold(x.b)}; }
 };
 }  // namespace nca
 
@@ -211,7 +225,7 @@ template <class Cfg, class S>
 class Band {
     using raw = typename S::raw;
     static constexpr int C = Cfg::C, K = Cfg::K, KZ = Cfg::KZ, P = Cfg::P, R = 2 * P + 1;
-    static constexpr int FEAT = Cfg::FEAT, IN = Cfg::IN, OUT = Cfg::OUT;
+    static constexpr int FEAT = Cfg::FEAT, IN = Cfg::IN, OUT = Cfg::OUT, HIDDEN = Cfg::HIDDEN;
     static constexpr bool D3 = Cfg::DIMS == 3;
     static_assert(P <= LANES, "kernel too large for the lane shifts");
     // Whole cells move as LANES x LANES transposed blocks when C is a multiple of LANES.
@@ -248,6 +262,7 @@ class Band {
     void begin(raw* item, uint32_t key) {
         item_ = item;
         key_ = key;
+        reading_ = false;
         for (int i = 0; i < R; ++i) tag_[i] = -1;
         for (int i = 0; i < P; ++i) {
             int64_t lo = a0_ - P + i, hi = a1_ + i;
@@ -256,8 +271,29 @@ class Band {
         }
     }
 
-    // Update every plane of the band in place.
-    void run() {
+    // Update every plane of the band in place. norm: BatchNorm's alpha, beta of this step.
+    void run(const float* norm = nullptr) {
+        norm_ = norm;
+        sweep<false>();
+        if (qn_ > 0) flush(qn_);
+        qn_ = 0;
+    }
+
+    // Statistics sweep of one batch item (reads only; no thread may write meanwhile): for
+    // each plane a of the band, sums[a * 2 * HIDDEN + j] = sum of z_j over the plane's
+    // cells, sums[(a * 2 + 1) * HIDDEN + j] = sum of z_j^2.
+    void statistics(raw* item, double* sums) {
+        item_ = item;
+        sums_ = sums;
+        reading_ = true;
+        for (int i = 0; i < R; ++i) tag_[i] = -1;
+        for (int j = 0; j < HIDDEN; ++j) acc_sum_[j] = acc_sq_[j] = vd{};
+        sweep<true>();
+    }
+
+  private:
+    template <bool STATS>
+    void sweep() {
         for (int64_t a = a0_; a < a1_; ++a) {
             const float* pl[K];
             for (int d = 0; d < K; ++d) pl[d] = plane(nca::reflect(a + d - P, nouter_));
@@ -275,14 +311,13 @@ class Band {
                     zc = 0;
                     yc = static_cast<uint32_t>(pb_.origin[1] + a);
                 }
-                row(rp, nca::row_hash(key_, zc, yc), item_ + (a * rows_ + y) * W_ * C);
+                if constexpr (STATS) row<true>(rp, 0, nullptr);
+                else row<false>(rp, nca::row_hash(key_, zc, yc), item_ + (a * rows_ + y) * W_ * C);
             }
+            if constexpr (STATS) plane_sums(sums_ + a * 2 * HIDDEN);
         }
-        if (qn_ > 0) flush(qn_);
-        qn_ = 0;
     }
 
-  private:
     // Channel c of the neighbours at (dz-P, dy-P, dx-P) of the LANES cells of one block.
     struct Src {
         const float* const* rp;
@@ -328,26 +363,84 @@ class Band {
 #endif
     }
 
-    void row(const float* const* rp, uint32_t hrow, raw* dst) {
+    // Perceive the blocks of one row; STATS: add their statistics, else update them.
+    template <bool STATS>
+    __attribute__((noinline)) void row(const float* const* rp, uint32_t hrow, raw* dst) {
         int64_t b = 0;
         for (; b + 1 < nblk_; b += 2) {
             vf2 both[FEAT];
-            nca::perceive<Cfg, vf2>(w_, Src2{rp, (b + 1) * BLK}, both);
+            perceive(Src2{rp, (b + 1) * BLK}, both);
             vf feat[FEAT];
             for (int k = 0; k < FEAT; ++k) feat[k] = both[k].a;
-            block(b, feat, hrow, dst);
+            if constexpr (STATS) statistics_block(b, feat);
+            else block(b, feat, hrow, dst);
             for (int k = 0; k < FEAT; ++k) feat[k] = both[k].b;
-            block(b + 1, feat, hrow, dst);
+            if constexpr (STATS) statistics_block(b + 1, feat);
+            else block(b + 1, feat, hrow, dst);
         }
         if (b < nblk_) {
             vf feat[FEAT];
-            nca::perceive<Cfg, vf>(w_, Src{rp, (b + 1) * BLK}, feat);
-            block(b, feat, hrow, dst);
+            perceive(Src{rp, (b + 1) * BLK}, feat);
+            if constexpr (STATS) statistics_block(b, feat);
+            else block(b, feat, hrow, dst);
+        }
+    }
+
+    // Perception of a block (V = vf) or of two neighbouring blocks (V = vf2). With BatchNorm
+    // both sweeps perceive: one out-of-line copy serves both (halves the compile time).
+    template <class V, class Source>
+    void perceive(const Source& src, V* feat) const {
+        if constexpr (Cfg::BN) perceive_out_of_line(src, feat);
+        else nca::perceive<Cfg, V>(w_, src, feat);
+    }
+    template <class V, class Source>
+    __attribute__((noinline)) void perceive_out_of_line(const Source& src, V* feat) const {
+        nca::perceive<Cfg, V>(w_, src, feat);
+    }
+
+    // Adds z and z^2 of the valid cells of block b (lanes past the row end hold border
+    // copies and are zeroed) to the double accumulators, two half vectors per hidden unit.
+    __attribute__((noinline)) void statistics_block(int64_t b, const vf* feat) {
+        const int n = static_cast<int>(std::min<int64_t>(LANES, W_ - b * LANES));
+        const vi valid = (vi)iota() < n;
+        auto sink = [&](int j0, const vf* z, int count) {
+            for (int jj = 0; jj < count; ++jj) {
+                vf v = n < LANES ? (vf)((vi)z[jj] & valid) : z[jj];
+                vd lo = __builtin_convertvector(low_half(v), vd), hi = __builtin_convertvector(high_half(v), vd);
+                acc_sum_[j0 + jj] += lo + hi;
+                acc_sq_[j0 + jj] += lo * lo + hi * hi;
+            }
+        };
+        nca::pre_activations<Cfg, vf, 8>(w_, feat, sink);
+    }
+
+    static inline vfh low_half(vf v) {
+        vfh h;
+        memcpy(&h, &v, sizeof(vfh));
+        return h;
+    }
+    static inline vfh high_half(vf v) {
+        vfh h;
+        memcpy(&h, reinterpret_cast<const char*>(&v) + sizeof(vfh), sizeof(vfh));
+        return h;
+    }
+
+    // Lane sums of the accumulators into the plane's sums (fixed order), then reset.
+    void plane_sums(double* out) {
+        for (int j = 0; j < HIDDEN; ++j) {
+            double s = 0.0, q = 0.0;
+            for (int l = 0; l < DLANES; ++l) {
+                s += acc_sum_[j][l];
+                q += acc_sq_[j][l];
+            }
+            out[j] = s;
+            out[HIDDEN + j] = q;
+            acc_sum_[j] = acc_sq_[j] = vd{};
         }
     }
 
     // The rest of the step for the perceived block b of a row.
-    void block(int64_t b, const vf* feat, uint32_t hrow, raw* dst) {
+    __attribute__((noinline)) void block(int64_t b, const vf* feat, uint32_t hrow, raw* dst) {
         const int64_t x0 = b * LANES;
         const int n = static_cast<int>(std::min<int64_t>(LANES, W_ - x0));
         raw* cells = dst + x0 * C;
@@ -363,7 +456,9 @@ class Band {
     }
 
     // One out-of-line copy of the (large, fully unrolled) matrix code.
-    __attribute__((noinline)) void mlp(const vf* feat, vf* delta) const { nca::update<Cfg, vf>(w_, feat, delta); }
+    __attribute__((noinline)) void mlp(const vf* feat, vf* delta) const {
+        nca::update<Cfg, vf>(w_, feat, delta, norm_);
+    }
 
     // Append the firing lanes of a perceived block to the queue; run full queues. The queue
     // holds whole vectors (lane j = slot j), so it is only read and written with aligned
@@ -459,10 +554,12 @@ class Band {
     }
 
     // Original (pre-step) blocked copy of plane s, |s - a| <= P for the plane a being updated.
+    // While reading_ (statistics sweep) nothing is written, so every plane is read in place.
     const float* plane(int64_t s) {
         int slot = static_cast<int>(s % R);
         if (tag_[slot] != s) {
-            const raw* src = s < a0_ ? halo_[s - (a0_ - P)] : s >= a1_ ? halo_[P + (s - a1_)] : item_ + s * raw_plane_;
+            const raw* src = reading_ || (s >= a0_ && s < a1_) ? item_ + s * raw_plane_
+                             : s < a0_ ? halo_[s - (a0_ - P)] : halo_[P + (s - a1_)];
             for (int64_t y = 0; y < rows_; ++y) convert_row(src + y * W_ * C, ring_[slot] + y * row_floats_);
             tag_[slot] = s;
         }
@@ -483,7 +580,29 @@ class Band {
     int cur_ = 0;
     raw* qdst_[2 * LANES];
     int qn_ = 0;
+    // BatchNorm: this step's alpha, beta; the statistics sweep's plane sums and accumulators.
+    const float* norm_ = nullptr;
+    bool reading_ = false;
+    double* sums_ = nullptr;
+    vd acc_sum_[Cfg::BN ? HIDDEN : 1], acc_sq_[Cfg::BN ? HIDDEN : 1];
 };
+
+// BatchNorm between the two sweeps of a step: thread t of T turns the per-plane sums of
+// hidden units t, t + T, ... (added in batch and plane order) into alpha, beta.
+template <class Cfg>
+void normalisation(const float* weights, const double* sums, int64_t planes, double count, float* norm, int t,
+                   int T) {
+    constexpr int H = Cfg::HIDDEN;
+    for (int j = t; j < H; j += T) {
+        double s = 0.0, q = 0.0;
+        for (int64_t a = 0; a < planes; ++a) {
+            s += sums[a * 2 * H + j];
+            q += sums[a * 2 * H + H + j];
+        }
+        nca::batch_norm_affine<Cfg>(s, q, count, weights[Cfg::OFF_BN + j], weights[Cfg::OFF_BN + H + j], &norm[j],
+                                    &norm[H + j]);
+    }
+}
 
 // Run pb.steps steps in place on `state` ([B, *spatial, C], storage S).
 template <class Cfg, class S>
@@ -493,6 +612,10 @@ void run(void* state, const float* weights, const Problem& pb) {
     const int64_t nouter = Cfg::DIMS == 3 ? pb.size[0] : pb.size[1];
     const int64_t item = pb.size[0] * pb.size[1] * pb.size[2] * Cfg::C;
     const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(pb.threads, nouter)));
+    // BatchNorm: per-plane sums of z and z^2 for the batch, and the step's alpha, beta.
+    std::vector<double> sums(Cfg::BN ? pb.batch * nouter * 2 * Cfg::HIDDEN : 0);
+    std::vector<float> norm(Cfg::BN ? 2 * Cfg::HIDDEN : 0);
+    const double count = static_cast<double>(pb.batch) * pb.size[0] * pb.size[1] * pb.size[2];
     bool failed = false;
 #pragma omp parallel num_threads(nt)
     {
@@ -509,10 +632,18 @@ void run(void* state, const float* weights, const Problem& pb) {
         if (!stop) {
             for (int64_t step = 0; step < pb.steps; ++step) {
                 uint32_t key = nca::step_key(pb.seed, pb.level, static_cast<uint32_t>(step));
+                if constexpr (Cfg::BN) {
+                    for (int64_t b = 0; b < pb.batch; ++b)
+                        band.statistics(static_cast<raw*>(state) + b * item, &sums[b * nouter * 2 * Cfg::HIDDEN]);
+#pragma omp barrier
+                    normalisation<Cfg>(w.data(), sums.data(), pb.batch * nouter, count, norm.data(),
+                                       static_cast<int>(t), static_cast<int>(T));
+#pragma omp barrier
+                }
                 for (int64_t b = 0; b < pb.batch; ++b) {
                     band.begin(static_cast<raw*>(state) + b * item, key);
 #pragma omp barrier
-                    band.run();
+                    band.run(norm.data());
 #pragma omp barrier
                 }
             }
@@ -522,13 +653,15 @@ void run(void* state, const float* weights, const Problem& pb) {
 }
 
 using RunFn = void (*)(void*, const float*, const Problem&);
-using Key = std::array<int, 6>;  // dims, channels, hidden, in, kernel, storage code
+// dims, channels, hidden, in, kernel, perception, normalisation, storage code
+using Key = std::array<int, 8>;
 
 std::map<Key, RunFn>& registry();
 
 template <class Cfg, class S>
 bool add() {
-    registry()[Key{Cfg::DIMS, Cfg::C, Cfg::HIDDEN, Cfg::IN, Cfg::K, S::code}] = &run<Cfg, S>;
+    const int norm = Cfg::BN ? nca::BATCH_NORM : nca::NO_NORM;
+    registry()[Key{Cfg::DIMS, Cfg::C, Cfg::HIDDEN, Cfg::IN, Cfg::K, Cfg::PERCEPTION, norm, S::code}] = &run<Cfg, S>;
     return true;
 }
 

@@ -1,20 +1,28 @@
 // CUDA launcher for the fused NCA step; see nca_cuda.h.
 //
-// NCA_CUDA_SHAPES(X) lists the compiled model shapes as X(dims, channels, hidden, in, kernel);
-// a file that includes this one may define it first (nca_cli/kernels/build.py does, for
-// uncommon shapes). Every shape is compiled for float32, float16 and bfloat16 storage.
+// NCA_CUDA_SHAPES(X) lists the compiled model shapes as
+// X(dims, channels, hidden, in, kernel, perception, normalization) (the arguments of nca::Cfg);
+// a file that includes this one may define it first (nca_cli/kernels/build.py does). Every
+// shape is compiled for float32, float16 and bfloat16 storage.
 #include "nca_cell.h"
 #include "nca_cuda.h"
 
 #ifndef NCA_CUDA_SHAPES
-#define NCA_CUDA_SHAPES(X) X(2, 16, 64, 1, 3) X(2, 16, 64, 3, 3) X(3, 16, 64, 1, 3) X(3, 16, 64, 3, 3)
+#define NCA_CUDA_SHAPES(X) \
+    X(2, 16, 64, 1, 3, 0, 0) X(2, 16, 64, 3, 3, 0, 0) X(3, 16, 64, 1, 3, 0, 0) X(3, 16, 64, 3, 3, 0, 0)
 #endif
 
 namespace nca_cuda {
 namespace {
 
 constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
 constexpr int kMaxSharedBytes = 48 * 1024;
+// Blocks of the statistics kernel: at most this many, each looping over cells; the block
+// count (and so the order of the double sums) depends only on the number of cells.
+constexpr int kStatBlocks = 1024;
+// Hidden units reduced per warp at once: their 16 sums and 16 sums of squares, one per lane.
+constexpr int kUnits = 16;
 
 struct Geometry {
     int64_t batch, nz, ny, nx;
@@ -31,27 +39,56 @@ struct Neighbours {
     }
 };
 
+// The neighbourhood of `cell` (an index over batch and space); its coordinates in z, y, x.
+template <class Cfg, class S>
+__device__ __forceinline__ Neighbours<Cfg, S> neighbours(const typename S::raw* in, const Geometry& g, int64_t cell,
+                                                         int64_t* z, int64_t* y, int64_t* x) {
+    constexpr int C = Cfg::C, K = Cfg::K, P = Cfg::P;
+    *x = cell % g.nx;
+    *y = (cell / g.nx) % g.ny;
+    *z = (cell / (g.nx * g.ny)) % g.nz;
+    const int64_t b = cell / (g.nx * g.ny * g.nz);
+    Neighbours<Cfg, S> nb;
+    nb.base = in + b * g.nz * g.ny * g.nx * C;
+    for (int d = 0; d < Cfg::KZ; ++d) nb.zoff[d] = Cfg::KZ == 1 ? 0 : nca::reflect(*z + d - P, g.nz) * g.ny * g.nx * C;
+    for (int d = 0; d < K; ++d) {
+        nb.yoff[d] = nca::reflect(*y + d - P, g.ny) * g.nx * C;
+        nb.xoff[d] = nca::reflect(*x + d - P, g.nx) * C;
+    }
+    return nb;
+}
+
+// Floats of shared memory the step kernel uses when SHARED: weights, then alpha, beta.
+template <class Cfg>
+constexpr int step_shared_floats() {
+    return Cfg::NWEIGHTS + (Cfg::BN ? 2 * Cfg::HIDDEN : 0);
+}
+
 template <class Cfg, class S, bool SHARED>
 __global__ void __launch_bounds__(kThreads)
 step_kernel(const typename S::raw* __restrict__ in, typename S::raw* __restrict__ out,
-            const float* __restrict__ weights, Geometry g, uint32_t key, uint32_t threshold) {
-    constexpr int C = Cfg::C, K = Cfg::K, P = Cfg::P, IN = Cfg::IN, OUT = Cfg::OUT;
+            const float* __restrict__ weights, const float* __restrict__ norm, Geometry g, uint32_t key,
+            uint32_t threshold) {
+    constexpr int C = Cfg::C, IN = Cfg::IN, OUT = Cfg::OUT;
     extern __shared__ float shared_weights[];
     const float* w = weights;
+    const float* nrm = norm;
     if (SHARED) {
         for (int i = threadIdx.x; i < Cfg::NWEIGHTS; i += blockDim.x) shared_weights[i] = weights[i];
+        if constexpr (Cfg::BN) {
+            for (int i = threadIdx.x; i < 2 * Cfg::HIDDEN; i += blockDim.x) shared_weights[Cfg::NWEIGHTS + i] = norm[i];
+        }
         __syncthreads();
         w = shared_weights;
+        nrm = shared_weights + Cfg::NWEIGHTS;
     }
     const int64_t cells = g.batch * g.nz * g.ny * g.nx;
     const int64_t cell = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (cell >= cells) return;
-    const int64_t x = cell % g.nx;
-    const int64_t y = (cell / g.nx) % g.ny;
-    const int64_t z = (cell / (g.nx * g.ny)) % g.nz;
-    const int64_t b = cell / (g.nx * g.ny * g.nz);
     const typename S::raw* src = in + cell * C;
     typename S::raw* dst = out + cell * C;
+    int64_t z, y, x;
+    const Neighbours<Cfg, S> nb = neighbours<Cfg, S>(in, g, cell, &z, &y, &x);
 
     const uint32_t zc = Cfg::DIMS == 3 ? static_cast<uint32_t>(g.oz + z) : 0u;
     const uint32_t hrow = nca::row_hash(key, zc, static_cast<uint32_t>(g.oy + y));
@@ -59,24 +96,120 @@ step_kernel(const typename S::raw* __restrict__ in, typename S::raw* __restrict_
         for (int c = 0; c < C; ++c) dst[c] = src[c];
         return;
     }
-    Neighbours<Cfg, S> nb;
-    nb.base = in + b * g.nz * g.ny * g.nx * C;
-    for (int d = 0; d < Cfg::KZ; ++d) nb.zoff[d] = Cfg::KZ == 1 ? 0 : nca::reflect(z + d - P, g.nz) * g.ny * g.nx * C;
-    for (int d = 0; d < K; ++d) {
-        nb.yoff[d] = nca::reflect(y + d - P, g.ny) * g.nx * C;
-        nb.xoff[d] = nca::reflect(x + d - P, g.nx) * C;
-    }
     float feat[Cfg::FEAT];
     float delta[OUT];
     nca::perceive<Cfg, float>(w, nb, feat);
-    nca::update<Cfg, float>(w, feat, delta);
+    nca::update<Cfg, float>(w, feat, delta, nrm);
     for (int c = 0; c < IN; ++c) dst[c] = src[c];
     for (int o = 0; o < OUT; ++o) dst[IN + o] = S::store(feat[IN + o] + delta[o]);
 }
 
+// Sum of x[0..32) over the 32 lanes of a warp; lane L returns the sum of element L. The
+// additions follow a fixed pattern (recursive halving), so the result does not vary from
+// run to run; 31 shuffles for 32 sums.
+__device__ __forceinline__ double warp_reduce_scatter(double (&x)[32]) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int o = 16; o >= 1; o >>= 1) {
+        const bool upper = (lane & o) != 0;
+#pragma unroll
+        for (int i = 0; i < o; ++i) {
+            const double send = upper ? x[i] : x[i + o];
+            const double keep = upper ? x[i + o] : x[i];
+            x[i] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, o);
+        }
+    }
+    return x[0];
+}
+
+// Receives the pre-activations of kUnits hidden units of every cell of a warp; lane L
+// adds the warp's sum of z (L < 16) or z^2 (L >= 16) of unit j0 + L % 16 to its own slot
+// of the warp's sums, sums[0 .. H) of z and sums[H .. 2H) of z^2.
+template <class Cfg>
+struct WarpStatistics {
+    double* sums;
+    bool valid;  // this lane's cell exists
+    __device__ __forceinline__ void operator()(int j0, const float* z, int count) const {
+        double x[32];
+#pragma unroll
+        for (int i = 0; i < kUnits; ++i) {
+            double v = 0.0;
+            if (valid && i < count) v = static_cast<double>(z[i]);
+            x[i] = v;
+            x[kUnits + i] = v * v;  // exact: a float's square fits in a double
+        }
+        const double total = warp_reduce_scatter(x);
+        const int lane = threadIdx.x & 31, unit = j0 + lane % kUnits;
+        if (unit < Cfg::HIDDEN) sums[(lane < kUnits ? 0 : Cfg::HIDDEN) + unit] += total;
+    }
+};
+
+// Shared memory of the statistics kernel besides the weights.
+template <class Cfg>
+constexpr int statistics_static_bytes() {
+    return kWarps * 2 * Cfg::HIDDEN * static_cast<int>(sizeof(double));
+}
+
+// BatchNorm, first pass: block b writes partial[b][0 .. H) = sums of z, partial[b][H .. 2H) =
+// sums of z^2 over its cells (blocks stride over all cells of the batch, fire mask ignored).
+template <class Cfg, class S, bool SHARED>
+__global__ void __launch_bounds__(kThreads)
+statistics_kernel(const typename S::raw* __restrict__ in, const float* __restrict__ weights, Geometry g,
+                  double* __restrict__ partial) {
+    constexpr int H = Cfg::HIDDEN;
+    extern __shared__ float shared_weights[];
+    __shared__ double warp_sums[kWarps][2 * H];
+    const float* w = weights;
+    if (SHARED) {
+        for (int i = threadIdx.x; i < Cfg::NWEIGHTS; i += blockDim.x) shared_weights[i] = weights[i];
+        w = shared_weights;
+    }
+    for (int i = threadIdx.x; i < kWarps * 2 * H; i += blockDim.x) (&warp_sums[0][0])[i] = 0.0;
+    __syncthreads();
+    const int64_t cells = g.batch * g.nz * g.ny * g.nx;
+    WarpStatistics<Cfg> sink{warp_sums[threadIdx.x / 32], false};
+    // Every thread of a block runs the same iterations: the shuffles need the whole warp.
+    for (int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x; base < cells;
+         base += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t cell = base + threadIdx.x;
+        sink.valid = cell < cells;
+        float feat[Cfg::FEAT];
+        if (sink.valid) {
+            int64_t z, y, x;
+            nca::perceive<Cfg, float>(w, neighbours<Cfg, S>(in, g, cell, &z, &y, &x), feat);
+        } else {
+            for (int k = 0; k < Cfg::FEAT; ++k) feat[k] = 0.0f;
+        }
+        nca::pre_activations<Cfg, float, kUnits>(w, feat, sink);
+    }
+    __syncthreads();
+    for (int t = threadIdx.x; t < 2 * H; t += blockDim.x) {
+        double s = 0.0;
+        for (int v = 0; v < kWarps; ++v) s += warp_sums[v][t];
+        partial[static_cast<int64_t>(blockIdx.x) * 2 * H + t] = s;
+    }
+}
+
+// BatchNorm, second pass (one block): the blocks' sums, added in block order, give each
+// hidden unit's alpha, beta (norm[0 .. H), norm[H .. 2H)) for the step kernel.
+template <class Cfg>
+__global__ void normalisation_kernel(const double* __restrict__ partial, int blocks, double count,
+                                     const float* __restrict__ weights, float* __restrict__ norm) {
+    constexpr int H = Cfg::HIDDEN;
+    for (int j = threadIdx.x; j < H; j += blockDim.x) {
+        double s = 0.0, q = 0.0;
+        for (int b = 0; b < blocks; ++b) {
+            s += partial[static_cast<int64_t>(b) * 2 * H + j];
+            q += partial[static_cast<int64_t>(b) * 2 * H + H + j];
+        }
+        nca::batch_norm_affine<Cfg>(s, q, count, weights[Cfg::OFF_BN + j], weights[Cfg::OFF_BN + H + j], &norm[j],
+                                    &norm[H + j]);
+    }
+}
+
 template <class Cfg, class S>
-cudaError_t run_shape(const Problem& p, void* a, void* b, const float* weights, int64_t steps, cudaStream_t stream,
-                      void** result) {
+cudaError_t run_shape(const Problem& p, void* a, void* b, const float* weights, void* workspace, int64_t steps,
+                      cudaStream_t stream, void** result) {
     using raw = typename S::raw;
     Geometry g{p.batch, p.size[0], p.size[1], p.size[2], p.origin[0], p.origin[1], p.origin[2]};
     const int64_t cells = g.batch * g.nz * g.ny * g.nx;
@@ -84,14 +217,29 @@ cudaError_t run_shape(const Problem& p, void* a, void* b, const float* weights, 
     if (cells == 0 || steps <= 0) return cudaSuccess;
     const int64_t blocks = (cells + kThreads - 1) / kThreads;
     if (blocks > 0x7FFFFFFF) return cudaErrorInvalidConfiguration;
-    constexpr bool kShared = Cfg::NWEIGHTS * sizeof(float) <= kMaxSharedBytes;
-    const size_t shared = kShared ? Cfg::NWEIGHTS * sizeof(float) : 0;
+    constexpr bool kShared = step_shared_floats<Cfg>() * sizeof(float) <= kMaxSharedBytes;
+    const size_t shared = kShared ? step_shared_floats<Cfg>() * sizeof(float) : 0;
+    constexpr bool kStatShared = Cfg::NWEIGHTS * sizeof(float) + statistics_static_bytes<Cfg>() <= kMaxSharedBytes;
+    const size_t stat_shared = kStatShared ? Cfg::NWEIGHTS * sizeof(float) : 0;
+    const int stat_blocks = static_cast<int>(blocks < kStatBlocks ? blocks : kStatBlocks);
+    double* partial = static_cast<double*>(workspace);
+    float* norm = Cfg::BN ? reinterpret_cast<float*>(partial + kStatBlocks * 2 * Cfg::HIDDEN) : nullptr;
     raw* cur = static_cast<raw*>(a);
     raw* nxt = static_cast<raw*>(b);
     for (int64_t t = 0; t < steps; ++t) {
         const uint32_t key = nca::step_key(p.seed, p.level, static_cast<uint32_t>(t));
+        if constexpr (Cfg::BN) {
+            statistics_kernel<Cfg, S, kStatShared><<<stat_blocks, kThreads, stat_shared, stream>>>(cur, weights, g,
+                                                                                                   partial);
+            cudaError_t err = cudaGetLastError();
+            if (err != cudaSuccess) return err;
+            normalisation_kernel<Cfg><<<1, kThreads, 0, stream>>>(partial, stat_blocks, static_cast<double>(cells),
+                                                                  weights, norm);
+            err = cudaGetLastError();
+            if (err != cudaSuccess) return err;
+        }
         step_kernel<Cfg, S, kShared><<<static_cast<unsigned>(blocks), kThreads, shared, stream>>>(
-            cur, nxt, weights, g, key, p.threshold);
+            cur, nxt, weights, norm, g, key, p.threshold);
         cudaError_t err = cudaGetLastError();
         if (err != cudaSuccess) return err;
         raw* tmp = cur;
@@ -102,16 +250,17 @@ cudaError_t run_shape(const Problem& p, void* a, void* b, const float* weights, 
     return cudaSuccess;
 }
 
-bool same_shape(const Problem& p, int dims, int c, int hidden, int in, int k) {
-    return p.dims == dims && p.channels == c && p.hidden == hidden && p.in_channels == in && p.kernel == k;
+bool same_shape(const Problem& p, int dims, int c, int hidden, int in, int k, int perception, int normalization) {
+    return p.dims == dims && p.channels == c && p.hidden == hidden && p.in_channels == in && p.kernel == k &&
+           p.perception == perception && p.normalization == normalization;
 }
 
 }  // namespace
 
 bool supported(const Problem& p) {
     if (p.storage < kFloat32 || p.storage > kBFloat16) return false;
-#define NCA_CUDA_MATCH(D, C, H, I, K) \
-    if (same_shape(p, D, C, H, I, K)) return true;
+#define NCA_CUDA_MATCH(D, C, H, I, K, PE, NO) \
+    if (same_shape(p, D, C, H, I, K, PE, NO)) return true;
     NCA_CUDA_SHAPES(NCA_CUDA_MATCH)
 #undef NCA_CUDA_MATCH
     return false;
@@ -120,17 +269,25 @@ bool supported(const Problem& p) {
 int64_t weight_count(const Problem& p) {
     const int64_t taps = (p.dims == 3 ? p.kernel : 1) * p.kernel * p.kernel;
     const int64_t c = p.channels, h = p.hidden;
-    return c * taps + c + h * 2 * c + h + (c - p.in_channels) * h;
+    const int64_t convs = p.perception == nca::FULL2 ? 2 : 1;
+    const int64_t conv = (p.perception == nca::FULL2 ? c : 1) * c * taps + c;
+    const int64_t bn = p.normalization == nca::BATCH_NORM ? 2 * h : 0;
+    return convs * conv + h * (1 + convs) * c + h + bn + (c - p.in_channels) * h;
 }
 
-cudaError_t run(const Problem& p, void* a, void* b, const float* weights, int64_t steps, cudaStream_t stream,
-                void** result) {
-#define NCA_CUDA_DISPATCH(D, C, H, I, K)                                                             \
-    if (same_shape(p, D, C, H, I, K)) {                                                              \
-        using Cfg = nca::Cfg<D, C, H, I, K>;                                                         \
-        if (p.storage == kFloat32) return run_shape<Cfg, nca::F32>(p, a, b, weights, steps, stream, result);  \
-        if (p.storage == kFloat16) return run_shape<Cfg, nca::F16>(p, a, b, weights, steps, stream, result);  \
-        if (p.storage == kBFloat16) return run_shape<Cfg, nca::BF16>(p, a, b, weights, steps, stream, result); \
+size_t workspace_bytes(const Problem& p) {
+    if (p.normalization != nca::BATCH_NORM) return 0;
+    return static_cast<size_t>(kStatBlocks) * 2 * p.hidden * sizeof(double) + 2 * p.hidden * sizeof(float);
+}
+
+cudaError_t run(const Problem& p, void* a, void* b, const float* weights, void* workspace, int64_t steps,
+                cudaStream_t stream, void** result) {
+#define NCA_CUDA_DISPATCH(D, C, H, I, K, PE, NO)                                                        \
+    if (same_shape(p, D, C, H, I, K, PE, NO)) {                                                         \
+        using Cfg = nca::Cfg<D, C, H, I, K, PE, NO>;                                                    \
+        if (p.storage == kFloat32) return run_shape<Cfg, nca::F32>(p, a, b, weights, workspace, steps, stream, result);  \
+        if (p.storage == kFloat16) return run_shape<Cfg, nca::F16>(p, a, b, weights, workspace, steps, stream, result);  \
+        if (p.storage == kBFloat16) return run_shape<Cfg, nca::BF16>(p, a, b, weights, workspace, steps, stream, result); \
     }
     NCA_CUDA_SHAPES(NCA_CUDA_DISPATCH)
 #undef NCA_CUDA_DISPATCH

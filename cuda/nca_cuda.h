@@ -3,9 +3,14 @@
 // One thread per cell runs the cell update of nca_cell.h in registers: it reads the
 // K^DIMS neighbourhood of the input buffer and writes the new cell to the output buffer
 // (double buffering: two states in memory, nothing else). Weights live in shared memory.
+// With BatchNorm every step first runs a statistics kernel over the whole batch (each
+// thread computes its cell's fc0 pre-activations; the sums of z and z^2 per hidden unit are
+// reduced in double precision, per block, in a fixed order) and a one-block kernel that
+// turns them into the step's alpha, beta; the hidden layer is never stored.
 #pragma once
 
 #include <cuda_runtime_api.h>
+#include <stddef.h>
 #include <stdint.h>
 
 namespace nca_cuda {
@@ -13,12 +18,14 @@ namespace nca_cuda {
 enum Storage : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 struct Problem {
-    int dims;          // 2 or 3
-    int channels;      // C
-    int hidden;        // hidden units of fc0
-    int in_channels;   // IN, constant channels at the front of the state
-    int kernel;        // perception kernel size (odd)
-    int storage;       // Storage
+    int dims;           // 2 or 3
+    int channels;       // C
+    int hidden;         // hidden units of fc0
+    int in_channels;    // IN, constant channels at the front of the state
+    int kernel;         // perception kernel size (odd)
+    int perception;     // nca::Perception (0 depthwise, 1 two full convolutions)
+    int normalization;  // nca::Normalization (0 none, 1 BatchNorm with the batch's statistics)
+    int storage;        // Storage
     int64_t batch;
     int64_t size[3];    // z, y, x extents; 2D: size[0] = 1
     int64_t origin[3];  // absolute coordinate of the first cell along z, y, x (2D: z unused)
@@ -33,10 +40,15 @@ bool supported(const Problem& p);
 // Number of packed float32 weights the problem expects (layout: nca::Cfg in nca_cell.h).
 int64_t weight_count(const Problem& p);
 
+// Bytes of device scratch memory `run` needs besides the two states (BatchNorm: the
+// per-block sums and the step's alpha, beta; otherwise 0).
+size_t workspace_bytes(const Problem& p);
+
 // Run `steps` steps on the channels-last state in `a` ([B, *spatial, C]), using `b` (same
-// size) as the second buffer. `weights` is a device pointer. `*result` is set to a or b,
-// whichever holds the final state. Launches asynchronously on `stream`.
-cudaError_t run(const Problem& p, void* a, void* b, const float* weights, int64_t steps, cudaStream_t stream,
-                void** result);
+// size) as the second buffer and `workspace` (workspace_bytes, 16-byte aligned) as scratch.
+// `weights` is a device pointer. `*result` is set to a or b, whichever holds the final
+// state. Launches asynchronously on `stream`.
+cudaError_t run(const Problem& p, void* a, void* b, const float* weights, void* workspace, int64_t steps,
+                cudaStream_t stream, void** result);
 
 }  // namespace nca_cuda

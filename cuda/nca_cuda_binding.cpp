@@ -18,8 +18,8 @@ int storage_code(const torch::Tensor& t) {
 }
 
 nca_cuda::Problem problem(const torch::Tensor& state, int64_t dims, int64_t channels, int64_t hidden, int64_t in,
-                          int64_t kernel, int64_t seed, int64_t level, const std::vector<int64_t>& origin,
-                          int64_t threshold) {
+                          int64_t kernel, int64_t perception, int64_t normalization, int64_t seed, int64_t level,
+                          const std::vector<int64_t>& origin, int64_t threshold) {
     TORCH_CHECK(state.dim() == dims + 2 && state.size(-1) == channels, "state must be [B, *spatial, C]");
     TORCH_CHECK(static_cast<int64_t>(origin.size()) == dims, "origin needs one entry per spatial axis");
     nca_cuda::Problem p{};
@@ -28,6 +28,8 @@ nca_cuda::Problem problem(const torch::Tensor& state, int64_t dims, int64_t chan
     p.hidden = static_cast<int>(hidden);
     p.in_channels = static_cast<int>(in);
     p.kernel = static_cast<int>(kernel);
+    p.perception = static_cast<int>(perception);
+    p.normalization = static_cast<int>(normalization);
     p.storage = storage_code(state);
     p.batch = state.size(0);
     p.size[0] = dims == 3 ? state.size(1) : 1;
@@ -42,35 +44,43 @@ nca_cuda::Problem problem(const torch::Tensor& state, int64_t dims, int64_t chan
     return p;
 }
 
-bool has(int64_t dims, int64_t channels, int64_t hidden, int64_t in, int64_t kernel, int64_t storage) {
+bool has(int64_t dims, int64_t channels, int64_t hidden, int64_t in, int64_t kernel, int64_t perception,
+         int64_t normalization, int64_t storage) {
     nca_cuda::Problem p{};
     p.dims = static_cast<int>(dims);
     p.channels = static_cast<int>(channels);
     p.hidden = static_cast<int>(hidden);
     p.in_channels = static_cast<int>(in);
     p.kernel = static_cast<int>(kernel);
+    p.perception = static_cast<int>(perception);
+    p.normalization = static_cast<int>(normalization);
     p.storage = static_cast<int>(storage);
     return nca_cuda::supported(p);
 }
 
 // Runs the steps double buffered and leaves the result in `state`; returns `state`.
 torch::Tensor run(torch::Tensor state, torch::Tensor weights, int64_t dims, int64_t channels, int64_t hidden,
-                  int64_t in, int64_t kernel, int64_t steps, int64_t seed, int64_t level, std::vector<int64_t> origin,
-                  int64_t threshold) {
+                  int64_t in, int64_t kernel, int64_t perception, int64_t normalization, int64_t steps, int64_t seed,
+                  int64_t level, std::vector<int64_t> origin, int64_t threshold) {
     TORCH_CHECK(state.is_cuda() && weights.is_cuda(), "state and weights must be CUDA tensors");
     TORCH_CHECK(state.device() == weights.device(), "state and weights must be on the same device");
     TORCH_CHECK(state.is_contiguous(), "state must be contiguous (channels last)");
     TORCH_CHECK(weights.scalar_type() == torch::kFloat32 && weights.is_contiguous() && weights.dim() == 1,
                 "weights must be a contiguous float32 vector");
-    nca_cuda::Problem p = problem(state, dims, channels, hidden, in, kernel, seed, level, origin, threshold);
+    nca_cuda::Problem p =
+        problem(state, dims, channels, hidden, in, kernel, perception, normalization, seed, level, origin, threshold);
     TORCH_CHECK(nca_cuda::supported(p), "no compiled CUDA kernel for this model shape and dtype");
     TORCH_CHECK(weights.numel() == nca_cuda::weight_count(p), "expected ", nca_cuda::weight_count(p),
                 " packed weights, got ", weights.numel());
     if (state.numel() == 0 || steps <= 0) return state;
     const c10::cuda::CUDAGuard guard(state.device());
     torch::Tensor other = torch::empty_like(state);
+    // BatchNorm scratch (per-block sums, alpha, beta); an empty tensor otherwise.
+    torch::Tensor workspace = torch::empty({static_cast<int64_t>(nca_cuda::workspace_bytes(p))},
+                                           state.options().dtype(torch::kUInt8));
     void* result = nullptr;
-    cudaError_t err = nca_cuda::run(p, state.data_ptr(), other.data_ptr(), weights.data_ptr<float>(), steps,
+    cudaError_t err = nca_cuda::run(p, state.data_ptr(), other.data_ptr(), weights.data_ptr<float>(),
+                                    workspace.numel() ? workspace.data_ptr() : nullptr, steps,
                                     c10::cuda::getCurrentCUDAStream(), &result);
     TORCH_CHECK(err == cudaSuccess, "fused NCA kernel failed: ", cudaGetErrorString(err));
     if (result != state.data_ptr()) state.copy_(other);

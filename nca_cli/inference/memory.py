@@ -129,7 +129,8 @@ def forward_peak_bytes(model, window: Sequence[int], channels: int, device="cpu"
 
 def _kernel_thread_bytes(model, shapes, dtype_bytes: int, threads: int) -> int:
     """The fused CPU kernel's planes per thread: 2P+1 float planes of the cells around the one
-    being updated, and 2P raw planes of the band's borders (a plane is a row in 2D)."""
+    being updated, and 2P raw planes of the band's borders (a plane is a row in 2D); with
+    BatchNorm also the per-plane statistics sums."""
     worst = 0
     for level, bb in enumerate(model.backbones):
         shape = shapes[level]
@@ -137,7 +138,9 @@ def _kernel_thread_bytes(model, shapes, dtype_bytes: int, threads: int) -> int:
         plane = math.prod(shape[1:-1]) if len(shape) == 3 else 1
         width = shape[-1] + 2 * KERNEL_LANES
         per_thread = (2 * p + 1) * plane * width * bb.channels * 4 + 2 * p * plane * shape[-1] * bb.channels * dtype_bytes
-        worst = max(worst, per_thread * max(1, min(threads, shape[0])))
+        # BatchNorm: each outer plane's double sums of z and z^2 per hidden unit.
+        sums = shape[0] * 2 * bb.hidden * 8 if bb.normalization == "batch" else 0
+        worst = max(worst, per_thread * max(1, min(threads, shape[0])) + sums)
     return worst
 
 
@@ -273,6 +276,13 @@ def _describe(shape: Sequence[int]) -> str:
     return f"{' x '.join(map(str, shape))} ({math.prod(shape) / 1e6:.1f} MP)"
 
 
+def _fitting(fits: Sequence[int] | None, baseline: int) -> str:
+    """``about <shape>``, or why nothing fits."""
+    if fits:
+        return f"about {_describe(fits)}"
+    return f"none (nca itself, its libraries loaded, takes about {format_size(baseline)})"
+
+
 def plan_run(model, shape, *, dtype, impl: str, budget: int, tiling: str = "auto", tile_size: int | None = None,
              ensemble: int = 1, baseline: int = 0, name: str = "the input", cost: InputCost | None = None,
              want_std: bool = False, device_type: str = "cpu") -> Plan:
@@ -290,8 +300,8 @@ def plan_run(model, shape, *, dtype, impl: str, budget: int, tiling: str = "auto
         if single > budget:
             fits = largest_fitting_shape(single_need, shape, budget)
             raise NCAError(f"Segmenting {name} in one pass needs about {format_size(single)} but the budget is "
-                           f"{format_size(budget)}; the largest input of its proportions that fits in one pass is about "
-                           f"{_describe(fits) if fits else 'none'}, so allow tiling (--tiling auto), use --state-dtype "
+                           f"{format_size(budget)}; the largest input of its proportions that fits in one pass is "
+                           f"{_fitting(fits, baseline)}, so allow tiling (--tiling auto), use --state-dtype "
                            f"float16, or raise --memory-budget.")
         return Plan("single", single, phases=phases)
     c = model.config
@@ -299,7 +309,7 @@ def plan_run(model, shape, *, dtype, impl: str, budget: int, tiling: str = "auto
         fits = largest_fitting_shape(single_need, shape, budget)
         raise NCAError(f"Segmenting {name} needs about {format_size(single)} (budget {format_size(budget)}) and this "
                        f"model cannot be tiled exactly (its BatchNorm uses statistics of whole levels); the largest "
-                       f"input of its proportions that fits in one pass is about {_describe(fits) if fits else 'none'}, "
+                       f"input of its proportions that fits in one pass is {_fitting(fits, baseline)}, "
                        f"so segment a smaller region or raise --memory-budget.")
     dims = len(shape)
     best = None
@@ -363,6 +373,6 @@ def window_plan(model, shape: Sequence[int], window: Sequence[int], *, budget: i
                                                    .values()) + baseline, shape, budget)
         raise NCAError(f"Segmenting {name} with {model.config.architecture} needs about {format_size(need)} "
                        f"(windows of {'x'.join(map(str, window))}) but the budget is {format_size(budget)}; the largest "
-                       f"input of its proportions that fits is about {_describe(fits) if fits else 'none'}, so raise "
+                       f"input of its proportions that fits is {_fitting(fits, baseline)}, so raise "
                        f"--memory-budget or segment a smaller region.")
     return Plan("sliding-window", need, phases=phases)

@@ -3,11 +3,20 @@
 Run as ``python -m nca_cli.kernels.bench [--out FILE.md]``; ``nca benchmark --kernel`` calls
 ``run_kernel_benchmark``.
 
+Cases: OctreeNCA's backbone (2D RGB, 3D MRI, 3D RGB) and beside it, per task, the
+backbones of the baselines Med-NCA (pathology: kernels 3 and 7, BatchNorm, fc1 to all
+channels; the VWSL X-ray model: two full 3x3 convolutions, hidden 128) and M3D-NCA (3D,
+kernels 3 and 7, BatchNorm), with random weights.
+
 - Time per step: median of ``repeats`` timed calls after one warm-up call, wall clock.
-- FLOPs: multiply-adds count 2. Perception ``2·C·K^d`` per cell; fc0 ``2·2C·hidden`` and
-  fc1 ``2·hidden·(C-IN)`` per cell that fires (the fused kernel skips the matrix work of
-  cells that do not fire; the counts come from the same fire mask). "Dense" counts every
-  cell, which is what the PyTorch step computes.
+- FLOPs: multiply-adds count 2 (``step_flops``). Perception ``2·C·K^d`` per cell (two full
+  convolutions: ``2·2·C·C·K^d``); fc0 ``2·FEAT·hidden`` and fc1 ``2·hidden·(C-IN)`` per cell
+  that fires (the fused kernel skips the matrix work of cells that do not fire; the counts
+  come from the same fire mask). BatchNorm: the fused step first sweeps every cell once
+  more, perception and fc0 included, plus ``3·hidden`` for the sums of z and z^2, and then
+  normalises (``2·hidden``) the cells that fire. "Dense" counts what the PyTorch step
+  computes: one perception, fc0, normalisation and its statistics and fc1 (all C outputs
+  when fc1 has them) for every cell.
 - FMA peak: ``fma_peak`` of the CPU extension, independent float32 FMA chains held in
   registers on every thread, median of 3, measured before and after the fused timing (the
   larger is used). Both are also divided by the process CPU time, which gives a fraction of
@@ -38,29 +47,77 @@ import torch
 from ..core.firemask import fire_mask
 from ..models.backbone import BackboneNCA
 
-CHANNELS, HIDDEN, KERNEL = 16, 64, 3
-# task -> (name, spatial shape, input channels)
+CHANNELS = 16
+_BN = dict(normalization="batch")
+# case -> (label, spatial shape, BackboneNCA settings besides dims, channels and fire rate)
 CASES = {
-    "pathology": ("2D RGB", (2048, 2048), 3),
-    "radiology": ("3D MRI", (256, 256, 64), 1),
-    "surgery": ("3D RGB", (256, 256, 64), 3),
+    "pathology": ("OctreeNCA 2D RGB", (2048, 2048), dict(input_channels=3)),
+    "radiology": ("OctreeNCA 3D MRI", (256, 256, 64), dict(input_channels=1)),
+    "surgery": ("OctreeNCA 3D RGB", (256, 256, 64), dict(input_channels=3)),
+    "mednca_pathology_k3": ("Med-NCA 2D RGB, kernel 3 (fine level)", (2048, 2048),
+                            dict(input_channels=3, kernel_size=3, fc1_all_channels=True, **_BN)),
+    "mednca_pathology_k7": ("Med-NCA 2D RGB, kernel 7 (coarse level)", (2048, 2048),
+                            dict(input_channels=3, kernel_size=7, fc1_all_channels=True, **_BN)),
+    "mednca_xray": ("Med-NCA (VWSL) 2D X-ray, two full 3x3 convs, hidden 128", (1024, 1024),
+                    dict(input_channels=1, hidden=128, perception="full2", fc1_all_channels=True, **_BN)),
+    "m3d_radiology_k3": ("M3D-NCA 3D MRI, kernel 3 (fine level)", (256, 256, 64),
+                         dict(input_channels=1, kernel_size=3, fc1_all_channels=True, **_BN)),
+    "m3d_radiology_k7": ("M3D-NCA 3D MRI, kernel 7 (coarse level)", (128, 128, 32),
+                         dict(input_channels=1, kernel_size=7, fc1_all_channels=True, **_BN)),
+    "m3d_surgery_k3": ("M3D-NCA 3D RGB, kernel 3 (fine level)", (256, 256, 64),
+                       dict(input_channels=3, kernel_size=3, fc1_all_channels=True, **_BN)),
+    "m3d_surgery_k7": ("M3D-NCA 3D RGB, kernel 7 (coarse level)", (128, 128, 32),
+                       dict(input_channels=3, kernel_size=7, fc1_all_channels=True, **_BN)),
+}
+# task -> its cases: OctreeNCA's backbone, then the baselines' of the same task
+TASKS = {
+    "pathology": ("pathology", "mednca_pathology_k3", "mednca_pathology_k7", "mednca_xray"),
+    "radiology": ("radiology", "m3d_radiology_k3", "m3d_radiology_k7"),
+    "surgery": ("surgery", "m3d_surgery_k3", "m3d_surgery_k7"),
 }
 DEFAULT_TASKS = ("pathology", "radiology")
 
 
-def make_backbone(dims: int, input_channels: int, fire_rate: float, seed: int = 0) -> BackboneNCA:
-    """A backbone with random weights, fc1 included (it is zero-initialised)."""
+def make_backbone(case: str, fire_rate: float, seed: int = 0) -> BackboneNCA:
+    """The case's backbone with random weights, fc1 included (it is zero-initialised)."""
+    _, shape, settings = CASES[case]
     torch.manual_seed(seed)
-    m = BackboneNCA(dims, CHANNELS, HIDDEN, input_channels, KERNEL, fire_rate)
+    m = BackboneNCA(len(shape), CHANNELS, fire_rate=fire_rate, **settings)
     torch.nn.init.normal_(m.fc1.weight, std=0.05)
     return m.eval()
 
 
-def step_flops(dims: int, input_channels: int) -> tuple[int, int]:
-    """FLOPs per cell: (perception, fc0 + fc1)."""
-    perception = 2 * CHANNELS * KERNEL ** dims
-    mlp = 2 * 2 * CHANNELS * HIDDEN + 2 * HIDDEN * (CHANNELS - input_channels)
-    return perception, mlp
+def step_flops(m: BackboneNCA) -> dict[str, int]:
+    """FLOPs per cell of one step by part (a multiply-add counts 2): ``perception``, ``fc0``,
+    ``fc1`` (the C-IN outputs kept), ``fc1_torch`` (what PyTorch computes: C outputs when fc1
+    has all channels), and with BatchNorm ``norm`` (normalise) and ``statistics`` (sums of z
+    and z^2)."""
+    c, h, taps = m.channels, m.hidden, m.kernel_size ** m.dims
+    full = m.perception == "full2"
+    flops = {
+        "perception": (2 * 2 * c * c if full else 2 * c) * taps,
+        "fc0": 2 * (3 if full else 2) * c * h,
+        "fc1": 2 * h * (c - m.input_channels),
+        "fc1_torch": 2 * h * (c if m.fc1_all_channels else c - m.input_channels),
+        "norm": 0,
+        "statistics": 0,
+    }
+    if m.normalization == "batch":
+        flops["norm"], flops["statistics"] = 2 * h, 3 * h
+    return flops
+
+
+def executed_flops(m: BackboneNCA, fired: float) -> float:
+    """FLOPs per cell the fused step executes when a share ``fired`` of the cells fires."""
+    f = step_flops(m)
+    statistics_sweep = f["perception"] + f["fc0"] + f["statistics"] if f["statistics"] else 0
+    return statistics_sweep + f["perception"] + fired * (f["fc0"] + f["norm"] + f["fc1"])
+
+
+def dense_flops(m: BackboneNCA) -> int:
+    """FLOPs per cell of the PyTorch step (every cell, one sweep)."""
+    f = step_flops(m)
+    return f["perception"] + f["fc0"] + f["statistics"] + f["norm"] + f["fc1_torch"]
 
 
 def _proc_status_kib(field: str) -> int | None:
@@ -81,22 +138,21 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def memory_probe(impl: str, shape: Sequence[int], input_channels: int, fire_rate: float, threads: int) -> dict:
+def memory_probe(impl: str, case: str, shape: Sequence[int], fire_rate: float, threads: int) -> dict:
     """In this (fresh) process: bytes one step needs above the state, CPU. See module docstring."""
-    from . import fused_run, kernel_module
+    from . import backbone_shape, fused_run, kernel_module
 
     torch.set_num_threads(threads)
-    dims = len(shape)
-    m = make_backbone(dims, input_channels, fire_rate)
+    m = make_backbone(case, fire_rate)
     if impl == "fused":
-        kernel_module("cpu")
+        kernel_module("cpu", backbone_shape(m))
         state = torch.empty(1, *shape, CHANNELS).normal_()
     else:
         state = torch.empty(1, CHANNELS, *shape).normal_()
     reset = _reset_peak_rss()
     base = _proc_status_kib("VmRSS")
     maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with torch.no_grad():
+    with torch.inference_mode():
         if impl == "fused":
             fused_run(m, state, 1, threads=threads)
         else:
@@ -111,9 +167,8 @@ def memory_probe(impl: str, shape: Sequence[int], input_channels: int, fire_rate
             "method": method}
 
 
-def _measure_memory(impl: str, shape: Sequence[int], input_channels: int, fire_rate: float, threads: int) -> dict:
-    spec = json.dumps({"impl": impl, "shape": list(shape), "input_channels": input_channels,
-                       "fire_rate": fire_rate, "threads": threads})
+def _measure_memory(impl: str, case: str, shape: Sequence[int], fire_rate: float, threads: int) -> dict:
+    spec = json.dumps({"impl": impl, "case": case, "shape": list(shape), "fire_rate": fire_rate, "threads": threads})
     proc = subprocess.run([sys.executable, "-m", "nca_cli.kernels.bench", "--probe", spec],
                           capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -185,19 +240,25 @@ def run_kernel_benchmark(
 ) -> dict:
     """Time the fused and the PyTorch step side by side; returns ``{"rows": [...], ...}``.
 
-    ``sizes`` maps a case name (``pathology``, ``radiology``, ``surgery``) to a spatial
-    shape, overriding the default shape of that case; ``task`` picks one case. Default: a
-    2048x2048 2D state (IN=3) and a 256x256x64 3D state (IN=1), C=16, hidden 64.
+    ``task`` (``pathology``, ``radiology``, ``surgery``) runs that task's cases (``TASKS``:
+    OctreeNCA's backbone, then Med-NCA's or M3D-NCA's), or ``task`` names one case of
+    ``CASES``. ``sizes`` maps case names to spatial shapes, overriding their default shapes;
+    without ``task`` it also picks the cases. Default: the pathology and radiology tasks
+    (2048x2048 2D RGB states, 256x256x64 3D MRI states, M3D-NCA's kernel 7 on 128x128x32).
     """
     from . import fused_available
 
     dev = torch.device(device)
     if not fused_available(dev):
         return {"rows": [], "error": f"the fused kernels cannot be built or loaded on {dev.type}"}
-    tasks = [task] if task else list(sizes) if sizes else list(DEFAULT_TASKS)
+    if task:
+        tasks = list(TASKS[task]) if task in TASKS else [task]
+    else:
+        tasks = list(sizes) if sizes else [c for t in DEFAULT_TASKS for c in TASKS[t]]
     unknown = [t for t in tasks if t not in CASES]
     if unknown:
-        raise ValueError(f"unknown kernel benchmark case {unknown[0]!r}; choose from {sorted(CASES)}")
+        raise ValueError(f"unknown kernel benchmark case {unknown[0]!r}; choose a task {sorted(TASKS)} "
+                         f"or a case {sorted(CASES)}")
     previous_threads = torch.get_num_threads()
     threads = int(threads) if threads else previous_threads
     torch.set_num_threads(threads)
@@ -215,10 +276,9 @@ def _run_cases(tasks: list[str], sizes: dict, steps: int, threads: int, repeats:
     load_before = _loadavg()
     rows = []
     for name in tasks:
-        label, shape, inp = CASES[name]
+        label, shape, _ = CASES[name]
         shape = tuple(int(s) for s in sizes.get(name, shape))
-        dims = len(shape)
-        m = make_backbone(dims, inp, fire_rate).to(dev)
+        m = make_backbone(name, fire_rate).to(dev)
         cells = 1
         for s in shape:
             cells *= s
@@ -228,21 +288,21 @@ def _run_cases(tasks: list[str], sizes: dict, steps: int, threads: int, repeats:
         fused_s, fused_cpu = _median_time(lambda: fused_run(m, state_cl, steps, threads=threads), repeats, sync)
         if dev.type == "cpu":
             peaks.append(fma_peak(threads))
-        del state_cl
-        with torch.no_grad():
+        state_cl = None  # freed before the PyTorch timing
+        with torch.inference_mode():
             torch_s, _ = _median_time(lambda: m.run(state_cf, steps), repeats, sync)
-        del state_cf
+        state_cf = None
         fused_s, fused_cpu, torch_s = fused_s / steps, fused_cpu / steps, torch_s / steps
         # The larger of the peaks measured just before and after the fused timing.
         peak = max(p[0] for p in peaks) if peaks else None
         peak_core = max(p[1] for p in peaks) if peaks else None
         firing = sum(int(fire_mask(shape, seed=0, level=0, step=t, fire_rate=fire_rate).sum()) for t in range(steps))
         fired = firing / (steps * cells)
-        perception, mlp = step_flops(dims, inp)
-        executed = (perception + fired * mlp) * cells
-        dense = (perception + mlp) * cells
+        executed = executed_flops(m, fired) * cells
+        dense = dense_flops(m) * cells
         row = {
             "case": f"{label} {'x'.join(map(str, shape))}",
+            "case_name": name,
             "cells": cells,
             "fire_rate": fire_rate,
             "fused_s": fused_s,
@@ -260,7 +320,7 @@ def _run_cases(tasks: list[str], sizes: dict, steps: int, threads: int, repeats:
         }
         if memory and dev.type == "cpu":
             for impl in ("fused", "torch"):
-                mem = _measure_memory(impl, shape, inp, fire_rate, threads)
+                mem = _measure_memory(impl, name, shape, fire_rate, threads)
                 row[f"{impl}_extra_bytes"] = mem["extra_bytes"]
                 row[f"{impl}_extra_fraction"] = (mem["extra_bytes"] / mem["state_bytes"]
                                                  if mem["extra_bytes"] is not None else None)
@@ -292,7 +352,7 @@ def _cuda_memory(m: BackboneNCA, impl: str, shape: Sequence[int], dev: torch.dev
     torch.cuda.synchronize(dev)
     torch.cuda.reset_peak_memory_stats(dev)
     base = torch.cuda.memory_allocated(dev)
-    with torch.no_grad():
+    with torch.inference_mode():
         out = fused_run(m, state, 1) if impl == "fused" else m.step(state)
     torch.cuda.synchronize(dev)
     extra = torch.cuda.max_memory_allocated(dev) - base
@@ -315,8 +375,9 @@ def format_markdown(result: dict) -> str:
         f"device {result.get('device')}; {result.get('threads')} threads; {result.get('date', '')}; "
         f"1-minute load average {_fmt(mach.get('loadavg_before'), '.1f')} before, "
         f"{_fmt(mach.get('loadavg_after'), '.1f')} after (other processes on the same cores).",
-        f"C=16, hidden 64, kernel 3, random weights (fc1 non-zero), batch 1; time per step = median of "
-        f"{result.get('repeats')} calls of {result.get('steps')} step(s) after a warm-up call.",
+        f"C=16, hidden 64 (VWSL Med-NCA: 128), kernel 3 unless stated, random weights (fc1 non-zero), batch 1; "
+        f"time per step = median of {result.get('repeats')} calls of {result.get('steps')} step(s) after a warm-up "
+        f"call.",
         "",
         "| case | fire rate | fused s/step | PyTorch s/step | speed-up | fused GFLOP/s executed "
         "| fused GFLOP/s dense-equiv. | PyTorch GFLOP/s | FMA peak GFLOP/s | fused % of peak "
@@ -337,10 +398,13 @@ def format_markdown(result: dict) -> str:
     methods = {r.get("memory_method") for r in result.get("rows", []) if r.get("memory_method")}
     lines += [
         "",
-        "- FLOPs count a multiply-add as 2: perception 2·C·K^d per cell, fc0 + fc1 "
-        "2·(2C·64 + 64·(C-IN)) per cell that fires. \"Executed\" counts the matrix work only for the "
-        "cells that fire (the fused kernel skips the rest); \"dense-equiv.\" counts every cell, as the "
-        "PyTorch step computes it.",
+        "- FLOPs count a multiply-add as 2: perception 2·C·K^d per cell (two full convolutions "
+        "2·2·C·C·K^d), fc0 + fc1 2·(FEAT·hidden + hidden·(C-IN)) per cell that fires. \"Executed\" counts "
+        "the matrix work only for the cells that fire (the fused kernel skips the rest) and, for "
+        "BatchNorm, the whole statistics sweep (perception, fc0 and the sums of z and z^2 for every "
+        "cell) and the normalisation; \"dense-equiv.\" counts one sweep over every cell, as the "
+        "PyTorch step computes it (fc1 with all C outputs where the model has them), divided by the "
+        "fused time.",
         "- FMA peak: independent float32 FMA chains in registers on every thread, measured in the "
         "same process just before and just after the fused timing (median of 3 each, the larger "
         "is used). \"% of peak\" divides wall-clock rates; \"% of peak, CPU time\" divides rates per "
@@ -360,15 +424,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fire-rate", type=float, default=0.5)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
-    parser.add_argument("--task", choices=sorted(CASES), default=None)
+    parser.add_argument("--task", choices=sorted(TASKS) + sorted(CASES), default=None,
+                        help="a task (its OctreeNCA, Med-NCA / M3D-NCA cases) or one case")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown table to this file")
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
         spec = json.loads(args.probe)
-        print(json.dumps(memory_probe(spec["impl"], spec["shape"], spec["input_channels"], spec["fire_rate"],
-                                      spec["threads"])))
+        print(json.dumps(memory_probe(spec["impl"], spec["case"], spec["shape"], spec["fire_rate"], spec["threads"])))
         return 0
     result = run_kernel_benchmark(steps=args.steps, threads=args.threads, repeats=args.repeats,
                                   fire_rate=args.fire_rate, memory=not args.no_memory, task=args.task,

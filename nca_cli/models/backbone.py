@@ -119,8 +119,15 @@ class BackboneNCA(nn.Module):
 
     @property
     def fusable(self) -> bool:
-        """True when the fused kernels implement this backbone exactly."""
-        return self.normalization is None and self.perception == "depthwise" and not self.fc1_all_channels
+        """True when the fused kernels implement this backbone exactly: every perception,
+        normalisation and fc1 variant, kernels up to 9 (the CPU kernel shifts SIMD lanes by up
+        to kernel_size // 2, and a vector holds at least 4 lanes); BatchNorm as constructed
+        here (batch statistics, eps 1e-5)."""
+        if self.kernel_size > 9:
+            return False
+        if self.normalization is None:
+            return self.norm is None
+        return self.norm is not None and not self.norm.track_running_stats and self.norm.eps == 1e-5
 
     def _pointwise(self, x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
         w = layer.weight.reshape(*layer.weight.shape, *([1] * self.dims))

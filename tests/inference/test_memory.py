@@ -73,6 +73,8 @@ def test_measured_peak_within_the_prediction_and_the_budget(tmp_path, inputs, na
     budget = 3 * 2 ** 30
     proc, meta = _segment(model, inputs[dims], out, "--memory-budget", budget, *extra)
     assert proc.returncode == 0, proc.stderr
+    if impl:
+        assert meta["impl"] == impl
     predicted, measured = meta["predicted_peak_bytes"], meta["peak_memory_bytes"]
     assert meta["peak_meter"] == "VmHWM of this input"
     assert measured <= 1.05 * predicted + SLACK, (meta["impl"], predicted / MIB, measured / MIB, meta["predicted_phases_bytes"])
@@ -82,7 +84,9 @@ def test_measured_peak_within_the_prediction_and_the_budget(tmp_path, inputs, na
 @pytest.mark.memory
 def test_a_run_that_cannot_fit_is_refused_before_it_starts(tmp_path, inputs):
     model, _ = _model(tmp_path, NCAS["med_nca 2D"])            # BatchNorm: cannot be tiled exactly
-    proc, _ = _segment(model, inputs[2], tmp_path / "m.png", "--memory-budget", "420MiB")
+    image = tmp_path.parent / "large.png"                      # ~2 MP: about 90 MiB above nca's own
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (1536, 1280, 3), dtype=np.uint8)).save(image)
+    proc, _ = _segment(model, image, tmp_path / "m.png", "--memory-budget", "400MiB")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "largest input of its proportions that fits" in proc.stderr and " MP)" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -18,9 +18,15 @@ def cpu_kernels():
 
 
 def make_backbone(dims: int, input_channels: int, fire_rate: float, *, channels: int = 16, hidden: int = 64,
-                  kernel_size: int = 3, seed: int = 0) -> BackboneNCA:
-    """Random weights everywhere, fc1 included (it is zero-initialised)."""
+                  kernel_size: int = 3, seed: int = 0, normalization: str | None = None,
+                  perception: str = "depthwise", fc1_all_channels: bool = False) -> BackboneNCA:
+    """Random weights everywhere: fc1 included (it is zero-initialised), and BatchNorm's weight
+    and bias (initialised to 1 and 0)."""
     torch.manual_seed(seed)
-    m = BackboneNCA(dims, channels, hidden, input_channels, kernel_size, fire_rate)
+    m = BackboneNCA(dims, channels, hidden, input_channels, kernel_size, fire_rate, normalization, perception,
+                    fc1_all_channels)
     torch.nn.init.normal_(m.fc1.weight, std=0.1)
+    if m.norm is not None:
+        torch.nn.init.normal_(m.norm.weight, 1.0, 0.3)
+        torch.nn.init.normal_(m.norm.bias, 0.0, 0.3)
     return m

@@ -1,16 +1,33 @@
 """The kernel benchmark on small states."""
-from nca_cli.kernels.bench import format_markdown, run_kernel_benchmark, step_flops
+import pytest
+
+from nca_cli.kernels.bench import (CASES, TASKS, dense_flops, executed_flops, format_markdown, make_backbone,
+                                   run_kernel_benchmark, step_flops)
 
 
 def test_step_flops():
-    assert step_flops(2, 3) == (2 * 16 * 9, 2 * 32 * 64 + 2 * 64 * 13)
-    assert step_flops(3, 1) == (2 * 16 * 27, 2 * 32 * 64 + 2 * 64 * 15)
+    f = step_flops(make_backbone("pathology", 0.5))
+    assert (f["perception"], f["fc0"], f["fc1"], f["norm"]) == (2 * 16 * 9, 2 * 32 * 64, 2 * 64 * 13, 0)
+    assert step_flops(make_backbone("radiology", 0.5))["perception"] == 2 * 16 * 27
+    m = make_backbone("mednca_pathology_k7", 0.5)
+    f = step_flops(m)
+    assert f["perception"] == 2 * 16 * 49 and f["fc1"] == 2 * 64 * 13 and f["fc1_torch"] == 2 * 64 * 16
+    # BatchNorm: a statistics sweep (perception, fc0, sums) over every cell, then the update sweep
+    assert executed_flops(m, 0.5) == (2 * f["perception"] + f["fc0"] + 3 * 64 + 0.5 * (f["fc0"] + 2 * 64 + f["fc1"]))
+    assert dense_flops(m) == f["perception"] + f["fc0"] + 5 * 64 + f["fc1_torch"]
+    full = step_flops(make_backbone("mednca_xray", 0.5))
+    assert full["perception"] == 2 * 2 * 16 * 16 * 9 and full["fc0"] == 2 * 48 * 128
+
+
+def test_tasks_name_known_cases():
+    assert all(c in CASES for cases in TASKS.values() for c in cases)
+    assert all(TASKS[t][0] == t for t in TASKS)                 # OctreeNCA's backbone first
 
 
 def test_small_benchmark_reports_time_flops_and_memory(cpu_kernels):
     result = run_kernel_benchmark(sizes={"pathology": (96, 80)}, steps=2, threads=2, repeats=1)
     (row,) = result["rows"]
-    assert row["case"] == "2D RGB 96x80" and row["cells"] == 96 * 80
+    assert row["case"] == "OctreeNCA 2D RGB 96x80" and row["cells"] == 96 * 80
     assert row["fused_s"] > 0 and row["torch_s"] > 0
     assert abs(row["speedup"] - row["torch_s"] / row["fused_s"]) < 1e-9
     assert row["peak_gflops"] > 1.0 and row["peak_gflops_per_core"] > 1.0
@@ -19,4 +36,19 @@ def test_small_benchmark_reports_time_flops_and_memory(cpu_kernels):
     assert row["fused_extra_bytes"] is not None and row["torch_extra_bytes"] is not None
     assert row["torch_extra_bytes"] > row["fused_extra_bytes"]
     text = format_markdown(result)
-    assert "| 2D RGB 96x80 | 0.5 |" in text and "FMA peak" in text
+    assert "| OctreeNCA 2D RGB 96x80 | 0.5 |" in text and "FMA peak" in text
+
+
+@pytest.mark.slow
+def test_batch_norm_case_runs_fused(cpu_kernels):
+    result = run_kernel_benchmark(sizes={"mednca_pathology_k7": (40, 36)}, steps=1, threads=2, repeats=1,
+                                  memory=False)
+    (row,) = result["rows"]
+    assert row["case"].startswith("Med-NCA 2D RGB, kernel 7") and row["fused_s"] > 0 and row["torch_s"] > 0
+    # the statistics sweep makes the fused step execute more than one dense sweep
+    assert row["fused_gflops"] > row["fused_dense_gflops"]
+
+
+def test_unknown_case_is_rejected(cpu_kernels):
+    with pytest.raises(ValueError, match="unknown kernel benchmark case"):
+        run_kernel_benchmark(task="nonsense")

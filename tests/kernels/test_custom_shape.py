@@ -3,13 +3,8 @@ channels not a multiple of the SIMD width, kernel 5, sizes below the kernel)."""
 import pytest
 import torch
 
-from nca_cli.kernels import (
-    from_channels_last,
-    fused_run,
-    kernel_module,
-    resolve_impl,
-    to_channels_last,
-)
+from nca_cli.kernels import fused_run, from_channels_last, kernel_module, resolve_impl, to_channels_last
+from nca_cli.kernels.build import as_shape
 
 from .conftest import make_backbone
 
@@ -22,7 +17,7 @@ def test_on_demand_shape_matches_reference(cpu_kernels):
     m = make_backbone(dims, inp, 0.5, channels=channels, hidden=hidden, kernel_size=k)
     assert resolve_impl("auto", [m], "cpu") == "fused"
     mod = kernel_module("cpu", SHAPE)
-    assert mod is not kernel_module("cpu") and mod.has(*SHAPE, 0)
+    assert mod is not kernel_module("cpu") and mod.has(*as_shape(SHAPE), 0)
     for shape in [(13, 21), (3, 2), (1, 9)]:
         state = torch.randn(2, channels, *shape)
         with torch.no_grad():

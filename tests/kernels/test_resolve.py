@@ -42,11 +42,10 @@ def test_auto_and_fused_pick_the_kernel(cpu_kernels):
 
 
 def test_unfusable_backbone():
-    bn = make_backbone(2, 3, 0.5)
-    bn.normalization = "batch"
-    assert _no_warnings(lambda: resolve_impl("auto", [bn], "cpu")) == "torch"
+    big = make_backbone(2, 3, 0.5, kernel_size=11)
+    assert _no_warnings(lambda: resolve_impl("auto", [big], "cpu")) == "torch"
     with pytest.warns(RuntimeWarning, match="do not implement"):
-        assert resolve_impl("fused", [bn], "cpu") == "torch"
+        assert resolve_impl("fused", [big], "cpu") == "torch"
 
 
 def test_missing_compiler_warns_once_and_uses_torch(fresh_state, monkeypatch):
