@@ -72,7 +72,8 @@ def prepare(
     synthetic_kind: str = typer.Option("pathology", "--kind", help="synthetic only: pathology, radiology, surgery, xray or microct."),
     cases: Optional[int] = typer.Option(None, "--cases", min=1, help="synthetic only: number of cases (default per kind)."),
     size: Optional[int] = typer.Option(None, "--size", min=16, help="synthetic only: slide/image side (default per kind)."),
-    shifted: bool = typer.Option(False, "--shifted", help="synthetic xray only: the shifted target domain (phone photo of a monitor)."),
+    shifted: bool = typer.Option(False, "--shifted", help="synthetic xray and pathology only: the shifted target domain (other patients, each image a "
+                                 "phone photo of a monitor: washed-out tone, tilt, glare, moiré, blur, noise)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/val/test split (and of synthetic data)."),
     classes: Optional[str] = typer.Option(None, "--classes", help="generic only: comma-separated class names."),
     binary: bool = typer.Option(False, "--binary",

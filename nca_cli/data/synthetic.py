@@ -8,7 +8,9 @@ kind        layout written                                                      
 ==========  =====================================================================  ============
 pathology   ``peso_training_wsi_1/pds_N_HE.tif`` pyramidal tiled TIFFs (0.48       peso
             µm/px) + ``peso_training_masks/pds_N_HE_training_mask.tif`` (2 =
-            epithelium), H&E-like (see ``synthetic_slide``)
+            epithelium), H&E-like (see ``synthetic_slide``); ``shifted=True``
+            gives the target domain: other slides, each a phone photo of the
+            slide on a monitor (``shift.photograph``)
 radiology   ``imagesTr/prostate_NN.nii.gz`` 4D (T2, ADC) + ``labelsTr/`` (1 PZ,      msd-prostate
             2 TZ) + ``dataset.json``: pelvis with bladder, an ellipsoid prostate,
             noise and a bias field
@@ -17,8 +19,9 @@ surgery     ``videoNN/videoNN_SSSSS/frame_N_endo.png`` +                        
             gallbladder, a grasper and non-kept tissue, camera drift, vignette
 xray        ``images/cxr_NNNN.png`` + ``chexmask.csv`` (RLE lungs and heart):       chexmask
             bright thorax, darker lungs, heart, spine, ribs; ``shifted=True``
-            gives the target domain (gamma/contrast change and a moiré pattern,
-            as a phone photo of a monitor), from different patients
+            gives the target domain: other patients, each image a phone photo
+            of a monitor (``shift.photograph``: washed-out tone, tilt, glare,
+            moiré, blur, noise; the masks move with the image)
 microct     ``imagesTr/microct_NN_0000.nii.gz`` uint16 + ``labelsTr/microct_NN.nii.gz``  generic
             (1 matrix, 2 pore, 3 inclusion; 0 = air around the sample): a
             cylindrical porous sample at 5 µm, pores as dark as the air outside
@@ -48,13 +51,16 @@ from ..core.errors import NCAError
 from ..io.resize import resize_image
 from .chexmask import encode_rle
 from .cholecseg8k import COLORS
-from .synthetic_slide import make_synthetic_slide, value_noise
+from .shift import photograph
+from .synthetic_slide import PHOTO_MAX_PIXELS, make_synthetic_slide, value_noise
 
 SYNTHETIC_KINDS = ("pathology", "radiology", "surgery", "xray", "microct")
 DEFAULT_CASES = {"pathology": 4, "radiology": 8, "surgery": 6, "xray": 30, "microct": 6}
 DEFAULT_SIZE = {"pathology": 2048, "radiology": (16, 128, 128), "surgery": (80, 240, 427), "xray": 256,
                 "microct": (64, 64, 64)}
 MICROCT_CLASSES = ("matrix", "pore", "inclusion")
+SHIFTED_KINDS = ("pathology", "xray")  # kinds with a shifted target domain (``shift.photograph``)
+SHIFTED_SEED_OFFSET = 7919  # the shifted domain's cases come from other patients / slides
 _WORKERS = min(4, os.cpu_count() or 1)  # threads writing video frames
 
 
@@ -71,17 +77,19 @@ def _smooth3d(rng: np.random.Generator, shape: Sequence[int], coarse: Sequence[i
 
 
 # ---------------------------------------------------------------- pathology (PESO-like)
-def _pathology(out: Path, cases: int, size, seed: int) -> None:
+def _pathology(out: Path, cases: int, size, seed: int, shifted: bool = False) -> None:
     h, w = (size, size) if isinstance(size, int) else size
     tile = 512 if max(h, w) >= 2048 else 256
     for i in range(1, cases + 1):
+        slide_seed = (seed + (SHIFTED_SEED_OFFSET if shifted else 0)) * 1000 + i
         make_synthetic_slide(
             out / "peso_training_wsi_1" / f"pds_{i}_HE.tif",
             w,
             h,
-            seed=seed * 1000 + i,
+            seed=slide_seed,
             tile=tile,
             mask_path=out / "peso_training_masks" / f"pds_{i}_HE_training_mask.tif",
+            photo_seed=2 * slide_seed + 1 if shifted else None,
         )
 
 
@@ -266,23 +274,17 @@ def _xray_case(rng: np.random.Generator, h: int, w: int, shifted: bool):
     spine = np.abs(xx - 0.5) < 0.045
     img = np.where(spine & thorax, img + 50.0, img)
     img = img * (0.9 + 0.2 * _noise2d(int(rng.integers(1 << 30)), h, w, h / 6)) + rng.normal(0, 4, (h, w))
+    img = np.clip(img, 0, 255).astype(np.uint8)
     if shifted:
-        img = 255.0 * (np.clip(img, 0, 255) / 255.0) ** 0.6
-        img = (img - 128.0) * 1.45 + 128.0
-        angle = rng.uniform(0, math.pi)
-        f1, f2 = rng.uniform(0.9, 1.1) * 0.45, rng.uniform(0.9, 1.1) * 0.47
-        py, px = np.arange(h)[:, None], np.arange(w)[None, :]
-        g1 = np.cos(f1 * (px * math.cos(angle) + py * math.sin(angle)))
-        g2 = np.cos(f2 * (px * math.cos(angle + 0.08) + py * math.sin(angle + 0.08)))
-        img = img * (1.0 + 0.16 * g1 * g2)
-    return np.clip(img, 0, 255).astype(np.uint8), left, right, heart
+        img, (left, right, heart) = photograph(img, (left, right, heart), seed=int(rng.integers(1 << 31)))
+    return img, left, right, heart
 
 
 def _xray(out: Path, cases: int, size, seed: int, shifted: bool) -> None:
     from PIL import Image
 
     side = size if isinstance(size, int) else int(size[0])
-    rng = np.random.default_rng(seed + (7919 if shifted else 0))
+    rng = np.random.default_rng(seed + (SHIFTED_SEED_OFFSET if shifted else 0))
     (out / "images").mkdir(parents=True)
     columns = ["image_id", "Dice RCA (Mean)", "Dice RCA (Max)", "Landmarks", "Left Lung", "Right Lung", "Heart", "Height", "Width", "subject_id"]
     with open(out / "chexmask.csv", "w", newline="") as f:
@@ -351,12 +353,16 @@ def make_synthetic(kind: str, out_dir: str | Path, *, cases: int | None = None, 
     """
     if kind not in SYNTHETIC_KINDS:
         raise NCAError(f"Unknown synthetic kind {kind!r}; use one of {', '.join(SYNTHETIC_KINDS)}.")
-    if shifted and kind != "xray":
-        raise NCAError(f"A shifted target domain exists for the xray kind only, not {kind}; drop the shifted option.")
+    if shifted and kind not in SHIFTED_KINDS:
+        raise NCAError(f"A shifted target domain exists for the {' and '.join(SHIFTED_KINDS)} kinds only, not {kind}; "
+                       f"drop the shifted option.")
     cases = DEFAULT_CASES[kind] if cases is None else int(cases)
     if cases < 1:
         raise NCAError(f"Synthetic data needs at least one case, not {cases}; raise cases.")
     size = DEFAULT_SIZE[kind] if size is None else size if isinstance(size, int) else tuple(int(s) for s in size)
+    if shifted and kind == "pathology" and np.prod((size, size) if isinstance(size, int) else size) > PHOTO_MAX_PIXELS:
+        raise NCAError(f"A shifted (photographed) slide is made whole in memory, so at most {PHOTO_MAX_PIXELS:,} pixels; "
+                       f"pass a smaller size (4096 or less).")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise NCAError(f"The folder {out} already holds files; choose an empty or new folder for synthetic data.")
@@ -364,7 +370,7 @@ def make_synthetic(kind: str, out_dir: str | Path, *, cases: int | None = None, 
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.partial-", dir=out.parent))
     try:
         if kind == "pathology":
-            _pathology(tmp, cases, size, seed)
+            _pathology(tmp, cases, size, seed, shifted)
         elif kind == "radiology":
             _radiology(tmp, cases, size, seed)
         elif kind == "surgery":

@@ -13,6 +13,11 @@ size. Content, drawn to be learnable from colour and texture:
   in stroma), blood vessels (red) and fat vacuoles (white holes).
 
 The mask, when asked for, uses PESO's values: 0 glass, 1 other tissue, 2 epithelium.
+
+A photographed slide (``photo_seed``: the target domain of ``--shifted``) is rendered whole
+at full resolution, turned into a phone photo of a monitor by ``shift.photograph`` (the
+mask moves with it), and its coarser levels are averages of that photo (the mask's:
+nearest), so it is limited to ``PHOTO_MAX_PIXELS``.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ PALETTE = np.array([[229, 146, 188], [178, 112, 182], [246, 232, 242], [196, 58,
 # nuclei: epithelial/stromal, lymphocyte
 NUCLEI = np.array([[72, 40, 125], [52, 38, 110]], np.float32)
 
+PHOTO_MAX_PIXELS = 4096 * 4096
 GLAND_CELL = 170.0  # µm between gland candidates
 VESSEL_CELL = 310.0
 FAT_CELL = 260.0
@@ -266,6 +272,37 @@ def _tiles(field: HEField, height: int, width: int, tile: int, step: int, image:
             yield ahead.popleft().result()
 
 
+def _photo_levels(field: HEField, height: int, width: int, tile: int, photo_seed: int):
+    """Per pyramid level: the photographed slide's image and mask (full arrays)."""
+    from .shift import photograph
+
+    rgb, label = field.render(0, 0, height, width, 1, image=True)
+    rgb, (label,) = photograph(rgb, (label,), seed=photo_seed)
+    levels = []
+    for step in pyramid_levels(width, height, tile):
+        h, w = -(-height // step), -(-width // step)
+        if step == 1:
+            levels.append((rgb, label))
+            continue
+        pad = ((0, h * step - height), (0, w * step - width), (0, 0))
+        summed = np.pad(rgb.astype(np.float32), pad, mode="edge").reshape(h, step, w, step, 3).mean(axis=(1, 3))
+        rows = np.minimum(np.arange(h) * step + step // 2, height - 1)
+        cols = np.minimum(np.arange(w) * step + step // 2, width - 1)
+        levels.append((np.clip(np.rint(summed), 0, 255).astype(np.uint8), label[rows][:, cols]))
+    return levels
+
+
+def _array_tiles(array: np.ndarray, tile: int):
+    """Tiles of ``array`` in TIFF order, zero-padded to full tiles at the edges."""
+    for row in range(0, array.shape[0], tile):
+        for col in range(0, array.shape[1], tile):
+            block = array[row:row + tile, col:col + tile]
+            if block.shape[:2] != (tile, tile):
+                pad = [(0, tile - block.shape[0]), (0, tile - block.shape[1])] + [(0, 0)] * (array.ndim - 2)
+                block = np.pad(block, pad)
+            yield np.ascontiguousarray(block)
+
+
 def make_synthetic_slide(
     path: str | Path,
     width: int,
@@ -277,6 +314,7 @@ def make_synthetic_slide(
     mask_path: str | Path | None = None,
     compression_level: int = 1,
     workers: int | None = None,
+    photo_seed: int | None = None,
 ) -> Path:
     """Write a synthetic H&E-like pyramidal tiled BigTIFF of ``width`` x ``height`` at ``mpp``.
 
@@ -285,12 +323,18 @@ def make_synthetic_slide(
     ``mask_path`` the ground truth is written the same way (uint8, 0/1/2 as PESO's training
     masks). Deterministic for a given seed (``workers`` threads render tiles, default: the
     CPU count up to 4; output identical for any count); holds only a few tiles at a time.
+    With ``photo_seed`` the slide is a phone photo of it on a monitor (see the module
+    docstring), held whole in memory.
     """
     import tifffile
 
     if width < 1 or height < 1 or tile % 16:
         raise ValueError("slide size must be positive and tile a multiple of 16")
+    if photo_seed is not None and width * height > PHOTO_MAX_PIXELS:
+        raise ValueError(f"a photographed slide is held whole: at most {PHOTO_MAX_PIXELS} pixels, "
+                         f"not {width}x{height}")
     field = HEField(seed, mpp)
+    photo = _photo_levels(field, height, width, tile, photo_seed) if photo_seed is not None else None
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     px_per_cm = 1e4 / mpp
     outputs = [(Path(path), True)] + ([(Path(mask_path), False)] if mask_path is not None else [])
@@ -298,8 +342,10 @@ def make_synthetic_slide(
         with atomic_path(target) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tw:
             for k, step in enumerate(pyramid_levels(width, height, tile)):
                 h, w = -(-height // step), -(-width // step)
+                tiles = (_array_tiles(photo[k][0 if image else 1], tile) if photo is not None
+                         else _tiles(field, h, w, tile, step, image, workers))
                 tw.write(
-                    _tiles(field, h, w, tile, step, image, workers),
+                    tiles,
                     shape=(h, w, 3) if image else (h, w),
                     dtype=np.uint8,
                     tile=(tile, tile),

@@ -4,12 +4,18 @@
    a check fails.
 2. Surrogate targets: mean and variance of ``predictions`` stochastic predictions per image
    by the starting model, cached in ``<output stem>.vwsl-cache/`` (see :mod:`.targets`).
-3. ``epochs`` epochs of Adam (constant lr from the recipe's ``vwsl`` section) over the images
-   in batches of equal shape (at most ``vwsl.batch_size``); per batch two stochastic passes
-   whose fire-mask seeds derive from (seed, epoch, batch), sharing one random crop when the
-   model's recipe trains on crops (``data.crop``/``data.crop_levels``). Batch order and crops
-   come from a generator seeded with ``seed``, so a run is reproducible.
-4. Write ``<output>`` (the ``model.pt`` format, with ``metadata["adaptation"]``) and
+3. ``epochs`` epochs of Adam (constant lr from the recipe's ``vwsl`` section) over the
+   training images in batches of equal shape (at most ``vwsl.batch_size``); per batch two
+   stochastic passes whose fire-mask seeds derive from (seed, epoch, batch), sharing one
+   random crop when the model's recipe trains on crops (``data.crop``/``data.crop_levels``).
+   Batch order and crops come from a generator seeded with ``seed``, so a run is reproducible.
+4. Selection (``select="best"``): a ``holdout`` fraction of the images (chosen by ``seed``;
+   none with fewer than 5 images, then the training images serve) is never trained on; the
+   starting model and every epoch are scored by the VWSL objective on them (whole images,
+   two passes with fixed seeds, no gradients), and the lowest score is kept: the starting
+   model itself when no epoch beats it, so fine-tuning cannot leave the model worse by its
+   own measure. ``select="last"`` keeps the last epoch.
+5. Write ``<output>`` (the ``model.pt`` format, with ``metadata["adaptation"]``) and
    ``<output stem>.vwsl-metrics.jsonl`` (one record per epoch), atomically.
 """
 from __future__ import annotations
@@ -27,6 +33,9 @@ from ..core.errors import NCAError
 from ..core.files import atomic_path, check_writable, sha256_file
 from ..core.progress import Progress
 from ..core.seeds import VWSL_STREAM, fire_seed
+
+SELECTION_STREAM = VWSL_STREAM + 101    # fire-mask seeds of the selection passes
+MIN_HOLDOUT_IMAGES = 5                  # fewer unlabeled images: selection on the training images
 from ..models import checkpoint
 from ..recipes import SCHEMA, load_recipe
 from ..training.loop import optimise_epoch
@@ -65,6 +74,16 @@ def _check_output(output: Path, model_file: Path) -> None:
     check_writable(output)
 
 
+def split_holdout(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(training, selection) image indices: ``round(fraction · count)`` images (at least one)
+    held out, drawn by ``seed``; with fewer than ``MIN_HOLDOUT_IMAGES`` images or ``fraction``
+    0 nothing is held out and selection uses the training images."""
+    held = max(1, round(fraction * count)) if fraction > 0 and count >= MIN_HOLDOUT_IMAGES else 0
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed + 1)).tolist()
+    train = sorted(order[held:])
+    return train, (sorted(order[:held]) if held else train)
+
+
 def _epoch_batches(groups: dict, batch_size: int, gen: torch.Generator) -> list[list[int]]:
     """Shuffled batches of image indices; each batch holds images of one shape."""
     batches = []
@@ -90,6 +109,8 @@ class _Job:
     patch: list | None
     crop_levels: int
     images: list
+    train_idx: list[int]        # images fine-tuned on
+    select_idx: list[int]       # images the epoch is chosen on (held out, or the training ones)
     eval_cases: list | None
     device: torch.device
 
@@ -112,19 +133,42 @@ class _Job:
         images = load_unlabeled(opts.unlabeled, net, normalization)
         eval_cases = load_eval_cases(opts.eval_dir, net, normalization) if opts.eval_dir is not None else None
         device = resolve_device(opts.device)
+        train_idx, select_idx = split_holdout(len(images), float(opts.holdout), seed)
         return cls(opts, net.to(device), payload, vw, recipe, epochs, gamma, predictions, seed, patch,
-                   int(data.get("crop_levels") or 0) if patch else 0, images, eval_cases, device)
+                   int(data.get("crop_levels") or 0) if patch else 0, images, train_idx, select_idx, eval_cases,
+                   device)
 
     def evaluate(self) -> dict | None:
         return evaluate(self.net, self.eval_cases, self.predictions, self.device) if self.eval_cases else None
 
 
-def _adapt(job: _Job, targets, progress: Progress) -> list[dict]:
-    """The fine-tuning epochs; returns one metrics record per epoch."""
+@torch.inference_mode()
+def selection_score(job: _Job, targets) -> float:
+    """Mean VWSL objective of ``job.net`` on the selection images (whole, one at a time, two
+    passes with fixed fire-mask seeds)."""
+    total = 0.0
+    for i in job.select_idx:
+        x = job.images[i].image[None].to(job.device)
+        levels_a, _ = job.net(x, seed=fire_seed(job.seed, 0, i, SELECTION_STREAM), all_levels=True)
+        levels_b, _ = job.net(x, seed=fire_seed(job.seed, 0, i, SELECTION_STREAM + 7), all_levels=True)
+        parts = vwsl_loss(levels_a[0], targets.mean[i][None].to(job.device), targets.var[i][None].to(job.device),
+                          levels_a, levels_b, gamma=job.gamma, focal_gamma=float(job.settings["focal_gamma"]))
+        total += float(parts["loss"])
+    return total / len(job.select_idx)
+
+
+def _adapt(job: _Job, targets, progress: Progress) -> tuple[list[dict], int, float | None]:
+    """The fine-tuning epochs; returns one metrics record per epoch, the epoch kept (0: the
+    starting model), whose weights ``job.net`` holds on return, and the starting model's
+    selection score."""
     net, vw = job.net, job.settings
+    best = job.opts.select == "best"
+    net.eval()
+    start_score = best_score = selection_score(job, targets) if best else None
+    best_epoch, best_state = 0, copy.deepcopy(net.state_dict()) if best else None
     groups: dict[tuple, list[int]] = {}
-    for i, u in enumerate(job.images):
-        groups.setdefault(tuple(u.image.shape), []).append(i)
+    for i in job.train_idx:
+        groups.setdefault(tuple(job.images[i].image.shape), []).append(i)
     gen = torch.Generator().manual_seed(job.seed)
     betas = tuple((job.recipe.get("training") or {}).get("betas") or (0.9, 0.99))
     opt = torch.optim.Adam(net.parameters(), lr=float(vw["lr"]), betas=betas)
@@ -150,10 +194,21 @@ def _adapt(job: _Job, targets, progress: Progress) -> list[dict]:
         means = optimise_epoch(opt, _epoch_batches(groups, int(vw["batch_size"]), gen), loss,
                                diverged=f"Fine-tuning diverged at epoch {epoch + 1} (loss {{value}}); "
                                         f"lower vwsl.lr or --gamma.")
-        records.append({"epoch": epoch + 1, **means, "seconds": time.perf_counter() - te})
-        task.advance(info=f"loss {means['loss']:.4f}  l1 {means['l1']:.5f}")
+        record = {"epoch": epoch + 1, **means, "seconds": time.perf_counter() - te}
+        if best:
+            net.eval()
+            record["selection"] = score = selection_score(job, targets)
+            if score < best_score:
+                best_score, best_epoch, best_state = score, epoch + 1, copy.deepcopy(net.state_dict())
+            net.train()
+        records.append(record)
+        kept = f"  kept {best_epoch}" if best else ""
+        task.advance(info=f"loss {means['loss']:.4f}  l1 {means['l1']:.5f}{kept}")
     net.eval()
-    return records
+    if best:
+        net.load_state_dict(best_state)
+        return records, best_epoch, start_score
+    return records, job.epochs, None
 
 
 def finetune(opts: FinetuneOptions) -> dict:
@@ -173,7 +228,7 @@ def finetune(opts: FinetuneOptions) -> dict:
                                   on_image=lambda i: task.advance())
         task.update(completed=len(job.images), info="reused cache" if targets.reused else "computed")
         before = job.evaluate()
-        records = _adapt(job, targets, progress)
+        records, kept, start_score = _adapt(job, targets, progress)
         after = job.evaluate()
     vw = job.settings
     adaptation = {
@@ -182,6 +237,10 @@ def finetune(opts: FinetuneOptions) -> dict:
         "seed": job.seed, "crop": list(job.patch) if job.crop_levels else None, "crop_levels": job.crop_levels,
         "source_checkpoint": str(model_file), "source_checkpoint_sha256": key["model_sha256"],
         "unlabeled": str(opts.unlabeled), "images": len(job.images), "final_loss": records[-1]["loss"],
+        "select": opts.select, "selected_epoch": kept,
+        "selection_images": len(job.select_idx) if opts.select == "best" else 0,
+        "selection_held_out": opts.select == "best" and job.select_idx != job.train_idx,
+        "selection_score_start": start_score,
         "unlabeled_mean_variance_before": float(sum(v.mean().item() for v in targets.var) / len(job.images)),
     }
     if job.eval_cases is not None:

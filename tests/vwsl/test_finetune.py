@@ -126,3 +126,31 @@ def test_recipe_crop_and_prepared_eval_dataset(tmp_path, unlabeled):
 def test_output_must_not_replace_the_model(tmp_path, model_file, unlabeled):
     with pytest.raises(NCAError, match="starting model"):
         finetune(unlabeled, model_file, model_file, epochs=1, predictions=2, quiet=True)
+
+
+def test_holdout_split_is_seeded_and_disjoint():
+    train, held = ft.split_holdout(10, 0.2, seed=3)
+    assert len(held) == 2 and not set(train) & set(held) and sorted(train + held) == list(range(10))
+    assert ft.split_holdout(10, 0.2, seed=3) == (train, held)
+    assert ft.split_holdout(4, 0.2, seed=3) == ([0, 1, 2, 3], [0, 1, 2, 3])   # too few: no hold-out
+    assert ft.split_holdout(10, 0.0, seed=3)[1] == list(range(10))
+
+
+def test_best_selection_keeps_the_start_when_no_epoch_beats_it(tmp_path, model_file):
+    folder = tmp_path / "many"
+    for i in range(6):
+        write_png(folder / f"c{i}.png", disk_image((32, 32), seed=20 + i)[0])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "r", "model": TINY_MEDNCA, "vwsl": {"lr": 0.5}}))  # ruins the model
+    out = tmp_path / "adapted.pt"
+    res = finetune(folder, model_file, out, epochs=2, predictions=2, recipe=str(recipe), quiet=True)
+    records = [json.loads(line) for line in metrics_path_for(out).read_text().splitlines()]
+    assert res["selection_images"] == 1 and res["selection_held_out"]
+    assert all(r["selection"] > res["selection_score_start"] for r in records)
+    assert res["selected_epoch"] == 0
+    start, _ = checkpoint.load_model(model_file)
+    adapted, _ = checkpoint.load_model(out)
+    assert all(torch.equal(a, b) for a, b in zip(start.state_dict().values(), adapted.state_dict().values()))
+    last = finetune(folder, model_file, tmp_path / "last.pt", epochs=2, predictions=2, recipe=str(recipe),
+                    select="last", quiet=True)
+    assert last["selected_epoch"] == 2

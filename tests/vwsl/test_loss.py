@@ -79,6 +79,17 @@ def test_consistency_l1_over_levels():
         consistency_l1(a, b[:1])
 
 
+def test_consistency_l1_compares_spatial_means_per_sample_and_class():
+    # Two runs that swap which half is foreground segment the same fraction: no difference.
+    left = torch.tensor([[20.0, -20.0]]).reshape(1, 1, 1, 2)
+    assert consistency_l1([left], [left.flip(-1)]).item() == pytest.approx(0.0, abs=1e-6)
+    # Per sample and class, then averaged: |0.5 - 0.75| for sample 0 class 1 only -> 0.25 / 4.
+    a = torch.zeros(2, 2, 3, 3)
+    b = a.clone()
+    b[0, 1] = LOG3
+    assert consistency_l1([a], [b]).item() == pytest.approx(0.25 / 4, abs=1e-6)
+
+
 def test_gamma_zero_leaves_the_weighted_terms():
     logits, target, weight = _pair()
     var = (1 - weight) / 2
