@@ -13,22 +13,23 @@ How the per-pixel ``w`` enters each term:
   targets ``t``; for ``t ∈ {0, 1}`` it is Lin et al.'s ``−(1−p_t)^γf·log p_t``), averaged as
   ``mean(w·FL)`` over all pixels and classes.
 - L1: ``o1`` and ``o2`` are two stochastic forward passes of the same input; at every level
-  each output map's probabilities are averaged over space, ``⟨σ(o)⟩`` (the segmented
-  fraction of the image), and the term is ``|⟨σ(o1)⟩ − ⟨σ(o2)⟩|``, averaged over samples,
-  classes and levels.
+  the sigmoid of the output (logit) channels are compared, ``mean|σ(o1) − σ(o2)|`` (the usual
+  L1 loss, a mean over pixels), and the levels' values are averaged. Probabilities, not
+  logits, so the term stays bounded.
 
-The γ scale. The paper writes the term as ``γ · L1(o1, o2)`` without its reduction, and
-its ablation (γ = 0, 1e2, 1e3, 1e4 on X-rays) improves up to γ = 1e3 and loses "slightly"
-at 1e4, "balancing variance influence without overshadowing other loss components": at
-γ = 1e3 the term must be of the order of the segmentation term (≈ 0.1 for a trained
-model), so the L1 itself of order 1e-4. A per-pixel mean ``mean|σ(o1) − σ(o2)|`` is of
-order 1e-2 between two runs of a trained Med-NCA (0.013 to 0.04 measured on the X-ray
-model): γ = 1e3 then weighs it 100x the segmentation term, and fine-tuning drives the two
-runs together by saturating every logit (measured: −5.3 Dice points at γ = 1e3, −6.4 at
-1e4; ``experiments/results/vwsl.md``). The difference of the two outputs' spatial means is
-of order 1e-4 (the runs differ at scattered boundary pixels, whose differences cancel in
-the mean), which gives the paper's balance: γ = 1e2 a light, 1e3 an equal, 1e4 a dominant
-consistency term. Probabilities, not logits, so the term stays bounded (at most 1).
+The γ scale. The paper writes the loss per pixel, ``w(x, y) · [(1 − DSC) + FocalLoss]``, plus
+one ``γ · L1(o1, o2)``: summed over the N pixels of the output, the segmentation part is N
+times its mean while the L1 loss is a mean. Written with means, as here, that is
+
+    loss = mean(w)-weighted (1 − Dice) + mean(w · FL) + (γ / N) · L1
+
+with N the pixels (voxels) of one sample's finest output (the crop, when fine-tuning on
+crops). With the per-pixel means alone, γ = 1e3 would weigh the L1 term (1e-2 between two
+runs of a trained Med-NCA) about 100x the segmentation term (0.1 to 0.3), and fine-tuning
+would drive the two runs together by saturating every logit (measured that way on a
+synthetic X-ray shift: −1.1 / −5.3 / −6.4 Dice points at γ = 1e2 / 1e3 / 1e4); the paper's ablation instead changes the Dice by less than its standard
+deviation across γ = 0 … 1e4, with 1e3 best. On 256x256 images (or a 64x64 crop) γ = 1e3
+gives the L1 term a weight of 0.015 (0.24): a light regulariser, as there.
 
 All functions take logits ``[B, K, *spatial]`` and are differentiable.
 """
@@ -66,15 +67,10 @@ def weighted_focal_loss(logits: torch.Tensor, target: torch.Tensor, weight: torc
 
 
 def consistency_l1(levels_a: Sequence[torch.Tensor], levels_b: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Mean over levels, samples and classes of ``|⟨σ(a)⟩ − ⟨σ(b)⟩|`` between two passes'
-    per-level output logits ``[B, K, *spatial]``, ``⟨·⟩`` the spatial mean (see the module
-    docstring for why the spatial mean)."""
+    """Mean over levels of ``mean|σ(a) − σ(b)|`` between two passes' per-level output logits."""
     if len(levels_a) != len(levels_b) or not levels_a:
         raise ValueError(f"need the same non-zero number of levels, got {len(levels_a)} and {len(levels_b)}")
-    terms = []
-    for a, b in zip(levels_a, levels_b):
-        dims = tuple(range(2, a.dim()))
-        terms.append((torch.sigmoid(a).mean(dims) - torch.sigmoid(b).mean(dims)).abs().mean())
+    terms = [(torch.sigmoid(a) - torch.sigmoid(b)).abs().mean() for a, b in zip(levels_a, levels_b)]
     return torch.stack(terms).mean()
 
 
@@ -91,10 +87,12 @@ def vwsl_loss(
     """VWSL of ``logits`` (the first pass's finest output) against the surrogate ``target``.
 
     Returns ``loss`` (the total) and its parts ``dice`` (weighted 1 − Dice), ``focal``
-    (weighted focal) and ``l1`` (the consistency term before multiplying by ``gamma``).
+    (weighted focal) and ``l1`` (the consistency term before multiplying by ``gamma / N``,
+    N the pixels of one sample of ``logits``).
     """
     w = variance_weight(variance)
     dice = weighted_dice_loss(logits, target, w)
     focal = weighted_focal_loss(logits, target, w, focal_gamma)
     l1 = consistency_l1(levels_a, levels_b)
-    return {"loss": dice + focal + gamma * l1, "dice": dice, "focal": focal, "l1": l1}
+    pixels = logits[0, 0].numel()
+    return {"loss": dice + focal + (gamma / pixels) * l1, "dice": dice, "focal": focal, "l1": l1}

@@ -15,8 +15,9 @@ class FinetuneOptions:
     recipe: str | None = option(None, "--recipe", help="Recipe whose vwsl section to use (default: the model's).")
     epochs: int | None = option(None, "--epochs", min=1, help="Fine-tuning epochs (default: the recipe's vwsl.epochs, 100).")
     gamma: float | None = option(None, "--gamma", min=0.0,
-                                 help="Weight of the consistency term |mean p1 - mean p2| between two runs' segmented fractions "
-                                      "per level, the paper's scale (default: the recipe's vwsl.gamma, 1e3).")
+                                 help="Weight of the L1 consistency term between two runs, on the paper's scale: the loss adds "
+                                      "gamma / N * mean|p1 - p2|, N the pixels of the output (default: the recipe's "
+                                      "vwsl.gamma, 1e3).")
     predictions: int | None = option(None, "--predictions", min=2, help="Stochastic predictions per image (default 10).")
     holdout: float = option(0.2, "--holdout", min=0.0, max=0.5,
                             help="Fraction of the unlabeled images kept out of training to choose the epoch by their "

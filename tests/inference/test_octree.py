@@ -74,3 +74,25 @@ def test_fused_octree_equals_reference(dims, shape, fire_rate):
     half = predict_logits(m, x, seed=1, impl="fused", state_dtype=torch.float16)
     ref_half = predict_logits(m, x, seed=1, impl="torch", state_dtype=torch.float16)
     assert (half - ref_half).abs().max() < 5e-2 * max(1.0, ref_half.abs().max().item())
+
+
+@pytest.mark.parametrize("recipe,shape", [("mednca_pathology", (45, 61)), ("mednca_xray_vwsl", (45, 61)),
+                                          ("m3d_radiology_2levels", (9, 29, 23))])
+def test_fused_batchnorm_models_equal_the_reference_after_a_whole_forward(recipe, shape):
+    """Med-NCA and M3D-NCA with their recipes' steps (64/64, 10/40), batch 2: BatchNorm's
+    statistics over the batch, every level, logits within 1e-4."""
+    from nca_cli.kernels import fused_available
+    from nca_cli.models import build_model
+    from nca_cli.recipes import load_recipe
+
+    if not fused_available("cpu"):
+        pytest.skip("fused CPU kernel unavailable")
+    torch.manual_seed(0)
+    m = build_model(load_recipe(recipe)["model"])
+    for bb in m.backbones:
+        torch.nn.init.normal_(bb.fc1.weight, std=0.02)
+    x = torch.rand(2, m.config.input_channels, *shape, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        ref = predict_logits(m, x, seed=5, impl="torch")
+        fused = predict_logits(m, x, seed=5, impl="fused")
+    assert torch.allclose(fused, ref, atol=1e-4, rtol=1e-4), (fused - ref).abs().max()

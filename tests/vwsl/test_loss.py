@@ -79,15 +79,14 @@ def test_consistency_l1_over_levels():
         consistency_l1(a, b[:1])
 
 
-def test_consistency_l1_compares_spatial_means_per_sample_and_class():
-    # Two runs that swap which half is foreground segment the same fraction: no difference.
-    left = torch.tensor([[20.0, -20.0]]).reshape(1, 1, 1, 2)
-    assert consistency_l1([left], [left.flip(-1)]).item() == pytest.approx(0.0, abs=1e-6)
-    # Per sample and class, then averaged: |0.5 - 0.75| for sample 0 class 1 only -> 0.25 / 4.
-    a = torch.zeros(2, 2, 3, 3)
-    b = a.clone()
-    b[0, 1] = LOG3
-    assert consistency_l1([a], [b]).item() == pytest.approx(0.25 / 4, abs=1e-6)
+def test_gamma_is_divided_by_the_pixels_of_one_sample():
+    logits, target, weight = _pair()
+    var = (1 - weight) / 2
+    a, b = [logits], [torch.zeros_like(logits)]
+    base = vwsl_loss(logits, target, var, a, b, gamma=0.0)
+    pixels = logits[0, 0].numel()
+    with_gamma = vwsl_loss(logits, target, var, a, b, gamma=1e3)
+    assert with_gamma["loss"].item() == pytest.approx(base["loss"].item() + 1e3 / pixels * base["l1"].item(), rel=1e-6)
 
 
 def test_gamma_zero_leaves_the_weighted_terms():
@@ -100,7 +99,8 @@ def test_gamma_zero_leaves_the_weighted_terms():
     assert parts["loss"].item() == pytest.approx(expected.item(), abs=1e-6)
     assert parts["l1"].item() > 0
     with_gamma = vwsl_loss(logits, target, var, a, b, gamma=1e3)
-    assert with_gamma["loss"].item() == pytest.approx(expected.item() + 1e3 * parts["l1"].item(), rel=1e-6)
+    pixels = logits[0, 0].numel()
+    assert with_gamma["loss"].item() == pytest.approx(expected.item() + 1e3 / pixels * parts["l1"].item(), rel=1e-6)
 
 
 def test_zero_variance_is_plain_dice_plus_focal():
