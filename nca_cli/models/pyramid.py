@@ -34,12 +34,15 @@ def downsample(x: torch.Tensor, factor: Sequence[int], mode: str) -> torch.Tenso
     if mode == "nearest":
         index = (slice(None), slice(None)) + tuple(slice(None, None, f) for f in factor)
         return x[index]
+    # An axis shorter than its factor (a short clip, a thin volume) becomes one node: the
+    # window shrinks to the axis, as the partial last window of every other axis does.
+    kernel = tuple(min(f, n) for f, n in zip(factor, x.shape[2:]))
     if mode == "average":
         pool = F.avg_pool2d if dims == 2 else F.avg_pool3d
-        return pool(x, factor, stride=factor, ceil_mode=True)
+        return pool(x, kernel, stride=factor, ceil_mode=True)
     if mode == "max":
         pool = F.max_pool2d if dims == 2 else F.max_pool3d
-        return pool(x, factor, stride=factor, ceil_mode=True)
+        return pool(x, kernel, stride=factor, ceil_mode=True)
     raise ValueError(f"pyramid mode must be one of {PYRAMID_MODES}, got {mode!r}")
 
 

@@ -28,6 +28,11 @@ def test_pyramid_modes_and_block_upsample():
     assert downsample(x, (2, 2), "nearest")[0, 0].tolist() == [[0, 2], [8, 10]]
     odd = torch.arange(5.0).reshape(1, 1, 1, 5)
     assert downsample(odd, (1, 2), "average")[0, 0, 0].tolist() == [0.5, 2.5, 4.0]
+    # an axis shorter than its factor (a 1-frame clip) becomes one node, as level_shapes says
+    clip = torch.arange(10.0).reshape(1, 1, 1, 2, 5)
+    for mode in ("average", "max", "nearest"):
+        assert downsample(clip, (2, 2, 2), mode).shape[2:] == level_shapes((1, 2, 5), [[2, 2, 2]])[1]
+    assert downsample(clip, (2, 2, 2), "average")[0, 0, 0].tolist() == [[3.0, 5.0, 6.5]]
     up = upsample(torch.tensor([[[[1.0, 2.0, 3.0]]]]), (1, 2), (1, 5))
     assert up[0, 0, 0].tolist() == [1, 1, 2, 2, 3]
 
