@@ -12,7 +12,8 @@
 4. Selection (``select="best"``): a ``holdout`` fraction of the images (chosen by ``seed``;
    none with fewer than 5 images, then the training images serve) is never trained on; the
    starting model and every epoch are scored by the VWSL objective on them (whole images,
-   two passes with fixed seeds, no gradients), and the lowest score is kept: the starting
+   two passes with fixed seeds through the lean inference path, the consistency term on the
+   finest output), and the lowest score is kept: the starting
    model itself when no epoch beats it, so fine-tuning cannot leave the model worse by its
    own measure. ``select="last"`` keeps the last epoch.
 5. Write ``<output>`` (the ``model.pt`` format, with ``metadata["adaptation"]``) and
@@ -144,15 +145,18 @@ class _Job:
 
 @torch.inference_mode()
 def selection_score(job: _Job, targets) -> float:
-    """Mean VWSL objective of ``job.net`` on the selection images (whole, one at a time, two
-    passes with fixed fire-mask seeds)."""
+    """Mean VWSL objective of ``job.net`` on the selection images: whole images, one at a time,
+    two passes with fixed fire-mask seeds through the lean inference path (fused kernel where it
+    runs), the consistency term on the finest output."""
+    from ..inference.octree import predict_logits
+
     total = 0.0
     for i in job.select_idx:
         x = job.images[i].image[None].to(job.device)
-        levels_a, _ = job.net(x, seed=fire_seed(job.seed, 0, i, SELECTION_STREAM), all_levels=True)
-        levels_b, _ = job.net(x, seed=fire_seed(job.seed, 0, i, SELECTION_STREAM + 7), all_levels=True)
-        parts = vwsl_loss(levels_a[0], targets.mean[i][None].to(job.device), targets.var[i][None].to(job.device),
-                          levels_a, levels_b, gamma=job.gamma, focal_gamma=float(job.settings["focal_gamma"]))
+        a = predict_logits(job.net, x, seed=fire_seed(job.seed, 0, i, SELECTION_STREAM), impl="auto").float()
+        b = predict_logits(job.net, x, seed=fire_seed(job.seed, 0, i, SELECTION_STREAM + 7), impl="auto").float()
+        parts = vwsl_loss(a, targets.mean[i][None].to(job.device), targets.var[i][None].to(job.device), [a], [b],
+                          gamma=job.gamma, focal_gamma=float(job.settings["focal_gamma"]))
         total += float(parts["loss"])
     return total / len(job.select_idx)
 
