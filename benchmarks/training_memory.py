@@ -43,27 +43,6 @@ NCA_RECIPES = {"octree@P": "octree_radiology.yaml", "m3d@P": "m3d_radiology_3lev
 RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
 
 
-def _rss_peak_reset() -> bool:
-    """Reset the resident-set high-water mark; False where the kernel does not allow it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def run_config(name: str, patch: int, batch: int, device: str) -> dict:
     """One training step of ``name``; returns its memory figures (bytes)."""
     import torch
@@ -132,10 +111,12 @@ def run_config(name: str, patch: int, batch: int, device: str) -> dict:
         torch.cuda.synchronize()
         peak, method = torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
     else:
-        before = (_status_kib("VmRSS") or 0) * 1024
-        if _rss_peak_reset() and _status_kib("VmHWM") is not None:
+        from nca_cli.core.machine import proc_status_bytes, reset_peak_rss
+
+        before = proc_status_bytes("VmRSS") or 0
+        if reset_peak_rss() and proc_status_bytes("VmHWM") is not None:
             step()
-            peak, method = _status_kib("VmHWM") * 1024, "VmHWM"
+            peak, method = proc_status_bytes("VmHWM"), "VmHWM"
         else:
             step()
             peak, method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ru_maxrss"

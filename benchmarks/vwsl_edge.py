@@ -35,7 +35,8 @@ from nca_cli.vwsl.options import FinetuneOptions
 torch.set_num_threads(int(sys.argv[4]))
 res = finetune(FinetuneOptions(unlabeled=sys.argv[1], model=sys.argv[2], output=sys.argv[3], epochs=int(sys.argv[5]),
                                device="cpu", quiet=True))
-res["vmhwm_kib"] = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+from nca_cli.core.machine import peak_rss_bytes
+res["vmhwm_kib"] = peak_rss_bytes() // 1024
 print(json.dumps(res))
 """
 

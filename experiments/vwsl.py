@@ -142,7 +142,8 @@ t = time.perf_counter()
 res = finetune(FinetuneOptions(unlabeled=sys.argv[1], model=sys.argv[2], output=sys.argv[3], gamma=float(sys.argv[4]),
                                predictions=int(sys.argv[6]), epochs=int(sys.argv[7]), device="cpu", quiet=True))
 res["wall_s"] = time.perf_counter() - t
-res["vmhwm_kib"] = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+from nca_cli.core.machine import peak_rss_bytes
+res["vmhwm_kib"] = peak_rss_bytes() // 1024
 print(json.dumps(res))
 """
 

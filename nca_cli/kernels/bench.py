@@ -45,6 +45,7 @@ from typing import Sequence
 import torch
 
 from ..core.firemask import fire_mask
+from ..core.machine import cpu_name, load_average, proc_status_bytes, reset_peak_rss
 from ..models.backbone import BackboneNCA
 
 CHANNELS = 16
@@ -120,24 +121,6 @@ def dense_flops(m: BackboneNCA) -> int:
     return f["perception"] + f["fc0"] + f["statistics"] + f["norm"] + f["fc1_torch"]
 
 
-def _proc_status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def memory_probe(impl: str, case: str, shape: Sequence[int], fire_rate: float, threads: int) -> dict:
     """In this (fresh) process: bytes one step needs above the state, CPU. See module docstring."""
     from . import backbone_shape, fused_run, kernel_module
@@ -149,9 +132,9 @@ def memory_probe(impl: str, case: str, shape: Sequence[int], fire_rate: float, t
         state = torch.empty(1, *shape, CHANNELS).normal_()
     else:
         state = torch.empty(1, CHANNELS, *shape).normal_()
-    reset = _reset_peak_rss()
-    base = _proc_status_kib("VmRSS")
-    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    reset = reset_peak_rss()
+    base = proc_status_bytes("VmRSS")
+    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     with torch.inference_mode():
         if impl == "fused":
             fused_run(m, state, 1, threads=threads)
@@ -159,11 +142,11 @@ def memory_probe(impl: str, case: str, shape: Sequence[int], fire_rate: float, t
             out = m.step(state)
             del out
     if reset and base is not None:
-        peak, method = _proc_status_kib("VmHWM"), "VmHWM after clear_refs"
+        peak, method = proc_status_bytes("VmHWM"), "VmHWM after clear_refs"
     else:
-        peak, method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss"
+        peak, method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ru_maxrss"
         base = base if base is not None else maxrss_before
-    return {"extra_bytes": max(0, peak - base) * 1024, "state_bytes": state.numel() * state.element_size(),
+    return {"extra_bytes": max(0, peak - base), "state_bytes": state.numel() * state.element_size(),
             "method": method}
 
 
@@ -207,24 +190,6 @@ def fma_peak(threads: int, repeats: int = 3) -> tuple[float, float]:
         wall.append(flops / seconds * 1e-9)
         per_core.append(flops / max(time.process_time() - c0, 1e-9) * 1e-9)
     return statistics.median(wall), statistics.median(per_core)
-
-
-def _loadavg() -> float | None:
-    """1-minute load average: other processes sharing the cores slow every measurement."""
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_kernel_benchmark(
@@ -273,7 +238,7 @@ def _run_cases(tasks: list[str], sizes: dict, steps: int, threads: int, repeats:
     from . import fused_run, to_channels_last
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
-    load_before = _loadavg()
+    load_before = load_average()
     rows = []
     for name in tasks:
         label, shape, _ = CASES[name]
@@ -336,8 +301,8 @@ def _run_cases(tasks: list[str], sizes: dict, steps: int, threads: int, repeats:
         "threads": threads,
         "steps": steps,
         "repeats": repeats,
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
-                    "platform": platform.platform(), "loadavg_before": load_before, "loadavg_after": _loadavg()},
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+                    "platform": platform.platform(), "loadavg_before": load_before, "loadavg_after": load_average()},
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
