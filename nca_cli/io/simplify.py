@@ -86,6 +86,19 @@ def _orient(ax, ay, bx, by, cx, cy) -> np.ndarray:
     return np.sign((bx - ax) * (cy - ay) - (by - ay) * (cx - ax))
 
 
+def _chunked_groups(counts: np.ndarray, chunk: int):
+    """``_group_ranges(counts)`` in pieces of about ``chunk`` items (whole groups, at least one
+    per piece): yields each item's group and its index within the group."""
+    total = np.cumsum(counts)
+    done = 0
+    while done < counts.size:
+        stop = int(np.searchsorted(total, (total[done - 1] if done else 0) + chunk, "right"))
+        stop = min(max(stop, done + 1), counts.size)
+        group, within = _group_ranges(counts[done:stop])
+        yield done + group, within
+        done = stop
+
+
 def _box_pairs(lo_x, lo_y, hi_x, hi_y, cell: int, chunk: int = 1 << 16):
     """Pairs (i, j), i < j, of overlapping integer boxes, found through a grid of ``cell`` px.
 
@@ -116,19 +129,12 @@ def _box_pairs(lo_x, lo_y, hi_x, hi_y, cell: int, chunk: int = 1 << 16):
         size = np.diff(np.r_[np.flatnonzero(new), box.size])
         group, at = _group_ranges(size)
         partners = size[group] - at - 1
-        total = np.cumsum(partners)
-        done = 0
-        while done < partners.size:
-            stop = int(np.searchsorted(total, (total[done - 1] if done else 0) + chunk, "right"))
-            stop = min(max(stop, done + 1), partners.size)
-            src, off = _group_ranges(partners[done:stop])
-            t = done + src
+        for t, off in _chunked_groups(partners, chunk):
             i, j = box[t], box[t + 1 + off]
             overlap = (lo_x[i] <= hi_x[j]) & (lo_x[j] <= hi_x[i]) & (lo_y[i] <= hi_y[j]) & (lo_y[j] <= hi_y[i])
             here = (np.maximum(lo_x[i], lo_x[j]) // cell == cx[t]) & (np.maximum(lo_y[i], lo_y[j]) // cell == cy[t])
             keep = overlap & here
             yield np.minimum(i[keep], j[keep]), np.maximum(i[keep], j[keep])
-            done = stop
 
 
 def _even_odd(qx, qy, qring, v, starts, lengths, chunk: int = 1 << 16) -> np.ndarray:
@@ -152,17 +158,10 @@ def _even_odd(qx, qy, qring, v, starts, lengths, chunk: int = 1 << 16) -> np.nda
     base = rings[ring] * (1 << 32)
     first = np.searchsorted(qkey, base + lo, "left")
     count = np.searchsorted(qkey, base + hi, "left") - first
-    total = np.cumsum(count)
-    done = 0
-    while done < count.size:
-        stop = int(np.searchsorted(total, (total[done - 1] if done else 0) + chunk, "right"))
-        stop = min(max(stop, done + 1), count.size)
-        seg, off = _group_ranges(count[done:stop])
-        seg += done
+    for seg, off in _chunked_groups(count, chunk):
         q = order[first[seg] + off]
         x_at = ax[seg] + (qy[q] - ay[seg]) * (bx[seg] - ax[seg]) / (by[seg] - ay[seg])
         inside += np.bincount(q[qx[q] < x_at], minlength=qx.size)
-        done = stop
     return inside % 2 == 1
 
 
