@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
+from PIL import Image
 
 from nca_cli.models import NCAConfig, OctreeNCA, checkpoint
 
@@ -36,3 +38,28 @@ def rgb_image():
     yy, xx = np.mgrid[0:90, 0:120]
     img = np.stack([(np.sin(yy / 7.0) + np.cos(xx / 5.0) + 2) * 60, (yy + xx) % 256, rng.integers(0, 255, (90, 120))], -1)
     return img.astype(np.uint8)
+
+
+def write_oblique_nifti(path, vol):
+    """``vol`` as a NIfTI with anisotropic spacing, an origin and a rotated direction; returns the image."""
+    img = sitk.GetImageFromArray(vol)
+    img.SetSpacing((0.7, 0.8, 3.0))
+    img.SetOrigin((10.0, -5.0, 2.5))
+    img.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, -1))
+    sitk.WriteImage(img, str(path))
+    return img
+
+
+def assert_same_geometry(got, img):
+    assert got.GetSize() == img.GetSize()
+    assert np.allclose(got.GetSpacing(), img.GetSpacing())
+    assert np.allclose(got.GetOrigin(), img.GetOrigin())
+    assert np.allclose(got.GetDirection(), img.GetDirection())
+
+
+def shifted_images(folder, image, count, axis):
+    """``count`` PNGs ``img0.png``… in ``folder``: ``image`` rolled by 0, 1, … pixels along ``axis``."""
+    folder.mkdir()
+    for i in range(count):
+        Image.fromarray(np.roll(image, i, axis=axis)).save(folder / f"img{i}.png")
+    return folder

@@ -14,6 +14,8 @@ from nca_cli.core.errors import NCAError
 from nca_cli.segment.options import SegmentOptions
 from nca_cli.segment.run import segment_inputs
 
+from .conftest import shifted_images
+
 
 def run(inputs, out, model, **kw):
     kw.setdefault("quiet", True)
@@ -88,10 +90,7 @@ def test_overlay_without_a_video_says_what_it_is_for(tmp_path, models, png):
 
 
 def test_continue_trusts_complete_results_only_and_clears_partials(tmp_path, models, rgb_image):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for i in range(3):
-        Image.fromarray(np.roll(rgb_image, i, axis=1)).save(folder / f"img{i}.png")
+    folder = shifted_images(tmp_path / "in", rgb_image, 3, axis=1)
     out = tmp_path / "out"
     run([folder], out, models["rgb2d"])
     # a killed run: the mask of img1 is there but its metadata (written last) is not; img2 left a partial

@@ -14,6 +14,8 @@ from nca_cli.core.errors import NCAError
 from nca_cli.segment.options import SegmentOptions
 from nca_cli.segment.run import segment_inputs
 
+from .conftest import assert_same_geometry, shifted_images, write_oblique_nifti
+
 
 def run(inputs, out, model, **kw):
     kw.setdefault("quiet", True)
@@ -57,19 +59,11 @@ def test_slide_to_pyramidal_tiff(tmp_path, models):
 
 def test_nifti_geometry_carried(tmp_path, models):
     vol = (np.random.default_rng(2).random((9, 20, 17)) * 100).astype(np.float32)
-    img = sitk.GetImageFromArray(vol)
-    img.SetSpacing((0.7, 0.8, 3.0))
-    img.SetOrigin((10.0, -5.0, 2.5))
-    img.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, -1))
     src = tmp_path / "vol.nii.gz"
-    sitk.WriteImage(img, str(src))
+    img = write_oblique_nifti(src, vol)
     out = tmp_path / "vol_mask.nii.gz"
     run([src], out, models["gray3d"])
-    got = sitk.ReadImage(str(out))
-    assert got.GetSize() == img.GetSize()
-    assert np.allclose(got.GetSpacing(), img.GetSpacing())
-    assert np.allclose(got.GetOrigin(), img.GetOrigin())
-    assert np.allclose(got.GetDirection(), img.GetDirection())
+    assert_same_geometry(sitk.ReadImage(str(out)), img)
 
 
 def test_video_labels_and_overlay(tmp_path, models):
@@ -138,10 +132,7 @@ def test_ensemble_uncertainty_and_nqm(tmp_path, models, rgb_image):
 
 
 def test_many_inputs_parts_and_continue(tmp_path, models, rgb_image):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for i in range(4):
-        Image.fromarray(np.roll(rgb_image, i, axis=0)).save(folder / f"img{i}.png")
+    folder = shifted_images(tmp_path / "in", rgb_image, 4, axis=0)
     out = tmp_path / "out"
     res = run([folder], out, models["rgb2d"], num_parts=2, part_id=1)
     assert sorted(p.name for p in out.glob("*_mask.png")) == ["img1_mask.png", "img3_mask.png"]

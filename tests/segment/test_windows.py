@@ -12,6 +12,8 @@ from nca_cli.models import build_model, checkpoint
 from nca_cli.segment.options import SegmentOptions
 from nca_cli.segment.run import segment_inputs
 
+from .conftest import assert_same_geometry, write_oblique_nifti
+
 
 def baseline(tmp_path, name, dims, cin, cout, patch=None, **options):
     """A randomly initialised baseline saved as model.pt (with a recipe when ``patch`` is given)."""
@@ -32,18 +34,12 @@ def run(inputs, out, model, **kw):
 def test_nifti_with_meunet_keeps_geometry(tmp_path):
     model = baseline(tmp_path, "meunet", 3, 1, 3, patch=[16, 16, 16])
     vol = (np.random.default_rng(2).random((19, 20, 17)) * 1000).astype(np.float32)
-    img = sitk.GetImageFromArray(vol)
-    img.SetSpacing((0.7, 0.8, 3.0))
-    img.SetOrigin((10.0, -5.0, 2.5))
-    img.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, -1))
     src = tmp_path / "vol.nii.gz"
-    sitk.WriteImage(img, str(src))
+    img = write_oblique_nifti(src, vol)
     out = tmp_path / "out" / "vol_mask.nii.gz"
     run([src], out, model)
     got = sitk.ReadImage(str(out))
-    assert got.GetSize() == img.GetSize()
-    assert np.allclose(got.GetSpacing(), img.GetSpacing()) and np.allclose(got.GetOrigin(), img.GetOrigin())
-    assert np.allclose(got.GetDirection(), img.GetDirection())
+    assert_same_geometry(got, img)
     labels = sitk.GetArrayFromImage(got)
     # the same labels as the sliding window over the whole (normalised) volume, argmax of 3 classes
     net, _ = checkpoint.load_model(model)
