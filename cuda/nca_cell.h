@@ -11,10 +11,11 @@
 //   delta = W1 h                          W1: (C - IN) x HIDDEN, no bias
 //   s[IN:] += delta  where the cell fires (counter-based hash of nca_cli/firemask.py)
 //
-// With BATCH_NORM a launcher first sweeps every cell of the batch, summing z and z^2 per
-// hidden unit in double precision (pre_activations below); batch_norm_affine turns those
-// sums into the per-unit alpha, beta of the update sweep. Nothing of the hidden layer is
-// ever stored. An fc1 with all C outputs (Med-NCA) needs no variant: the updates of the
+// With BATCH_NORM a launcher first sweeps every cell of the batch for the sums of z and z^2
+// per hidden unit in double precision: either from z itself (pre_activations below; the
+// CUDA launcher) or from the moments of the features, which give the same sums without
+// fc0 per cell (moment_sums; the CPU launcher). batch_norm_affine turns the sums into the
+// per-unit alpha, beta of the update sweep. Nothing of the hidden layer is ever stored. An fc1 with all C outputs (Med-NCA) needs no variant: the updates of the
 // input channels are discarded, so only its rows IN..C-1 are packed.
 //
 // The math is templated on a lane type V: V = float computes one cell (one CUDA thread);
@@ -427,6 +428,52 @@ NCA_HD void pre_activations(const float* __restrict__ w, const V* __restrict__ f
         V z[HIDDEN - JFULL];
         fc0_block<Cfg, V, HIDDEN - JFULL>(w, feat, z, JFULL);
         sink(JFULL, z, HIDDEN - JFULL);
+    }
+}
+
+// The sums of z and z^2 of n cells from the moments of their features, without fc0 per cell.
+// The moments are taken about a reference feature vector r (any cell's features: it keeps
+// the products small when the features have a large mean): s_a = sum of (f_a - r_a),
+// g_ab = sum of (f_a - r_a)(f_b - r_b). With z_j = W0_j (f - r) + c_j, c_j = W0_j r + b0_j:
+//   sum z_j   = W0_j s + n c_j
+//   sum z_j^2 = W0_j^T g W0_j + 2 c_j (W0_j s) + n c_j^2
+// wt: W0 transposed in double, wt[a * HIDDEN + j]; g: only a <= b is read, g[a * ld + b];
+// out: sum z_j at out[j], sum z_j^2 at out[HIDDEN + j]; u: HIDDEN doubles of scratch.
+// Everything is double; the loops over j are independent (they vectorise).
+template <class Cfg>
+inline void moment_sums(const double* __restrict__ wt, const float* __restrict__ b0, const float* __restrict__ ref,
+                        const double* __restrict__ s, const double* __restrict__ g, int ld, double n,
+                        double* __restrict__ out, double* __restrict__ u) {
+    constexpr int H = Cfg::HIDDEN, FEAT = Cfg::FEAT;
+    double* sum = out;
+    double* sq = out + H;
+    for (int j = 0; j < H; ++j) {
+        sum[j] = 0.0;   // W0_j s
+        sq[j] = 0.0;    // W0_j^T g W0_j
+        u[j] = b0[j];   // c_j
+    }
+    for (int a = 0; a < FEAT; ++a) {
+        const double* wa = wt + a * H;
+        const double sa = s[a], ra = ref[a];
+        for (int j = 0; j < H; ++j) {
+            sum[j] += wa[j] * sa;
+            u[j] += wa[j] * ra;
+        }
+    }
+    for (int j = 0; j < H; ++j) {
+        const double c = u[j], ws = sum[j];
+        sum[j] = ws + n * c;
+        sq[j] = 2.0 * c * ws + n * c * c;
+    }
+    for (int a = 0; a < FEAT; ++a) {
+        for (int j = 0; j < H; ++j) u[j] = 0.0;   // u_j = sum over b of g_ab W0_jb
+        for (int b = 0; b < FEAT; ++b) {
+            const double gab = a <= b ? g[a * ld + b] : g[b * ld + a];
+            const double* wb = wt + b * H;
+            for (int j = 0; j < H; ++j) u[j] += gab * wb[j];
+        }
+        const double* wa = wt + a * H;
+        for (int j = 0; j < H; ++j) sq[j] += wa[j] * u[j];
     }
 }
 

@@ -20,14 +20,21 @@
 // cost no matrix work.
 //
 // BatchNorm (Cfg::BN) normalises with the statistics of the whole batch of the current
-// state, so a step takes two sweeps. The statistics sweep only reads: every thread
-// perceives every cell of its band (all cells: the fire mask plays no part) straight from
-// the state (the ring serves as conversion scratch, no halos are needed), computes fc0 and
-// adds each hidden unit's z and z^2, in double-vector lanes, to per-plane sums. After a
-// barrier the per-plane sums are added in plane order (so the result does not depend on the
-// number of threads), turned into alpha, beta (nca::batch_norm_affine), and after a second
-// barrier the update sweep runs as above. The only extra memory is 2 * HIDDEN doubles per
-// plane of the batch.
+// state, so a step takes two sweeps. The statistics sweep only reads: the planes of the
+// batch are cut into fixed groups (stats_group_planes: about STATS_GROUP_CELLS cells, at
+// most STATS_MAX_GROUPS per item, whatever the number of threads), the groups are shared
+// out among the threads, and every cell of a group is perceived straight from the state
+// (all cells: the fire mask plays no part; the ring serves as conversion scratch, no halos
+// are needed). Instead of fc0 per cell (FEAT x HIDDEN multiply-adds) the sweep takes the
+// moments of the features about a reference cell: blocks of features are buffered, their
+// sums and pairwise products added up as a small matrix product in float32 over at most
+// 256 cells per lane and then in double, and at the end of a group nca::moment_sums turns
+// them, in double, into the group's sums of z and z^2 per hidden unit (FEAT (FEAT + 1) / 2
+// multiply-adds per cell instead of FEAT x HIDDEN). After a barrier the group sums are added
+// in group order (so the result does not depend on the number of threads), turned into
+// alpha, beta (nca::batch_norm_affine), and after a second barrier the update sweep runs as
+// above. The extra memory is 2 * HIDDEN doubles per group and, per thread, the feature
+// buffer, the moments and W0 in double (tens of KiB).
 #pragma once
 
 #include <omp.h>
@@ -65,6 +72,19 @@ constexpr int DLANES = LANES / 2;  // doubles per vector of LANES / 2 floats con
 typedef float vfh __attribute__((vector_size(DLANES * sizeof(float))));
 typedef double vd __attribute__((vector_size(DLANES * sizeof(double))));
 typedef uint16_t lanemask;  // bit i: lane i
+
+// BatchNorm statistics groups (see the top of this file); mirrored by
+// nca_cli.kernels.statistics_groups.
+constexpr int64_t STATS_GROUP_CELLS = int64_t(1) << 15;
+constexpr int64_t STATS_MAX_GROUPS = 1024;
+
+// Planes (outer-axis indices) per statistics group of a state with `nouter` planes of
+// `plane_cells` cells.
+inline int64_t stats_group_planes(int64_t nouter, int64_t plane_cells) {
+    const int64_t by_cells = (STATS_GROUP_CELLS + plane_cells - 1) / std::max<int64_t>(1, plane_cells);
+    const int64_t by_count = (nouter + STATS_MAX_GROUPS - 1) / STATS_MAX_GROUPS;
+    return std::max<int64_t>(1, std::min<int64_t>(nouter, std::max(by_cells, by_count)));
+}
 
 inline vf loadu(const float* p) {
     vf v;
@@ -231,6 +251,12 @@ class Band {
     // Whole cells move as LANES x LANES transposed blocks when C is a multiple of LANES.
     static constexpr bool BLOCKED = C % LANES == 0;
     static constexpr int BLK = C * LANES;  // floats per block of LANES cells
+    // BatchNorm moments: features padded to a multiple of 4, blocks buffered per flush,
+    // register tile of the product matrix.
+    static constexpr int FEATP = (FEAT + 3) / 4 * 4;
+    static constexpr int NB = 256 / LANES;
+    static constexpr int SPILL = 16;  // flushes summed in float before the products go to double
+    static constexpr int TA = 4, TB = LANES >= 16 ? 4 : 2;
 
   public:
     Band(const float* weights, const Problem& pb, int64_t a0, int64_t a1)
@@ -251,8 +277,32 @@ class Band {
         for (int i = 0; i < 2 * P; ++i) halo_[i] = halo + i * raw_plane_;
         memset(queue_, 0, sizeof(queue_));
         full_ = pb.threshold >= (1u << 24);
+        if constexpr (Cfg::BN) {
+            // features buffer, float products, moments (sums, products), W0^T in double, scratch
+            const size_t floats = (static_cast<size_t>(NB) * FEATP + static_cast<size_t>(FEATP) * FEATP) * LANES;
+            const size_t doubles = FEATP + static_cast<size_t>(FEATP) * FEATP + static_cast<size_t>(FEAT) * HIDDEN + HIDDEN;
+            mom_ = static_cast<float*>(aligned_alloc(64, (sizeof(float) * floats + sizeof(double) * doubles + 63) / 64 * 64));
+            if (mom_ == nullptr) {
+                free(buf_);
+                buf_ = nullptr;
+                return;
+            }
+            memset(mom_, 0, sizeof(float) * floats);
+            fbuf_ = reinterpret_cast<vf*>(mom_);
+            mgf_ = fbuf_ + NB * FEATP;
+            ms_ = reinterpret_cast<double*>(mom_ + floats);
+            mg_ = ms_ + FEATP;
+            wt_ = mg_ + static_cast<size_t>(FEATP) * FEATP;
+            scratch_ = wt_ + static_cast<size_t>(FEAT) * HIDDEN;
+            const float* w0 = weights + Cfg::OFF_W0;
+            for (int j = 0; j < HIDDEN; ++j)
+                for (int a = 0; a < FEAT; ++a) wt_[a * HIDDEN + j] = w0[j * FEAT + a];
+        }
     }
-    ~Band() { free(buf_); }
+    ~Band() {
+        free(buf_);
+        free(mom_);
+    }
     Band(const Band&) = delete;
     Band& operator=(const Band&) = delete;
 
@@ -274,27 +324,42 @@ class Band {
     // Update every plane of the band in place. norm: BatchNorm's alpha, beta of this step.
     void run(const float* norm = nullptr) {
         norm_ = norm;
-        sweep<false>();
+        sweep<false>(a0_, a1_);
         if (qn_ > 0) flush(qn_);
         qn_ = 0;
     }
 
-    // Statistics sweep of one batch item (reads only; no thread may write meanwhile): for
-    // each plane a of the band, sums[a * 2 * HIDDEN + j] = sum of z_j over the plane's
-    // cells, sums[(a * 2 + 1) * HIDDEN + j] = sum of z_j^2.
-    void statistics(raw* item, double* sums) {
+    // Statistics of planes [p0, p1) of one batch item (reads only; no thread may write
+    // meanwhile): out[j] = sum of z_j over their cells, out[HIDDEN + j] = sum of z_j^2.
+    void statistics(raw* item, int64_t p0, int64_t p1, double* out) {
+        if (item != item_ || !reading_)
+            for (int i = 0; i < R; ++i) tag_[i] = -1;
         item_ = item;
-        sums_ = sums;
         reading_ = true;
+        fn_ = 0;
+        flushes_ = 0;
+        have_ref_ = false;
+        for (int a = 0; a < FEATP; ++a) ms_[a] = 0.0;
+        for (int i = 0; i < FEATP * FEATP; ++i) {
+            mg_[i] = 0.0;
+            mgf_[i] = vf{};
+        }
+        sweep<true>(p0, p1);
+        moments_flush(true);
+        const double n = static_cast<double>(p1 - p0) * rows_ * W_;
+        nca::moment_sums<Cfg>(wt_, w_ + Cfg::OFF_B0, ref_, ms_, mg_, FEATP, n, out, scratch_);
+    }
+
+    // Back to updating: the ring must be refilled from the band's own planes and halos.
+    void end_statistics() {
+        reading_ = false;
         for (int i = 0; i < R; ++i) tag_[i] = -1;
-        for (int j = 0; j < HIDDEN; ++j) acc_sum_[j] = acc_sq_[j] = vd{};
-        sweep<true>();
     }
 
   private:
     template <bool STATS>
-    void sweep() {
-        for (int64_t a = a0_; a < a1_; ++a) {
+    void sweep(int64_t p0, int64_t p1) {
+        for (int64_t a = p0; a < p1; ++a) {
             const float* pl[K];
             for (int d = 0; d < K; ++d) pl[d] = plane(nca::reflect(a + d - P, nouter_));
             for (int64_t y = 0; y < rows_; ++y) {
@@ -314,7 +379,6 @@ class Band {
                 if constexpr (STATS) row<true>(rp, 0, nullptr);
                 else row<false>(rp, nca::row_hash(key_, zc, yc), item_ + (a * rows_ + y) * W_ * C);
             }
-            if constexpr (STATS) plane_sums(sums_ + a * 2 * HIDDEN);
         }
     }
 
@@ -372,16 +436,16 @@ class Band {
             perceive(Src2{rp, (b + 1) * BLK}, both);
             vf feat[FEAT];
             for (int k = 0; k < FEAT; ++k) feat[k] = both[k].a;
-            if constexpr (STATS) statistics_block(b, feat);
+            if constexpr (STATS) moments_block(b, feat);
             else block(b, feat, hrow, dst);
             for (int k = 0; k < FEAT; ++k) feat[k] = both[k].b;
-            if constexpr (STATS) statistics_block(b + 1, feat);
+            if constexpr (STATS) moments_block(b + 1, feat);
             else block(b + 1, feat, hrow, dst);
         }
         if (b < nblk_) {
             vf feat[FEAT];
             perceive(Src{rp, (b + 1) * BLK}, feat);
-            if constexpr (STATS) statistics_block(b, feat);
+            if constexpr (STATS) moments_block(b, feat);
             else block(b, feat, hrow, dst);
         }
     }
@@ -398,20 +462,68 @@ class Band {
         nca::perceive<Cfg, V>(w_, src, feat);
     }
 
-    // Adds z and z^2 of the valid cells of block b (lanes past the row end hold border
-    // copies and are zeroed) to the double accumulators, two half vectors per hidden unit.
-    __attribute__((noinline)) void statistics_block(int64_t b, const vf* feat) {
+    // Buffers the features of the valid cells of block b, minus the reference (lanes past
+    // the row end hold border copies and are zeroed); a full buffer is added to the moments.
+    __attribute__((noinline)) void moments_block(int64_t b, const vf* feat) {
         const int n = static_cast<int>(std::min<int64_t>(LANES, W_ - b * LANES));
+        if (!have_ref_) {
+            for (int a = 0; a < FEAT; ++a) ref_[a] = feat[a][0];
+            have_ref_ = true;
+        }
         const vi valid = (vi)iota() < n;
-        auto sink = [&](int j0, const vf* z, int count) {
-            for (int jj = 0; jj < count; ++jj) {
-                vf v = n < LANES ? (vf)((vi)z[jj] & valid) : z[jj];
-                vd lo = __builtin_convertvector(low_half(v), vd), hi = __builtin_convertvector(high_half(v), vd);
-                acc_sum_[j0 + jj] += lo + hi;
-                acc_sq_[j0 + jj] += lo * lo + hi * hi;
+        vf* dst = fbuf_ + fn_ * FEATP;
+        for (int a = 0; a < FEAT; ++a) {
+            vf v = feat[a] - ref_[a];
+            dst[a] = n < LANES ? (vf)((vi)v & valid) : v;
+        }
+        if (++fn_ == NB) moments_flush();
+    }
+
+    // Lane sum of a float vector in double, in a fixed order.
+    static inline double hsum(vf v) {
+        vd d = __builtin_convertvector(low_half(v), vd) + __builtin_convertvector(high_half(v), vd);
+        double r = 0.0;
+        for (int l = 0; l < DLANES; ++l) r += d[l];
+        return r;
+    }
+
+    // One TA x TB tile (rows a0.., columns b0..) of the buffered blocks' feature products,
+    // added to the float products; `spill` moves those to double.
+    __attribute__((noinline)) void moments_tile(int a0, int b0, bool spill) {
+        vf acc[TA][TB];
+        for (int p = 0; p < TA; ++p)
+            for (int q = 0; q < TB; ++q) acc[p][q] = vf{};
+        for (int i = 0; i < fn_; ++i) {
+            const vf* f = fbuf_ + i * FEATP;
+            vf x[TA], y[TB];
+            for (int p = 0; p < TA; ++p) x[p] = f[a0 + p];
+            for (int q = 0; q < TB; ++q) y[q] = f[b0 + q];
+            for (int p = 0; p < TA; ++p)
+                for (int q = 0; q < TB; ++q) acc[p][q] += x[p] * y[q];
+        }
+        for (int p = 0; p < TA; ++p)
+            for (int q = 0; q < TB; ++q) {
+                const int e = (a0 + p) * FEATP + b0 + q;
+                mgf_[e] += acc[p][q];
+                if (spill) {
+                    mg_[e] += hsum(mgf_[e]);
+                    mgf_[e] = vf{};
+                }
             }
-        };
-        nca::pre_activations<Cfg, vf, 8>(w_, feat, sink);
+    }
+
+    // Adds the buffered blocks to the sums and (a <= b) products, then empties the buffer;
+    // every SPILL-th flush (and the last of a group) moves the float products to double.
+    void moments_flush(bool last = false) {
+        const bool spill = last || ++flushes_ % SPILL == 0;
+        for (int a = 0; a < FEAT; ++a) {
+            vf acc = {};
+            for (int i = 0; i < fn_; ++i) acc += fbuf_[i * FEATP + a];
+            ms_[a] += hsum(acc);
+        }
+        for (int a0 = 0; a0 < FEATP; a0 += TA)
+            for (int b0 = a0 / TB * TB; b0 < FEATP; b0 += TB) moments_tile(a0, b0, spill);
+        fn_ = 0;
     }
 
     static inline vfh low_half(vf v) {
@@ -423,20 +535,6 @@ class Band {
         vfh h;
         memcpy(&h, reinterpret_cast<const char*>(&v) + sizeof(vfh), sizeof(vfh));
         return h;
-    }
-
-    // Lane sums of the accumulators into the plane's sums (fixed order), then reset.
-    void plane_sums(double* out) {
-        for (int j = 0; j < HIDDEN; ++j) {
-            double s = 0.0, q = 0.0;
-            for (int l = 0; l < DLANES; ++l) {
-                s += acc_sum_[j][l];
-                q += acc_sq_[j][l];
-            }
-            out[j] = s;
-            out[HIDDEN + j] = q;
-            acc_sum_[j] = acc_sq_[j] = vd{};
-        }
     }
 
     // The rest of the step for the perceived block b of a row.
@@ -580,22 +678,31 @@ class Band {
     int cur_ = 0;
     raw* qdst_[2 * LANES];
     int qn_ = 0;
-    // BatchNorm: this step's alpha, beta; the statistics sweep's plane sums and accumulators.
+    // BatchNorm: this step's alpha, beta; the statistics sweep's feature buffer (fn_ blocks),
+    // reference, moments, W0^T in double and scratch (all in mom_).
     const float* norm_ = nullptr;
     bool reading_ = false;
-    double* sums_ = nullptr;
-    vd acc_sum_[Cfg::BN ? HIDDEN : 1], acc_sq_[Cfg::BN ? HIDDEN : 1];
+    float* mom_ = nullptr;
+    vf* fbuf_ = nullptr;
+    vf* mgf_ = nullptr;
+    int fn_ = 0, flushes_ = 0;
+    bool have_ref_ = false;
+    float ref_[FEATP] = {};
+    double* ms_ = nullptr;
+    double* mg_ = nullptr;
+    double* wt_ = nullptr;
+    double* scratch_ = nullptr;
 };
 
-// BatchNorm between the two sweeps of a step: thread t of T turns the per-plane sums of
-// hidden units t, t + T, ... (added in batch and plane order) into alpha, beta.
+// BatchNorm between the two sweeps of a step: thread t of T turns the group sums of
+// hidden units t, t + T, ... (added in batch and group order) into alpha, beta.
 template <class Cfg>
-void normalisation(const float* weights, const double* sums, int64_t planes, double count, float* norm, int t,
+void normalisation(const float* weights, const double* sums, int64_t groups, double count, float* norm, int t,
                    int T) {
     constexpr int H = Cfg::HIDDEN;
     for (int j = t; j < H; j += T) {
         double s = 0.0, q = 0.0;
-        for (int64_t a = 0; a < planes; ++a) {
+        for (int64_t a = 0; a < groups; ++a) {
             s += sums[a * 2 * H + j];
             q += sums[a * 2 * H + H + j];
         }
@@ -612,8 +719,11 @@ void run(void* state, const float* weights, const Problem& pb) {
     const int64_t nouter = Cfg::DIMS == 3 ? pb.size[0] : pb.size[1];
     const int64_t item = pb.size[0] * pb.size[1] * pb.size[2] * Cfg::C;
     const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(pb.threads, nouter)));
-    // BatchNorm: per-plane sums of z and z^2 for the batch, and the step's alpha, beta.
-    std::vector<double> sums(Cfg::BN ? pb.batch * nouter * 2 * Cfg::HIDDEN : 0);
+    // BatchNorm: per-group sums of z and z^2 for the batch, and the step's alpha, beta.
+    const int64_t plane_cells = Cfg::DIMS == 3 ? pb.size[1] * pb.size[2] : pb.size[2];
+    const int64_t gplanes = stats_group_planes(nouter, plane_cells);
+    const int64_t groups = (nouter + gplanes - 1) / gplanes, all_groups = pb.batch * groups;
+    std::vector<double> sums(Cfg::BN ? all_groups * 2 * Cfg::HIDDEN : 0);
     std::vector<float> norm(Cfg::BN ? 2 * Cfg::HIDDEN : 0);
     const double count = static_cast<double>(pb.batch) * pb.size[0] * pb.size[1] * pb.size[2];
     bool failed = false;
@@ -633,10 +743,14 @@ void run(void* state, const float* weights, const Problem& pb) {
             for (int64_t step = 0; step < pb.steps; ++step) {
                 uint32_t key = nca::step_key(pb.seed, pb.level, static_cast<uint32_t>(step));
                 if constexpr (Cfg::BN) {
-                    for (int64_t b = 0; b < pb.batch; ++b)
-                        band.statistics(static_cast<raw*>(state) + b * item, &sums[b * nouter * 2 * Cfg::HIDDEN]);
+                    for (int64_t g = all_groups * t / T; g < all_groups * (t + 1) / T; ++g) {
+                        const int64_t b = g / groups, p0 = (g % groups) * gplanes;
+                        band.statistics(static_cast<raw*>(state) + b * item, p0, std::min(nouter, p0 + gplanes),
+                                        &sums[g * 2 * Cfg::HIDDEN]);
+                    }
+                    band.end_statistics();
 #pragma omp barrier
-                    normalisation<Cfg>(w.data(), sums.data(), pb.batch * nouter, count, norm.data(),
+                    normalisation<Cfg>(w.data(), sums.data(), all_groups, count, norm.data(),
                                        static_cast<int>(t), static_cast<int>(T));
 #pragma omp barrier
                 }

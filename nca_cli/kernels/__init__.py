@@ -6,10 +6,13 @@ buffered). Both compute exactly ``BackboneNCA.step`` with the fire mask of
 ``nca_cli.core.firemask``; arithmetic is float32. Every backbone variant runs fused: depthwise or
 two full perception convolutions, any odd kernel up to 9, fc1 to C - IN or to all C
 channels, and BatchNorm with the current batch's statistics. BatchNorm costs a second sweep
-per step, not memory: a first sweep over every cell of the batch sums each hidden unit's
-pre-activation and its square in double precision, then the update sweep normalises with
-the mean and biased variance (eps 1e-5) exactly as torch does; the hidden layer is never
-stored.
+per step, not memory: a first sweep over every cell of the batch gives each hidden unit's
+sum of pre-activations and of their squares in double precision, then the update sweep
+normalises with the mean and biased variance (eps 1e-5) exactly as torch does; the hidden
+layer is never stored. On the CPU the first sweep takes the moments of the perception
+features (their sums and pairwise products, about a reference cell, in groups of about 32 K
+cells) instead of fc0 per cell, and turns them into the same sums in double
+(``nca::moment_sums``): FEAT (FEAT + 1) / 2 multiply-adds per cell instead of FEAT x hidden.
 
 Precision: with float32 storage the fused CPU step matches ``BackboneNCA.run`` to about
 1e-6 (only the summation order differs; for BatchNorm the statistics are double sums, at
@@ -32,6 +35,7 @@ variant stays within 4 units with over 90 % bit-identical.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Iterable, Sequence
 
@@ -138,6 +142,20 @@ def pack_weights(backbone: BackboneNCA, device: torch.device | str) -> torch.Ten
     parts.append(fc1[backbone.input_channels:] if backbone.fc1_all_channels else fc1)
     flat = torch.cat([p.detach().reshape(-1).to(device=device, dtype=torch.float32) for p in parts])
     return flat.contiguous()
+
+
+# BatchNorm statistics groups of the CPU launcher (cuda/nca_cpu.h, stats_group_planes).
+STATS_GROUP_CELLS = 1 << 15
+STATS_MAX_GROUPS = 1024
+
+
+def statistics_groups(shape: Sequence[int]) -> int:
+    """Statistics groups per batch item of a BatchNorm step on the CPU for a spatial ``shape``
+    (each holds 2 x hidden double sums between the two sweeps of a step)."""
+    nouter, plane = int(shape[0]), max(1, math.prod(int(n) for n in shape[1:]))
+    per_group = max(-(-STATS_GROUP_CELLS // plane), -(-nouter // STATS_MAX_GROUPS))
+    per_group = max(1, min(nouter, per_group))
+    return -(-nouter // per_group)
 
 
 def to_channels_last(state: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,9 @@ kernels 3 and 7, BatchNorm), with random weights.
   convolutions: ``2·2·C·C·K^d``); fc0 ``2·FEAT·hidden`` and fc1 ``2·hidden·(C-IN)`` per cell
   that fires (the fused kernel skips the matrix work of cells that do not fire; the counts
   come from the same fire mask). BatchNorm: the fused step first sweeps every cell once
-  more, perception and fc0 included, plus ``3·hidden`` for the sums of z and z^2, and then
-  normalises (``2·hidden``) the cells that fire. "Dense" counts what the PyTorch step
+  more: perception, then on the CPU the features' sums and pairwise products
+  (``FEAT·(FEAT+1) + FEAT``), on CUDA fc0 and ``3·hidden`` for the sums of z and z^2; then
+  it normalises (``2·hidden``) the cells that fire. "Dense" counts what the PyTorch step
   computes: one perception, fc0, normalisation and its statistics and fc1 (all C outputs
   when fc1 has them) for every cell.
 - FMA peak: ``fma_peak`` of the CPU extension, independent float32 FMA chains held in
@@ -91,27 +92,35 @@ def make_backbone(case: str, fire_rate: float, seed: int = 0) -> BackboneNCA:
 def step_flops(m: BackboneNCA) -> dict[str, int]:
     """FLOPs per cell of one step by part (a multiply-add counts 2): ``perception``, ``fc0``,
     ``fc1`` (the C-IN outputs kept), ``fc1_torch`` (what PyTorch computes: C outputs when fc1
-    has all channels), and with BatchNorm ``norm`` (normalise) and ``statistics`` (sums of z
-    and z^2)."""
+    has all channels), and with BatchNorm ``norm`` (normalise), ``statistics`` (sums of z
+    and z^2) and ``moments`` (sums and pairwise products of the FEAT features, the CPU
+    launcher's statistics sweep instead of fc0 and ``statistics``)."""
     c, h, taps = m.channels, m.hidden, m.kernel_size ** m.dims
     full = m.perception == "full2"
+    feat = (3 if full else 2) * c
     flops = {
         "perception": (2 * 2 * c * c if full else 2 * c) * taps,
-        "fc0": 2 * (3 if full else 2) * c * h,
+        "fc0": 2 * feat * h,
         "fc1": 2 * h * (c - m.input_channels),
         "fc1_torch": 2 * h * (c if m.fc1_all_channels else c - m.input_channels),
         "norm": 0,
         "statistics": 0,
+        "moments": 0,
     }
     if m.normalization == "batch":
         flops["norm"], flops["statistics"] = 2 * h, 3 * h
+        flops["moments"] = feat * (feat + 1) + feat
     return flops
 
 
-def executed_flops(m: BackboneNCA, fired: float) -> float:
-    """FLOPs per cell the fused step executes when a share ``fired`` of the cells fires."""
+def executed_flops(m: BackboneNCA, fired: float, device: str = "cpu") -> float:
+    """FLOPs per cell the fused step executes when a share ``fired`` of the cells fires. The
+    BatchNorm statistics sweep perceives every cell, then takes the feature moments (CPU) or
+    fc0 and the sums of z and z^2 (CUDA)."""
     f = step_flops(m)
-    statistics_sweep = f["perception"] + f["fc0"] + f["statistics"] if f["statistics"] else 0
+    statistics_sweep = 0
+    if f["statistics"]:
+        statistics_sweep = f["perception"] + (f["moments"] if device == "cpu" else f["fc0"] + f["statistics"])
     return statistics_sweep + f["perception"] + fired * (f["fc0"] + f["norm"] + f["fc1"])
 
 
@@ -263,7 +272,7 @@ def _run_cases(tasks: list[str], sizes: dict, steps: int, threads: int, repeats:
         peak_core = max(p[1] for p in peaks) if peaks else None
         firing = sum(int(fire_mask(shape, seed=0, level=0, step=t, fire_rate=fire_rate).sum()) for t in range(steps))
         fired = firing / (steps * cells)
-        executed = executed_flops(m, fired) * cells
+        executed = executed_flops(m, fired, dev.type) * cells
         dense = dense_flops(m) * cells
         row = {
             "case": f"{label} {'x'.join(map(str, shape))}",
@@ -366,8 +375,9 @@ def format_markdown(result: dict) -> str:
         "- FLOPs count a multiply-add as 2: perception 2·C·K^d per cell (two full convolutions "
         "2·2·C·C·K^d), fc0 + fc1 2·(FEAT·hidden + hidden·(C-IN)) per cell that fires. \"Executed\" counts "
         "the matrix work only for the cells that fire (the fused kernel skips the rest) and, for "
-        "BatchNorm, the whole statistics sweep (perception, fc0 and the sums of z and z^2 for every "
-        "cell) and the normalisation; \"dense-equiv.\" counts one sweep over every cell, as the "
+        "BatchNorm, the whole statistics sweep over every cell (perception, then on the CPU the "
+        "sums and pairwise products of the FEAT features, on CUDA fc0 and the sums of z and z^2) and "
+        "the normalisation; \"dense-equiv.\" counts one sweep over every cell, as the "
         "PyTorch step computes it (fc1 with all C outputs where the model has them), divided by the "
         "fused time.",
         "- FMA peak: independent float32 FMA chains in registers on every thread, measured in the "
@@ -405,10 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = format_markdown(result)
     print(text)
     if args.out is not None:
-        from ..core.files import atomic_path
+        from ..core.files import write_text
 
-        with atomic_path(args.out) as tmp:
-            tmp.write_text(text)
+        write_text(args.out, text)
     return 0
 
 

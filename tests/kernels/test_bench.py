@@ -1,6 +1,7 @@
 """The kernel benchmark on small states."""
 import pytest
 
+from nca_cli.core.firemask import fire_mask
 from nca_cli.kernels.bench import (CASES, TASKS, dense_flops, executed_flops, format_markdown, make_backbone,
                                    run_kernel_benchmark, step_flops)
 
@@ -12,8 +13,12 @@ def test_step_flops():
     m = make_backbone("mednca_pathology_k7", 0.5)
     f = step_flops(m)
     assert f["perception"] == 2 * 16 * 49 and f["fc1"] == 2 * 64 * 13 and f["fc1_torch"] == 2 * 64 * 16
-    # BatchNorm: a statistics sweep (perception, fc0, sums) over every cell, then the update sweep
-    assert executed_flops(m, 0.5) == (2 * f["perception"] + f["fc0"] + 3 * 64 + 0.5 * (f["fc0"] + 2 * 64 + f["fc1"]))
+    # BatchNorm: a statistics sweep over every cell (perception, then the moments of the 32
+    # features on the CPU, fc0 and the sums on CUDA), then the update sweep
+    update = f["perception"] + 0.5 * (f["fc0"] + 2 * 64 + f["fc1"])
+    assert f["moments"] == 32 * 33 + 32
+    assert executed_flops(m, 0.5) == f["perception"] + 32 * 33 + 32 + update
+    assert executed_flops(m, 0.5, "cuda") == f["perception"] + f["fc0"] + 3 * 64 + update
     assert dense_flops(m) == f["perception"] + f["fc0"] + 5 * 64 + f["fc1_torch"]
     full = step_flops(make_backbone("mednca_xray", 0.5))
     assert full["perception"] == 2 * 2 * 16 * 16 * 9 and full["fc0"] == 2 * 48 * 128
@@ -45,8 +50,12 @@ def test_batch_norm_case_runs_fused(cpu_kernels):
                                   memory=False)
     (row,) = result["rows"]
     assert row["case"].startswith("Med-NCA 2D RGB, kernel 7") and row["fused_s"] > 0 and row["torch_s"] > 0
-    # the statistics sweep makes the fused step execute more than one dense sweep
-    assert row["fused_gflops"] > row["fused_dense_gflops"]
+    # executed against dense FLOPs: the statistics sweep (perception and feature moments of
+    # every cell) and the update sweep (matrix work of the cells that fire), from the fire mask
+    m = make_backbone("mednca_pathology_k7", 0.5)
+    fired = int(fire_mask((40, 36), seed=0, level=0, step=0, fire_rate=0.5).sum()) / (40 * 36)
+    ratio = executed_flops(m, fired) / dense_flops(m)
+    assert row["fused_gflops"] / row["fused_dense_gflops"] == pytest.approx(ratio)
 
 
 def test_unknown_case_is_rejected(cpu_kernels):
