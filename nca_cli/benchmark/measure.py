@@ -69,7 +69,7 @@ def _pass_fused(model, subject: Subject, geometry: Geometry, shape, device, dtyp
     c = model.config
     image = input_image(geometry, shape, seed)
     t0 = time.perf_counter()
-    source = FileSource(image, c.factors, c.pyramid, dtype, device)
+    source = FileSource(image, c.factors, c.pyramid, dtype, device, keep=False)   # as `segment`'s single pass
     state = drive(model, source, impl="fused", seed=seed, state_dtype=dtype, device=device)
     del source
     out = slice(c.input_channels, c.input_channels + c.output_channels)

@@ -11,8 +11,12 @@ def logits_to_labels(logits: torch.Tensor) -> torch.Tensor:
     One class: ``logit > 0``. Several: the class with the largest logit among those > 0."""
     if logits.shape[-1] == 1:
         return (logits[..., 0] > 0).to(torch.uint8)
+    # Per cell beside the logits: the maximum (4 bytes), its int64 index (8), the labels (1)
+    # and the masks (2); no int64 temporaries beyond the index (the memory model counts 20).
     best, idx = logits.max(dim=-1)
-    return torch.where(best > 0, idx + 1, torch.zeros_like(idx)).to(torch.uint8)
+    labels = idx.to(torch.uint8).add_(1)
+    del idx
+    return labels.masked_fill_(~(best > 0), 0)   # NaN: background, as before
 
 
 class EnsembleAccumulator:

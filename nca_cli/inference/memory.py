@@ -2,19 +2,20 @@
 
 A run goes through phases that do not overlap in time; its peak is the largest phase, on top
 of the process's resident memory when the input starts (``baseline``: libraries, model, the
-reader's own decoded copy of an image or video):
+reader's own decoded copy of an image; videos are decoded a band of frames at a time):
 
 - **fit**: percentiles of the normalisation (``io.normalize.fit_bytes``);
 - **pyramid**: the coarse input levels (kept in the state's type) while one band of level 0 is
   read and normalised;
-- **levels**: the one state buffer of all levels, the pyramid, and the largest transient of a
+- **levels**: the one state buffer of all levels (on the CPU only its pages written so far),
+  the coarse inputs not yet used (all of them when they are kept), and the largest transient of a
   level: reading a band of level-0 inputs, upsampling a chunk, the fused kernel's per-thread
   planes, or a PyTorch reference step (its working memory per cell measured once per backbone
   in this process, since it depends on the library's convolution kernels);
 - **labels**: the state, the label map and one band of logits turned into labels (ensembles:
   every run's float16 logits, then their median);
 - **write**: the label map and what the writer copies (a PNG or NIfTI encoder holds a copy and
-  its compressed bytes; a video overlay re-reads the frames).
+  its compressed bytes; a video overlay re-reads the frames band by band).
 
 Sliding-window models measure one window's forward pass once (cold, in this process) and add
 the slab of input, the blended logits of a slab and the label map. ``tests/inference/
@@ -32,6 +33,7 @@ import torch
 from ..core.errors import NCAError
 from ..core.sizes import format_size
 from ..io.normalize import Normalization, band_bytes, fit_bytes
+from ..io.video import CHUNK_BYTES as VIDEO_CHUNK
 from .octree import buffer_layout
 from .tiled import Tile, tile_regions, tile_working_elements
 
@@ -130,7 +132,9 @@ def forward_peak_bytes(model, window: Sequence[int], channels: int, device="cpu"
 def _kernel_thread_bytes(model, shapes, dtype_bytes: int, threads: int) -> int:
     """The fused CPU kernel's planes per thread: 2P+1 float planes of the cells around the one
     being updated, and 2P raw planes of the band's borders (a plane is a row in 2D); with
-    BatchNorm also the per-plane statistics sums."""
+    BatchNorm also the statistics groups' sums and each thread's feature moments."""
+    from ..kernels import statistics_groups
+
     worst = 0
     for level, bb in enumerate(model.backbones):
         shape = shapes[level]
@@ -138,8 +142,14 @@ def _kernel_thread_bytes(model, shapes, dtype_bytes: int, threads: int) -> int:
         plane = math.prod(shape[1:-1]) if len(shape) == 3 else 1
         width = shape[-1] + 2 * KERNEL_LANES
         per_thread = (2 * p + 1) * plane * width * bb.channels * 4 + 2 * p * plane * shape[-1] * bb.channels * dtype_bytes
-        # BatchNorm: each outer plane's double sums of z and z^2 per hidden unit.
-        sums = shape[0] * 2 * bb.hidden * 8 if bb.normalization == "batch" else 0
+        sums = 0
+        if bb.normalization == "batch":
+            # each group's double sums of z and z^2 per hidden unit; per thread the buffered
+            # features (256 cells), the float and double products, W0 in double
+            feat = (3 if bb.perception == "full2" else 2) * bb.channels
+            featp = -(-feat // 4) * 4
+            sums = statistics_groups(shape) * 2 * bb.hidden * 8
+            per_thread += 256 * featp * 4 + featp * featp * (4 * KERNEL_LANES + 8) + feat * bb.hidden * 8
         worst = max(worst, per_thread * max(1, min(threads, shape[0])) + sums)
     return worst
 
@@ -163,7 +173,9 @@ def _write_bytes(cells: int, cost: InputCost, ensemble_std: bool) -> int:
     if ensemble_std:
         extra += 4 * cells
     if cost.kind == "video":
-        extra += 2 * cells * cost.channels
+        # the overlay re-reads the frames a band at a time (the reader keeps one); a preview's
+        # planes through time decode a chunk of whole frames at a time
+        extra += max(2 * min(cells, BAND_CELLS) * cost.channels, min(cells * cost.channels, VIDEO_CHUNK))
     return extra
 
 
@@ -185,10 +197,18 @@ def single_pass_phases(model, shape, *, dtype, impl: str, cost: InputCost, ensem
     """Bytes of every phase of a single pass (see the module docstring)."""
     c = model.config
     shapes = model.level_shapes(shape)
-    _, _, total = buffer_layout(shapes, c.factors, 1, c.channels)
+    offsets, _, total = buffer_layout(shapes, c.factors, 1, c.channels)
     b = _bytes(dtype)
     cells0 = math.prod(shapes[0])
-    pyramid = sum(math.prod(s) * c.input_channels for s in shapes[1:]) * b
+    inputs = [math.prod(s) * c.input_channels * b for s in shapes[1:]]   # coarse levels 1, 2, ...
+    pyramid = sum(inputs)
+    if device_type == "cpu" and ensemble == 1:
+        # One pass drops each coarse input once written, and of the state buffer only the pages a
+        # level has touched are resident (the OS commits them on first write): while level l runs,
+        # the buffer from its offset on and the inputs of levels 1 .. l.
+        held = max((total - offsets[level]) * b + sum(inputs[:level]) for level in range(len(shapes)))
+    else:
+        held = total * b + pyramid
     read = _inputs_bytes(cells0, cost)
     if impl == "torch":
         largest = max(torch_step_bytes(bb, math.prod(s)) + math.prod(s) * c.channels * 4 * (b != 4)
@@ -200,7 +220,7 @@ def single_pass_phases(model, shape, *, dtype, impl: str, cost: InputCost, ensem
     return {
         "fit": fit_bytes(cells0, cost.channels, cost.itemsize, cost.normalization),
         "pyramid": pyramid + read + (kept if ensemble > 1 else 0),
-        "levels": total * b + pyramid + transient + (kept if ensemble > 1 else 0),
+        "levels": held + transient + (kept if ensemble > 1 else 0),
         "labels": total * b + kept + band,
         "write": kept + _write_bytes(cells0, cost, want_std),
     }

@@ -1,4 +1,4 @@
-"""Videos through imageio-ffmpeg: frames as a ``[T, H, W, 3]`` uint8 clip, label and overlay output."""
+"""Videos through imageio-ffmpeg: frames as a ``[T, H, W, 3]`` uint8 clip decoded on demand, label and overlay output."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,66 +15,104 @@ from .palette import PALETTE, blend
 from .volume import write_volume
 
 LABEL_SUFFIXES = (".nii", ".nii.gz", ".npz")
+CHUNK_BYTES = 64 << 20     # decoded frames one read holds at most, besides what it returns
 
 
-def _available_memory() -> int | None:
-    """Bytes the system reports as available (Linux), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+class _FrameStream:
+    """The frames of a clip, decoded on demand by one forward-only ffmpeg decoder.
+
+    The last frames read are kept (one band), so the regions of one band of frames (its
+    tiles, its rows) decode once; reading on from there continues the decoder, reading
+    further on skips frames, reading earlier frames restarts it at the clip's start. At most
+    the frames of the last read exist in memory, never the clip."""
+
+    def __init__(self, path: Path, start: float, output_params: list[str], count: int, size: tuple[int, int]):
+        self.path, self.start, self.output_params = path, start, output_params
+        self.count, (self.w, self.h) = count, size
+        self.gen = None
+        self.pos = 0                      # index of the next frame the decoder yields
+        self.cache = np.empty((0, self.h, self.w, 3), dtype=np.uint8)
+        self.cache_start = 0              # the decoder stands at cache_start + len(cache)
+
+    def _restart(self) -> None:
+        self.close()
+        self.gen = _frames(self.path, self.start, self.output_params)
+        next(self.gen)                    # the header
+        self.pos = 0
+
+    def _next(self) -> np.ndarray:
+        try:
+            raw = next(self.gen)
+        except StopIteration:
+            raw = None
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise _decode_error(self.path, exc) from None
+        if raw is None or len(raw) != self.w * self.h * 3:
+            raise NCAError(f"The video {self.path} ended after {self.pos} of its {self.count} frames while it was "
+                           "being read again; check that the file is complete and was not changed meanwhile.")
+        self.pos += 1
+        return np.frombuffer(raw, dtype=np.uint8).reshape(self.h, self.w, 3)
+
+    def frames(self, t0: int, t1: int) -> np.ndarray:
+        """Frames ``[t0, t1)`` as ``[t1 - t0, H, W, 3]`` uint8 (the array is kept: do not modify)."""
+        c0, c1 = self.cache_start, self.cache_start + len(self.cache)
+        if c0 <= t0 and t1 <= c1:
+            return self.cache[t0 - c0:t1 - c0]
+        out = np.empty((t1 - t0, self.h, self.w, 3), dtype=np.uint8)
+        k = t0
+        if c0 <= t0 < c1:                 # the start is kept; the decoder stands at c1
+            out[:c1 - t0] = self.cache[t0 - c0:]
+            k = c1
+        self.cache = self.cache[:0]       # the previous frames go before more are decoded
+        try:
+            if self.gen is None or self.pos > k:
+                self._restart()
+            while self.pos < k:
+                self._next()
+            while k < t1:
+                out[k - t0] = self._next()
+                k += 1
+        except BaseException:
+            self.close()                  # the next read starts afresh
+            raise
+        self.cache, self.cache_start = out, t0
+        return out
+
+    def close(self) -> None:
+        if self.gen is not None:
+            self.gen.close()
+            self.gen = None
+        self.cache, self.cache_start = self.cache[:0], 0
 
 
-def _decode(path: Path, start: float, duration: float | None, max_frames: int | None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Decode the selected frames into one array; returns it with ffmpeg's header info."""
-    output_params: list[str] = []
-    if duration is not None:
-        output_params += ["-t", f"{duration:.6f}"]
-    if max_frames is not None:
-        output_params += ["-frames:v", str(max_frames)]
-    gen = imageio_ffmpeg.read_frames(str(path), input_params=["-ss", f"{start:.6f}"] if start else None, output_params=output_params)
+def _frames(path: Path, start: float, output_params: list[str]):
+    return imageio_ffmpeg.read_frames(str(path), input_params=["-ss", f"{start:.6f}"] if start else None,
+                                      output_params=output_params)
+
+
+def _decode_error(path: Path, exc: BaseException) -> NCAError:
+    return NCAError(f"Cannot decode video {path} ({str(exc).splitlines()[0]}); check that the file is a complete "
+                    ".mp4/.avi/.mov/.mkv video.")
+
+
+def _count(path: Path, start: float, output_params: list[str]) -> tuple[int, dict[str, Any]]:
+    """Decode the selected frames once, keeping none: their number and ffmpeg's header info."""
+    gen = _frames(path, start, output_params)
     try:
         header = next(gen)
         w, h = (int(v) for v in header["size"])
-        fps = float(header.get("fps") or 0.0)
-        total = float(header.get("duration") or 0.0)
-        estimate = None
-        if fps > 0 and total > 0:
-            span = max(0.0, total - start)
-            if duration is not None:
-                span = min(span, duration)
-            estimate = int(span * fps + 1)
-        if max_frames is not None:
-            estimate = max_frames if estimate is None else min(estimate, max_frames)
-        if estimate is not None:
-            need, avail = estimate * h * w * 3, _available_memory()
-            if avail is not None and need > avail * 0.8:
-                raise NCAError(
-                    f"Decoding {path} needs about {need / 2**30:.1f} GiB for {estimate} frames but only "
-                    f"{avail / 2**30:.1f} GiB is free; limit it with --max-frames or --duration."
-                )
-        buf = np.empty((estimate or 0, h, w, 3), dtype=np.uint8)
-        extra: list[np.ndarray] = []
         n = 0
         for raw in gen:
-            frame = np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3)
-            if n < len(buf):
-                buf[n] = frame
-            else:
-                extra.append(frame)
-            n += 1
-            if max_frames is not None and n >= max_frames:
+            if len(raw) != w * h * 3:
                 break
-    except (OSError, RuntimeError, KeyError, ValueError) as exc:
-        raise NCAError(f"Cannot decode video {path} ({str(exc).splitlines()[0]}); check that the file is a complete .mp4/.avi/.mov/.mkv video.") from None
+            n += 1
+    except (OSError, RuntimeError, KeyError, ValueError, StopIteration) as exc:
+        raise _decode_error(path, exc) from None
     finally:
         gen.close()
-    frames = np.concatenate([buf, np.stack(extra)]) if extra else buf[:n]
-    return frames, {"fps": fps, "source_duration": total, "size": (w, h), "codec": header.get("codec")}
+    info = {"fps": float(header.get("fps") or 0.0), "source_duration": float(header.get("duration") or 0.0),
+            "size": (w, h), "codec": header.get("codec")}
+    return n, info
 
 
 def open_video(
@@ -82,9 +120,10 @@ def open_video(
 ) -> InputImage:
     """Open a video clip as a ``[T, H, W]`` stack of RGB uint8 frames.
 
-    ``start`` and ``duration`` are in seconds; ``max_frames`` caps the frame count. The
-    selected frames are decoded here, so limit long videos with these arguments. ``meta``
-    holds ``fps``, ``start`` (seconds of the first frame) and ``duration`` of the clip.
+    ``start`` and ``duration`` are in seconds; ``max_frames`` caps the frame count. Opening
+    decodes the selection once to count its frames; reads decode the frames they need
+    (``_FrameStream``), so a clip of any length costs memory for one band of frames only.
+    ``meta`` holds ``fps``, ``start`` (seconds of the first frame) and ``duration`` of the clip.
     """
     path = Path(path)
     start = float(start or 0.0)
@@ -94,8 +133,13 @@ def open_video(
         raise NCAError(f"The duration {duration} s for {path} must be positive.")
     if max_frames is not None and max_frames < 1:
         raise NCAError(f"The frame limit {max_frames} for {path} must be at least 1.")
-    frames, info = _decode(path, start, duration, max_frames)
-    if len(frames) == 0:
+    output_params: list[str] = []
+    if duration is not None:
+        output_params += ["-t", f"{duration:.6f}"]
+    if max_frames is not None:
+        output_params += ["-frames:v", str(max_frames)]
+    count, info = _count(path, start, output_params)
+    if count == 0:
         raise NCAError(
             f"No frames were decoded from {path} starting at {start:g} s (the video lasts {info['source_duration']:g} s); "
             "choose an earlier start or check the file."
@@ -104,25 +148,39 @@ def open_video(
     meta = {
         "fps": fps,
         "start": start,
-        "duration": len(frames) / fps if fps > 0 else None,
+        "duration": count / fps if fps > 0 else None,
         "source_duration": info["source_duration"],
         "codec": info["codec"],
     }
-    state = {"frames": frames}
+    stream = _FrameStream(path, start, output_params, count, info["size"])
+    w, h = info["size"]
+    chunk = max(1, CHUNK_BYTES // (w * h * 3))
 
     def read(region: Region) -> np.ndarray:
-        return np.array(state["frames"][region])
+        # Many frames (a plane through time for a preview) are decoded a chunk at a time, so
+        # only the cropped region of all of them is held.
+        t0, t1 = region[0].start, region[0].stop
+        crop = (slice(None), *region[1:])
+        if t1 - t0 <= chunk:
+            return np.array(stream.frames(t0, t1)[crop])
+        out = None
+        for c0 in range(t0, t1, chunk):
+            part = stream.frames(c0, min(t1, c0 + chunk))[crop]
+            if out is None:
+                out = np.empty((t1 - t0, *part.shape[1:]), dtype=np.uint8)
+            out[c0 - t0:c0 - t0 + len(part)] = part
+        return out
 
     return InputImage(
         path=path,
         kind="video",
         dims=3,
-        spatial_shape=frames.shape[:3],
+        spatial_shape=(count, info["size"][1], info["size"][0]),
         channels=3,
         dtype=np.uint8,
         meta=meta,
         _reader=read,
-        _closer=state.clear,
+        _closer=stream.close,
     )
 
 

@@ -216,7 +216,7 @@ def write_outputs(job: Job, image, labels: np.ndarray, render: Rendering, std_ma
     if job.preview is not None:
         _write_preview(image, labels, job.preview, render.preview_style)
     if job.overlay is not None:
-        io.write_overlay_mp4(job.overlay, _display(image.read()), labels, image.meta.get("fps", 25.0))
+        io.write_overlay_mp4(job.overlay, _frames(image), labels, image.meta.get("fps", 25.0))
 
 
 def write_metadata(job: Job, record: dict) -> None:
@@ -225,6 +225,14 @@ def write_metadata(job: Job, record: dict) -> None:
     record["outputs"] = [str(p) for p in job.outputs]
     record["output_bytes"] = {str(p): p.stat().st_size for p in job.outputs}
     write_json(job.metadata, record)
+
+
+def _frames(image, cells: int = 1 << 22):
+    """The frames of a video input one at a time, read a band of frames at a time."""
+    t, h, w = image.spatial_shape
+    step = max(1, cells // (h * w))
+    for t0 in range(0, t, step):
+        yield from _display(image.read((slice(t0, min(t, t0 + step)), slice(0, h), slice(0, w))))
 
 
 def _display(pixels: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:

@@ -91,3 +91,27 @@ def test_a_run_that_cannot_fit_is_refused_before_it_starts(tmp_path, inputs):
     assert "largest input of its proportions that fits" in proc.stderr and " MP)" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+@pytest.mark.memory
+@pytest.mark.parametrize("impl", ["fused", "torch"])
+def test_a_video_is_read_within_the_prediction(tmp_path, impl):
+    """Videos are decoded a band of frames at a time during the run (and again for the
+    overlay), so their frames count against the prediction instead of lying in the baseline."""
+    import imageio_ffmpeg
+
+    src = tmp_path / "clip.mp4"
+    rng = np.random.default_rng(0)
+    writer = imageio_ffmpeg.write_frames(str(src), (160, 96), fps=25, macro_block_size=1, ffmpeg_log_level="error")
+    writer.send(None)
+    for _ in range(96):
+        writer.send(rng.integers(0, 256, (96, 160, 3), dtype=np.uint8))
+    writer.close()
+    model, _ = _model(tmp_path, "octree_surgery")
+    out = tmp_path / "m.npz"
+    proc, meta = _segment(model, src, out, "--impl", impl, "--state-dtype", "float16", "--overlay",
+                          tmp_path / "overlay.mp4", "--memory-budget", 3 * 2 ** 30)
+    assert proc.returncode == 0, proc.stderr
+    predicted, measured = meta["predicted_peak_bytes"], meta["peak_memory_bytes"]
+    assert measured <= 1.05 * predicted + SLACK, (predicted / MIB, measured / MIB, meta["predicted_phases_bytes"])
+    assert np.load(out)["labels"].shape == (96, 96, 160)

@@ -133,3 +133,76 @@ def test_not_a_video(tmp_path):
     (tmp_path / "fake.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
     with pytest.raises(NCAError, match="fake.mp4"):
         open_input(tmp_path / "fake.mp4")
+
+
+def test_reads_in_any_order_decode_only_what_they_need(video_path, monkeypatch):
+    """Reading on continues the decoder, the last band is kept, earlier frames restart it."""
+    from nca_cli.io import video
+
+    starts = []
+    real = video._frames
+
+    def counting(*args):
+        starts.append(args[1])
+        return real(*args)
+
+    monkeypatch.setattr(video, "_frames", counting)
+    with open_input(video_path) as vid:
+        assert len(starts) == 1                                   # the count at opening
+        rest = (slice(0, 48), slice(0, 64))
+        assert frame_ids(vid.read((slice(2, 6), *rest))) == [2, 3, 4, 5]
+        assert frame_ids(vid.read((slice(4, 6), slice(0, 8), slice(0, 8)))) == [4, 5]   # kept band
+        assert frame_ids(vid.read((slice(5, 9), *rest))) == [5, 6, 7, 8]                # overlaps, reads on
+        assert frame_ids(vid.read((slice(12, 14), *rest))) == [12, 13]                  # skips ahead
+        assert len(starts) == 2                                   # one decoder so far
+        assert frame_ids(vid.read((slice(0, 3), *rest))) == [0, 1, 2]                   # earlier: restarts
+        assert len(starts) == 3
+        assert frame_ids(vid.read((slice(N_FRAMES - 2, N_FRAMES), *rest))) == [N_FRAMES - 2, N_FRAMES - 1]
+    with open_input(video_path, start=1.0) as vid:               # restarts keep the selection's start
+        assert frame_ids(vid.read((slice(4, 5), slice(0, 48), slice(0, 64)))) == [14]
+        assert frame_ids(vid.read((slice(0, 2), slice(0, 48), slice(0, 64)))) == [10, 11]
+
+
+def test_a_long_clip_is_never_decoded_whole(tmp_path):
+    """Opening and reading a 119 MiB clip band by band holds a few bands (6 MiB each), not the clip."""
+    from nca_cli.core.machine import PeakMeter
+
+    path = tmp_path / "long.mp4"
+    writer = imageio_ffmpeg.write_frames(str(path), (432, 240), fps=FPS, codec="libx264", quality=10,
+                                         macro_block_size=1, ffmpeg_log_level="error")
+    writer.send(None)
+    for i in range(400):
+        writer.send(np.full((240, 432, 3), frame_value(i % N_FRAMES), dtype=np.uint8))
+    writer.close()
+    clip_bytes, band_bytes = 400 * 240 * 432 * 3, 20 * 240 * 432 * 3
+    meter = PeakMeter("cpu").start()
+    with open_input(path) as vid:
+        assert vid.spatial_shape == (400, 240, 432)
+        seen = []
+        for t0 in range(0, 400, 20):
+            band = vid.read((slice(t0, t0 + 20), slice(0, 240), slice(0, 432)))
+            seen += frame_ids(band)
+    peak = meter.stop()["peak_bytes"]
+    assert seen == [i % N_FRAMES for i in range(400)]
+    assert peak < min(clip_bytes / 4, 5 * band_bytes + 8 * 2 ** 20), peak / 2 ** 20
+
+
+def test_a_file_that_changes_after_opening_ends_in_one_sentence(tmp_path):
+    path = tmp_path / "clip.mp4"
+    write_test_video(path)
+    with open_input(path) as vid:
+        write_test_video(path, n=5)                               # shorter now
+        with pytest.raises(NCAError, match="ended after 5 of its 20 frames"):
+            vid.read((slice(0, 20), slice(0, 48), slice(0, 64)))
+        assert frame_ids(vid.read((slice(0, 2), slice(0, 48), slice(0, 64)))) == [0, 1]   # usable again
+
+
+def test_a_plane_through_all_frames_is_read_a_chunk_at_a_time(video_path, monkeypatch):
+    from nca_cli.io import video
+
+    monkeypatch.setattr(video, "CHUNK_BYTES", 3 * 48 * 64 * 3)   # three frames per chunk
+    with open_input(video_path) as vid:
+        plane = vid.read((slice(0, N_FRAMES), slice(0, 48), slice(7, 8)))
+        assert plane.shape == (N_FRAMES, 48, 1, 3)
+        assert frame_ids(plane) == list(range(N_FRAMES))
+        assert frame_ids(vid.read()) == list(range(N_FRAMES))
