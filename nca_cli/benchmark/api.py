@@ -122,7 +122,10 @@ def run_benchmarks(opts: BenchmarkOptions) -> dict:
     if kernel:
         from ..kernels.bench import run_kernel_benchmark
 
+        from .forward import run_forward_benchmark
+
         results["kernel"] = run_kernel_benchmark(task=task, device=str(dev))
+        results["forward"] = run_forward_benchmark(task, device=str(dev))
     if json_out is not None:
         write_json(json_out, results)
     if not quiet:

@@ -131,6 +131,18 @@ def kernel_table(section: dict) -> Table:
     return t
 
 
+def forward_table(section: dict) -> Table:
+    """The whole-forward rows of ``nca_cli.benchmark.forward.run_forward_benchmark``."""
+    t = Table(title=f"Whole forward pass, fused against PyTorch ({section.get('device', '?')}, "
+                    f"{section.get('threads', '?')} threads)", title_justify="left")
+    for name in ("model", "input", "steps per level", "fused s", "PyTorch s", "speed-up", "max logit diff"):
+        t.add_column(name, justify="left" if name in ("model", "input") else "right")
+    for r in section.get("rows") or []:
+        t.add_row(f"{r['architecture']} ({r['recipe']})", r["input"], "/".join(map(str, r["steps"])),
+                  f"{r['fused_s']:.2f}", f"{r['torch_s']:.2f}", f"{r['speedup']:.1f}x", f"{r['max_logit_diff']:.1e}")
+    return t
+
+
 def print_results(results: dict, console: Console | None = None) -> None:
     console = console or Console()
     if "max_size" in results:
@@ -145,10 +157,8 @@ def print_results(results: dict, console: Console | None = None) -> None:
             console.print(line)
     if "curve" in results:
         console.print(curve_table(results["curve"]))
-    if "kernel" in results:
-        section = results["kernel"]
-        if section.get("error"):
-            console.print(f"fused step benchmark: {section['error']}")
-        else:
-            console.print(kernel_table(section))
+    for key, what, table in (("kernel", "fused step", kernel_table), ("forward", "whole forward", forward_table)):
+        if key in results:
+            section = results[key]
+            console.print(f"{what} benchmark: {section['error']}" if section.get("error") else table(section))
     console.print(f"[dim]{WEIGHTS_NOTE}[/dim]")

@@ -113,10 +113,21 @@ def test_kernel_comparison_is_passed_through_and_printed(monkeypatch, tmp_path, 
                           "fused_extra_bytes": 1024, "torch_extra_bytes": 2 ** 20}], "device": "cpu", "threads": 2}
 
     monkeypatch.setattr(bench, "run_kernel_benchmark", fake_kernel_benchmark)
+    from nca_cli.benchmark import forward
+
+    def fake_forward_benchmark(task, device):
+        seen["forward"] = (task, device)
+        return {"rows": [{"recipe": "mednca_pathology", "architecture": "med_nca", "input": "512x512",
+                          "steps": [64, 64], "fused_s": 1.0, "torch_s": 20.0, "speedup": 20.0,
+                          "max_logit_diff": 3e-5}], "device": "cpu", "threads": 2}
+
+    monkeypatch.setattr(forward, "run_forward_benchmark", fake_forward_benchmark)
     out = tmp_path / "k.json"
     results = api.run_benchmarks(BenchmarkOptions(max_size=False, curve=False, kernel=True, task="pathology", models=[], impls=[], memory_budget=None, device="cpu", json_out=out, plot=None, csv_out=None, quiet=False))
-    assert seen == {"task": "pathology", "device": "cpu"}
+    assert seen == {"task": "pathology", "device": "cpu", "forward": ("pathology", "cpu")}
     assert json.loads(out.read_text())["kernel"]["rows"][0]["speedup"] == 5.0
     assert results["kernel"]["rows"][0]["case"] == "2D RGB 64x64"
     printed = capsys.readouterr().out
     assert "Fused step against the PyTorch step" in printed and "1.0 MiB" in printed
+    assert "Whole forward pass" in printed and "20.0x" in printed
+    assert json.loads(out.read_text())["forward"]["rows"][0]["recipe"] == "mednca_pathology"
