@@ -54,21 +54,21 @@ _BN = dict(normalization="batch")
 # case -> (label, spatial shape, BackboneNCA settings besides dims, channels and fire rate)
 CASES = {
     "pathology": ("OctreeNCA 2D RGB", (2048, 2048), dict(input_channels=3)),
-    "radiology": ("OctreeNCA 3D MRI", (256, 256, 64), dict(input_channels=1)),
-    "surgery": ("OctreeNCA 3D RGB", (256, 256, 64), dict(input_channels=3)),
+    "radiology": ("OctreeNCA 3D MRI", (64, 256, 256), dict(input_channels=1)),
+    "surgery": ("OctreeNCA 3D RGB video", (40, 240, 432), dict(input_channels=3)),
     "mednca_pathology_k3": ("Med-NCA 2D RGB, kernel 3 (fine level)", (2048, 2048),
                             dict(input_channels=3, kernel_size=3, fc1_all_channels=True, **_BN)),
     "mednca_pathology_k7": ("Med-NCA 2D RGB, kernel 7 (coarse level)", (2048, 2048),
                             dict(input_channels=3, kernel_size=7, fc1_all_channels=True, **_BN)),
     "mednca_xray": ("Med-NCA (VWSL) 2D X-ray, two full 3x3 convs, hidden 128", (1024, 1024),
                     dict(input_channels=1, hidden=128, perception="full2", fc1_all_channels=True, **_BN)),
-    "m3d_radiology_k3": ("M3D-NCA 3D MRI, kernel 3 (fine level)", (256, 256, 64),
+    "m3d_radiology_k3": ("M3D-NCA 3D MRI, kernel 3 (fine level)", (64, 256, 256),
                          dict(input_channels=1, kernel_size=3, fc1_all_channels=True, **_BN)),
-    "m3d_radiology_k7": ("M3D-NCA 3D MRI, kernel 7 (coarse level)", (128, 128, 32),
+    "m3d_radiology_k7": ("M3D-NCA 3D MRI, kernel 7 (coarse level)", (32, 128, 128),
                          dict(input_channels=1, kernel_size=7, fc1_all_channels=True, **_BN)),
-    "m3d_surgery_k3": ("M3D-NCA 3D RGB, kernel 3 (fine level)", (256, 256, 64),
+    "m3d_surgery_k3": ("M3D-NCA 3D RGB video, kernel 3 (fine level)", (40, 240, 432),
                        dict(input_channels=3, kernel_size=3, fc1_all_channels=True, **_BN)),
-    "m3d_surgery_k7": ("M3D-NCA 3D RGB, kernel 7 (coarse level)", (128, 128, 32),
+    "m3d_surgery_k7": ("M3D-NCA 3D RGB video, kernel 7 (coarse level)", (20, 120, 216),
                        dict(input_channels=3, kernel_size=7, fc1_all_channels=True, **_BN)),
 }
 # task -> its cases: OctreeNCA's backbone, then the baselines' of the same task
@@ -218,7 +218,8 @@ def run_kernel_benchmark(
     OctreeNCA's backbone, then Med-NCA's or M3D-NCA's), or ``task`` names one case of
     ``CASES``. ``sizes`` maps case names to spatial shapes, overriding their default shapes;
     without ``task`` it also picks the cases. Default: the pathology and radiology tasks
-    (2048x2048 2D RGB states, 256x256x64 3D MRI states, M3D-NCA's kernel 7 on 128x128x32).
+    (2048x2048 2D RGB states; 3D states as volumes are read, slices x height x width: 64 slices
+    of 256x256 MRI, M3D-NCA's kernel 7 on 32 x 128x128, video 40 frames of 240x432).
     """
     from . import fused_available
 
