@@ -9,6 +9,12 @@
 //     made just before its first use, so before this thread overwrites that plane.
 // Extra memory per step is therefore 4P + 1 planes per thread, not a second state.
 //
+// 3D planes larger than STRIP_BYTES are swept in strips of rows (strip_rows): for each strip
+// every plane of the band, so the ring holds 2P + 1 strips (plus P rows each side), which
+// stay in cache, instead of whole planes. The P rows above a strip were updated with the
+// strip before; their original values are saved, per plane of the band, when the plane is
+// copied into the ring for that strip (P raw rows per plane of the band).
+//
 // Ring planes are blocked: per row, blocks of LANES cells, per block C aligned vectors (one
 // per channel, one lane per cell), with one extra block at each end of the row holding the
 // reflected border. A neighbour at offset dx is an aligned load of the block, or a lane
@@ -76,6 +82,17 @@ typedef uint16_t lanemask;  // bit i: lane i
 // BatchNorm statistics groups (see the top of this file); mirrored by
 // nca_cli.kernels.statistics_groups.
 constexpr int64_t STATS_GROUP_CELLS = int64_t(1) << 15;
+// Ring size above which 3D planes are swept in strips of rows; mirrored by
+// nca_cli.kernels.strip_rows. NCA_CPU_STRIP_ROWS overrides the strip height (tests).
+constexpr int64_t STRIP_BYTES = int64_t(1) << 20;
+
+inline int64_t strip_rows(int64_t rows, int64_t row_bytes, int p) {
+    const int64_t ring = (2 * p + 1) * row_bytes;
+    int64_t s = STRIP_BYTES / std::max<int64_t>(1, ring) - 2 * p;
+    s = std::max<int64_t>(s, std::max(4 * p, 8));
+    if (const char* env = getenv("NCA_CPU_STRIP_ROWS")) s = std::max<int64_t>(std::max(4 * p, 1), atoll(env));
+    return s >= rows ? rows : s;
+}
 constexpr int64_t STATS_MAX_GROUPS = 1024;
 
 // Planes (outer-axis indices) per statistics group of a state with `nouter` planes of
@@ -266,15 +283,20 @@ class Band {
         W_ = pb.size[2];
         nblk_ = (W_ + LANES - 1) / LANES;
         row_floats_ = (nblk_ + 2) * BLK;
-        plane_floats_ = rows_ * row_floats_;
+        strip_ = D3 ? strip_rows(rows_, static_cast<int64_t>(sizeof(float)) * row_floats_, P) : 1;
+        plane_floats_ = std::min<int64_t>(rows_, strip_ + 2 * P) * row_floats_;   // one ring slot
         raw_plane_ = rows_ * W_ * C;
+        raw_row_ = W_ * C;
+        const int64_t saved_rows = strip_ < rows_ ? P * std::max<int64_t>(0, a1_ - a0_) : 0;
         size_t ring_bytes = sizeof(float) * plane_floats_ * R;
         size_t halo_bytes = (sizeof(raw) * raw_plane_ * 2 * P + 63) / 64 * 64;
-        buf_ = static_cast<float*>(aligned_alloc(64, ring_bytes + halo_bytes));
+        size_t saved_bytes = sizeof(raw) * raw_row_ * saved_rows;
+        buf_ = static_cast<float*>(aligned_alloc(64, ring_bytes + halo_bytes + saved_bytes + 64));
         if (buf_ == nullptr) return;
         for (int i = 0; i < R; ++i) ring_[i] = buf_ + i * plane_floats_;
         raw* halo = reinterpret_cast<raw*>(buf_ + R * plane_floats_);
         for (int i = 0; i < 2 * P; ++i) halo_[i] = halo + i * raw_plane_;
+        saved_ = reinterpret_cast<raw*>(reinterpret_cast<char*>(halo) + halo_bytes);
         memset(queue_, 0, sizeof(queue_));
         full_ = pb.threshold >= (1u << 24);
         if constexpr (Cfg::BN) {
@@ -359,16 +381,29 @@ class Band {
   private:
     template <bool STATS>
     void sweep(int64_t p0, int64_t p1) {
+        for (y0_ = 0; y0_ < rows_; y0_ += strip_) {
+            y1_ = std::min(rows_, y0_ + strip_);
+            lo_ = std::max<int64_t>(0, y0_ - P);   // first row a ring slot holds
+            if (strip_ < rows_)
+                for (int i = 0; i < R; ++i) tag_[i] = -1;
+            sweep_strip<STATS>(p0, p1);
+        }
+        y0_ = 0;
+    }
+
+    // Rows [y0_, y1_) of planes [p0, p1).
+    template <bool STATS>
+    void sweep_strip(int64_t p0, int64_t p1) {
         for (int64_t a = p0; a < p1; ++a) {
             const float* pl[K];
             for (int d = 0; d < K; ++d) pl[d] = plane(nca::reflect(a + d - P, nouter_));
-            for (int64_t y = 0; y < rows_; ++y) {
+            for (int64_t y = y0_; y < y1_; ++y) {
                 const float* rp[KZ * K];
                 uint32_t zc, yc;
                 if (D3) {
                     for (int dz = 0; dz < K; ++dz)
                         for (int dy = 0; dy < K; ++dy)
-                            rp[dz * K + dy] = pl[dz] + nca::reflect(y + dy - P, rows_) * row_floats_;
+                            rp[dz * K + dy] = pl[dz] + (nca::reflect(y + dy - P, rows_) - lo_) * row_floats_;
                     zc = static_cast<uint32_t>(pb_.origin[0] + a);
                     yc = static_cast<uint32_t>(pb_.origin[1] + y);
                 } else {
@@ -651,14 +686,25 @@ class Band {
         }
     }
 
-    // Original (pre-step) blocked copy of plane s, |s - a| <= P for the plane a being updated.
-    // While reading_ (statistics sweep) nothing is written, so every plane is read in place.
+    // Original (pre-step) blocked copy of the strip's rows [lo_, min(rows_, y1_ + P)) of plane
+    // s, |s - a| <= P for the plane a being updated. While reading_ (statistics sweep) nothing
+    // is written, so every plane is read in place. A plane of the band has its rows above the
+    // strip updated already: they come from saved_, and its last P rows of this strip are
+    // saved for the next strip before the plane itself is updated.
     const float* plane(int64_t s) {
         int slot = static_cast<int>(s % R);
         if (tag_[slot] != s) {
-            const raw* src = reading_ || (s >= a0_ && s < a1_) ? item_ + s * raw_plane_
+            const bool own = !reading_ && s >= a0_ && s < a1_;
+            const raw* src = reading_ || own ? item_ + s * raw_plane_
                              : s < a0_ ? halo_[s - (a0_ - P)] : halo_[P + (s - a1_)];
-            for (int64_t y = 0; y < rows_; ++y) convert_row(src + y * W_ * C, ring_[slot] + y * row_floats_);
+            const int64_t hi = std::min<int64_t>(rows_, y1_ + P);
+            raw* saved = own && strip_ < rows_ ? saved_ + (s - a0_) * P * raw_row_ : nullptr;
+            for (int64_t y = lo_; y < hi; ++y) {
+                const raw* r = saved != nullptr && y < y0_ ? saved + (y - (y0_ - P)) * raw_row_ : src + y * raw_row_;
+                convert_row(r, ring_[slot] + (y - lo_) * row_floats_);
+            }
+            if (saved != nullptr && y1_ < rows_)
+                memcpy(saved, src + (y1_ - P) * raw_row_, sizeof(raw) * P * raw_row_);
             tag_[slot] = s;
         }
         return ring_[slot];
@@ -666,7 +712,9 @@ class Band {
 
     const float* w_;
     Problem pb_;
-    int64_t a0_, a1_, nouter_, rows_, W_, nblk_, row_floats_, plane_floats_, raw_plane_;
+    int64_t a0_, a1_, nouter_, rows_, W_, nblk_, row_floats_, plane_floats_, raw_plane_, raw_row_;
+    int64_t strip_ = 1, y0_ = 0, y1_ = 1, lo_ = 0;  // strip height; the strip being swept: rows [y0_, y1_)
+    raw* saved_ = nullptr;                          // P original rows per plane of the band
     bool full_ = false;
     float* buf_ = nullptr;
     float* ring_[R];

@@ -131,17 +131,28 @@ def forward_peak_bytes(model, window: Sequence[int], channels: int, device="cpu"
 
 def _kernel_thread_bytes(model, shapes, dtype_bytes: int, threads: int) -> int:
     """The fused CPU kernel's planes per thread: 2P+1 float planes of the cells around the one
-    being updated, and 2P raw planes of the band's borders (a plane is a row in 2D); with
-    BatchNorm also the statistics groups' sums and each thread's feature moments."""
-    from ..kernels import statistics_groups
+    being updated (3D: strips of their rows, with P rows each side, and the P original rows per
+    plane of the band that a strip saves for the next), and 2P raw planes of the band's
+    borders (a plane is a row in 2D); with BatchNorm also the statistics groups' sums and each
+    thread's feature moments."""
+    from ..kernels import statistics_groups, strip_rows
 
     worst = 0
     for level, bb in enumerate(model.backbones):
         shape = shapes[level]
         p = bb.kernel_size // 2
         plane = math.prod(shape[1:-1]) if len(shape) == 3 else 1
-        width = shape[-1] + 2 * KERNEL_LANES
-        per_thread = (2 * p + 1) * plane * width * bb.channels * 4 + 2 * p * plane * shape[-1] * bb.channels * dtype_bytes
+        width = -(-shape[-1] // KERNEL_LANES) * KERNEL_LANES + 2 * KERNEL_LANES
+        row_bytes = width * bb.channels * 4
+        band = -(-shape[0] // max(1, min(threads, shape[0])))
+        ring_rows, saved = plane, 0
+        if len(shape) == 3:
+            strip = strip_rows(plane, row_bytes, p)
+            ring_rows = min(plane, strip + 2 * p)
+            if strip < plane:
+                saved = p * band * shape[-1] * bb.channels * dtype_bytes
+        per_thread = ((2 * p + 1) * ring_rows * row_bytes + 2 * p * plane * shape[-1] * bb.channels * dtype_bytes
+                      + saved)
         sums = 0
         if bb.normalization == "batch":
             # each group's double sums of z and z^2 per hidden unit; per thread the buffered

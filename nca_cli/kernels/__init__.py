@@ -36,6 +36,7 @@ variant stays within 4 units with over 90 % bit-identical.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from typing import Iterable, Sequence
 
@@ -156,6 +157,21 @@ def statistics_groups(shape: Sequence[int]) -> int:
     per_group = max(-(-STATS_GROUP_CELLS // plane), -(-nouter // STATS_MAX_GROUPS))
     per_group = max(1, min(nouter, per_group))
     return -(-nouter // per_group)
+
+
+# 3D planes are swept in strips of rows when their ring would pass this (cuda/nca_cpu.h).
+STRIP_BYTES = 1 << 20
+
+
+def strip_rows(rows: int, row_bytes: int, radius: int) -> int:
+    """Rows per strip of the CPU launcher's 3D sweep (``rows`` when a plane is swept whole), for
+    float32 ring rows of ``row_bytes`` and a kernel of radius ``radius``."""
+    ring = (2 * radius + 1) * row_bytes
+    s = max(STRIP_BYTES // max(1, ring) - 2 * radius, 4 * radius, 8)
+    env = os.environ.get("NCA_CPU_STRIP_ROWS")
+    if env:
+        s = max(int(env), 4 * radius, 1)
+    return rows if s >= rows else s
 
 
 def to_channels_last(state: torch.Tensor) -> torch.Tensor:
