@@ -15,8 +15,9 @@
 // per hidden unit in double precision: either from z itself (pre_activations below; the
 // CUDA launcher) or from the moments of the features, which give the same sums without
 // fc0 per cell (moment_sums; the CPU launcher). batch_norm_affine turns the sums into the
-// per-unit alpha, beta of the update sweep. Nothing of the hidden layer is ever stored. An fc1 with all C outputs (Med-NCA) needs no variant: the updates of the
-// input channels are discarded, so only its rows IN..C-1 are packed.
+// per-unit alpha, beta of the update sweep. Nothing of the hidden layer is ever stored. An
+// fc1 with all C outputs (Med-NCA) needs no variant: the updates of the input channels are
+// discarded, so only its rows IN..C-1 are packed.
 //
 // The math is templated on a lane type V: V = float computes one cell (one CUDA thread);
 // on the CPU V is a SIMD vector holding one value per cell of a block of cells, so the

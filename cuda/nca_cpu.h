@@ -82,17 +82,6 @@ typedef uint16_t lanemask;  // bit i: lane i
 // BatchNorm statistics groups (see the top of this file); mirrored by
 // nca_cli.kernels.statistics_groups.
 constexpr int64_t STATS_GROUP_CELLS = int64_t(1) << 15;
-// Ring size above which 3D planes are swept in strips of rows; mirrored by
-// nca_cli.kernels.strip_rows. NCA_CPU_STRIP_ROWS overrides the strip height (tests).
-constexpr int64_t STRIP_BYTES = int64_t(1) << 20;
-
-inline int64_t strip_rows(int64_t rows, int64_t row_bytes, int p) {
-    const int64_t ring = (2 * p + 1) * row_bytes;
-    int64_t s = STRIP_BYTES / std::max<int64_t>(1, ring) - 2 * p;
-    s = std::max<int64_t>(s, std::max(4 * p, 8));
-    if (const char* env = getenv("NCA_CPU_STRIP_ROWS")) s = std::max<int64_t>(std::max(4 * p, 1), atoll(env));
-    return s >= rows ? rows : s;
-}
 constexpr int64_t STATS_MAX_GROUPS = 1024;
 
 // Planes (outer-axis indices) per statistics group of a state with `nouter` planes of
@@ -101,6 +90,19 @@ inline int64_t stats_group_planes(int64_t nouter, int64_t plane_cells) {
     const int64_t by_cells = (STATS_GROUP_CELLS + plane_cells - 1) / std::max<int64_t>(1, plane_cells);
     const int64_t by_count = (nouter + STATS_MAX_GROUPS - 1) / STATS_MAX_GROUPS;
     return std::max<int64_t>(1, std::min<int64_t>(nouter, std::max(by_cells, by_count)));
+}
+
+// Ring size above which 3D planes are swept in strips of rows; mirrored by
+// nca_cli.kernels.strip_rows. NCA_CPU_STRIP_ROWS overrides the strip height (tests).
+constexpr int64_t STRIP_BYTES = int64_t(1) << 20;
+
+// Rows per strip for ring rows of `row_bytes` and kernel radius `p` (`rows`: whole planes).
+inline int64_t strip_rows(int64_t rows, int64_t row_bytes, int p) {
+    const int64_t ring = (2 * p + 1) * row_bytes;
+    int64_t s = STRIP_BYTES / std::max<int64_t>(1, ring) - 2 * p;
+    s = std::max<int64_t>(s, std::max(4 * p, 8));
+    if (const char* env = getenv("NCA_CPU_STRIP_ROWS")) s = std::max<int64_t>(std::max(4 * p, 1), atoll(env));
+    return s >= rows ? rows : s;
 }
 
 inline vf loadu(const float* p) {

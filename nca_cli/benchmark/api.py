@@ -121,7 +121,6 @@ def run_benchmarks(opts: BenchmarkOptions) -> dict:
             write_plot(plot, points, task)
     if kernel:
         from ..kernels.bench import run_kernel_benchmark
-
         from .forward import run_forward_benchmark
 
         results["kernel"] = run_kernel_benchmark(task=task, device=str(dev))

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..inference.sources import band_rows
 from ..io.base import InputImage
 from .geometry import Geometry
 
 PERIODS = {2: (509, 509), 3: (7, 251, 439)}
 KINDS = {"pathology": "slide", "surgery": "video", "radiology": "volume"}
-BAND_CELLS = 1 << 22
 
 
 @functools.lru_cache(maxsize=4)
@@ -33,16 +33,12 @@ def read_region(tex: np.ndarray, region: tuple[slice, ...]) -> np.ndarray:
     return tex[np.ix_(*index)]
 
 
-def _band_rows(shape: tuple[int, ...]) -> int:
-    return max(1, BAND_CELLS // max(1, int(np.prod(shape[1:]))))
-
-
 def input_tensor(geometry: Geometry, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     """The whole input as a channels-first uint8 tensor ``[1, C, *shape]``."""
     tex = texture(geometry.dims, geometry.channels, seed)
     out = torch.empty((1, geometry.channels, *shape), dtype=torch.uint8)
     rest = tuple(slice(0, n) for n in shape[1:])
-    step = _band_rows(shape)
+    step = band_rows(shape)
     for r0 in range(0, shape[0], step):
         rows = slice(r0, min(r0 + step, shape[0]))
         band = read_region(tex, (rows, *rest))

@@ -35,9 +35,9 @@ from ..core.sizes import format_size
 from ..io.normalize import Normalization, band_bytes, fit_bytes
 from ..io.video import CHUNK_BYTES as VIDEO_CHUNK
 from .octree import buffer_layout
+from .sources import BAND_CELLS
 from .tiled import Tile, tile_regions, tile_working_elements
 
-BAND_CELLS = 1 << 22        # cells per band read from a file (inference.sources)
 CHUNK = 1 << 23             # bytes per upsampling chunk (inference.octree, inference.tiled)
 KERNEL_LANES = 16           # widest SIMD block of the CPU kernel (one row of padding each side)
 
@@ -144,7 +144,8 @@ def _kernel_thread_bytes(model, shapes, dtype_bytes: int, threads: int) -> int:
         plane = math.prod(shape[1:-1]) if len(shape) == 3 else 1
         width = -(-shape[-1] // KERNEL_LANES) * KERNEL_LANES + 2 * KERNEL_LANES
         row_bytes = width * bb.channels * 4
-        band = -(-shape[0] // max(1, min(threads, shape[0])))
+        bands = max(1, min(threads, shape[0]))
+        band = -(-shape[0] // bands)
         ring_rows, saved = plane, 0
         if len(shape) == 3:
             strip = strip_rows(plane, row_bytes, p)
@@ -161,7 +162,7 @@ def _kernel_thread_bytes(model, shapes, dtype_bytes: int, threads: int) -> int:
             featp = -(-feat // 4) * 4
             sums = statistics_groups(shape) * 2 * bb.hidden * 8
             per_thread += 256 * featp * 4 + featp * featp * (4 * KERNEL_LANES + 8) + feat * bb.hidden * 8
-        worst = max(worst, per_thread * max(1, min(threads, shape[0])) + sums)
+        worst = max(worst, per_thread * bands + sums)
     return worst
 
 

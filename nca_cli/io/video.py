@@ -78,6 +78,22 @@ class _FrameStream:
         self.cache, self.cache_start = out, t0
         return out
 
+    def read(self, region: Region) -> np.ndarray:
+        """A copy of ``region`` (frames, rows, columns). Many frames (a plane through time for a
+        preview) are decoded a chunk of CHUNK_BYTES at a time, so only their cropped region is held."""
+        t0, t1 = region[0].start, region[0].stop
+        crop = (slice(None), *region[1:])
+        chunk = max(1, CHUNK_BYTES // (self.w * self.h * 3))
+        if t1 - t0 <= chunk:
+            return np.array(self.frames(t0, t1)[crop])
+        out = None
+        for c0 in range(t0, t1, chunk):
+            part = self.frames(c0, min(t1, c0 + chunk))[crop]
+            if out is None:
+                out = np.empty((t1 - t0, *part.shape[1:]), dtype=np.uint8)
+            out[c0 - t0:c0 - t0 + len(part)] = part
+        return out
+
     def close(self) -> None:
         if self.gen is not None:
             self.gen.close()
@@ -153,33 +169,15 @@ def open_video(
         "codec": info["codec"],
     }
     stream = _FrameStream(path, start, output_params, count, info["size"])
-    w, h = info["size"]
-    chunk = max(1, CHUNK_BYTES // (w * h * 3))
-
-    def read(region: Region) -> np.ndarray:
-        # Many frames (a plane through time for a preview) are decoded a chunk at a time, so
-        # only the cropped region of all of them is held.
-        t0, t1 = region[0].start, region[0].stop
-        crop = (slice(None), *region[1:])
-        if t1 - t0 <= chunk:
-            return np.array(stream.frames(t0, t1)[crop])
-        out = None
-        for c0 in range(t0, t1, chunk):
-            part = stream.frames(c0, min(t1, c0 + chunk))[crop]
-            if out is None:
-                out = np.empty((t1 - t0, *part.shape[1:]), dtype=np.uint8)
-            out[c0 - t0:c0 - t0 + len(part)] = part
-        return out
-
     return InputImage(
         path=path,
         kind="video",
         dims=3,
-        spatial_shape=(count, info["size"][1], info["size"][0]),
+        spatial_shape=(count, stream.h, stream.w),
         channels=3,
         dtype=np.uint8,
         meta=meta,
-        _reader=read,
+        _reader=stream.read,
         _closer=stream.close,
     )
 

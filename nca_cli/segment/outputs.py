@@ -18,6 +18,7 @@ import numpy as np
 from .. import io
 from ..core.errors import NCAError
 from ..core.files import atomic_path, check_writable, remove_partials, write_json
+from ..inference.sources import band_rows
 from ..io.formats import full_suffix, strip_suffix
 from ..io.volume import WRITE_SUFFIXES
 
@@ -227,10 +228,10 @@ def write_metadata(job: Job, record: dict) -> None:
     write_json(job.metadata, record)
 
 
-def _frames(image, cells: int = 1 << 22):
+def _frames(image):
     """The frames of a video input one at a time, read a band of frames at a time."""
     t, h, w = image.spatial_shape
-    step = max(1, cells // (h * w))
+    step = band_rows(image.spatial_shape)
     for t0 in range(0, t, step):
         yield from _display(image.read((slice(t0, min(t, t0 + step)), slice(0, h), slice(0, w))))
 
