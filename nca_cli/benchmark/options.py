@@ -11,7 +11,7 @@ from ..core.options import option
 class BenchmarkOptions:
     max_size: bool = option(False, "--max-size", help="Largest single-pass input per model within the budget.")
     curve: bool = option(False, "--curve", help="Peak memory and time against input size.")
-    kernel: bool = option(False, "--kernel", help="Fused vs PyTorch NCA step.")
+    kernel: bool = option(False, "--kernel", help="Fused vs PyTorch NCA step, and whole Med-NCA / M3D-NCA forward passes.")
     task: str = option("pathology", "--task", choices=("pathology", "surgery", "radiology"),
                        help="pathology (square slides), surgery (video) or radiology (volumes).")
     models: list[str] = option([], "--models", help="Subset of models (repeatable).")
