@@ -15,7 +15,8 @@
 // per hidden unit in double precision: either from z itself (pre_activations below; the
 // CUDA launcher) or from the moments of the features, which give the same sums without
 // fc0 per cell (moment_sums; the CPU launcher). batch_norm_affine turns the sums into the
-// per-unit alpha, beta of the update sweep. Nothing of the hidden layer is ever stored. An
+// per-unit alpha, beta of the update sweep (the CPU launcher may keep the perception of the
+// statistics sweep for it). Nothing of the hidden layer is ever stored. An
 // fc1 with all C outputs (Med-NCA) needs no variant: the updates of the input channels are
 // discarded, so only its rows IN..C-1 are packed.
 //
@@ -293,6 +294,45 @@ NCA_HD void perceive_depthwise(const float* __restrict__ w, const Src& src, V* _
     for (int dx = 1; dx < K; ++dx) acc[0] = acc[0] + acc[dx];
     feat[c] = src(c, KZ == 1 ? 0 : P, P, P);
     feat[C + c] = acc[0];
+}
+
+// Depthwise perception of channel c for NR consecutive output rows of one plane at once (the
+// CPU launcher's 3D sweep): src(c, dz, yy, dx) is channel c of the neighbour at
+// (dz-P, yy-P, dx-P) of the first output row's cells, yy in [0, NR + K - 1). Each neighbour
+// row is loaded (and lane-shifted) once and feeds every output row it is a tap row of, up to
+// K of them, instead of being loaded again for each; the NR accumulators are independent
+// chains. The same sum as perceive_depthwise, in another order. feat: NR rows of FEAT.
+template <class Cfg, class V, int NR, class Src>
+NCA_HD void perceive_depthwise_rows(const float* __restrict__ w, const Src& src, V* __restrict__ feat, int c) {
+    constexpr int C = Cfg::C, K = Cfg::K, KZ = Cfg::KZ, P = Cfg::P, TAPS = Cfg::TAPS, FEAT = Cfg::FEAT;
+    const float* pw = w + Cfg::OFF_PW + c * TAPS;
+    V acc[NR];
+    NCA_UNROLL
+    for (int r = 0; r < NR; ++r) acc[r] = Lane<V>::set1(w[Cfg::OFF_PB + c]);
+    NCA_NO_UNROLL
+    for (int dz = 0; dz < KZ; ++dz) {
+        const float* wz = pw + dz * K * K;
+        NCA_UNROLL
+        for (int dx = 0; dx < K; ++dx) {
+            float wy[K];
+            NCA_UNROLL
+            for (int dy = 0; dy < K; ++dy) wy[dy] = wz[dy * K + dx];
+            NCA_UNROLL
+            for (int yy = 0; yy < NR + K - 1; ++yy) {
+                V x = Lane<V>::hold(src(c, dz, yy, dx));
+                NCA_UNROLL
+                for (int dy = 0; dy < K; ++dy) {
+                    const int r = yy - dy;
+                    if (r >= 0 && r < NR) acc[r] = Lane<V>::madd(wy[dy], x, acc[r]);
+                }
+            }
+        }
+    }
+    NCA_UNROLL
+    for (int r = 0; r < NR; ++r) {
+        feat[r * FEAT + c] = src(c, KZ == 1 ? 0 : P, r + P, P);
+        feat[r * FEAT + C + c] = acc[r];
+    }
 }
 
 // Full perception, NO outputs o0 .. o0+NO of the two convs together (output o < C: conv0

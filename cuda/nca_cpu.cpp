@@ -88,7 +88,7 @@ int64_t weight_count(int64_t dims, int64_t channels, int64_t hidden, int64_t in,
 
 void run(at::Tensor state, at::Tensor weights, int64_t dims, int64_t channels, int64_t hidden, int64_t in,
          int64_t kernel, int64_t perception, int64_t normalization, int64_t steps, int64_t seed, int64_t level,
-         std::vector<int64_t> origin, int64_t threshold, int64_t threads) {
+         std::vector<int64_t> origin, int64_t threshold, int64_t threads, bool keep, at::Tensor kept) {
     TORCH_CHECK(state.device().is_cpu() && weights.device().is_cpu(), "state and weights must be on the CPU");
     TORCH_CHECK(state.is_contiguous(), "state must be contiguous (channels last)");
     TORCH_CHECK(state.dim() == dims + 2 && state.size(-1) == channels, "state must be [B, *spatial, C]");
@@ -113,6 +113,21 @@ void run(at::Tensor state, at::Tensor weights, int64_t dims, int64_t channels, i
     pb.steps = steps;
     pb.threshold = static_cast<uint32_t>(threshold);
     pb.threads = static_cast<int>(std::max<int64_t>(1, threads));
+    pb.keep = keep;
+    pb.kept_buffer = nullptr;
+    if (keep && kept.numel() > 0) {
+        const int64_t rows = dims == 3 ? pb.size[1] : 1;
+        const int64_t convs = perception == nca::FULL2 ? 2 : 1;
+        const int64_t nouter = dims == 3 ? pb.size[0] : pb.size[1];
+        const int64_t need =
+            pb.batch * nca_cpu::keep_floats(nouter, rows, pb.size[2], static_cast<int>(convs * channels));
+        TORCH_CHECK(kept.device().is_cpu() && kept.scalar_type() == at::kFloat && kept.is_contiguous(),
+                    "the kept-perception buffer must be a contiguous float32 CPU tensor");
+        TORCH_CHECK(kept.numel() >= need, "the kept-perception buffer needs ", need, " floats, got ", kept.numel());
+        TORCH_CHECK(reinterpret_cast<uintptr_t>(kept.data_ptr()) % 64 == 0,
+                    "the kept-perception buffer must be 64-byte aligned");
+        pb.kept_buffer = kept.data_ptr<float>();
+    }
     if (state.numel() == 0 || steps <= 0) return;
     void* data = state.data_ptr();
     const float* w = weights.data_ptr<float>();

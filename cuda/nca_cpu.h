@@ -23,7 +23,10 @@
 //
 // Cells of a row are perceived LANES at a time; the cells that fire are packed into a
 // queue of LANES cells and fc0 / ReLU / fc1 run on full queues, so cells that do not fire
-// cost no matrix work.
+// cost no matrix work. 3D depthwise perception takes 8 rows of a plane at once
+// (nca::perceive_depthwise_rows): each neighbour row is loaded and lane-shifted once for all
+// the output rows it serves. The rows left at the end of a strip go in groups of 4, 2 and 1,
+// which sum every cell in the same order, so strips never change a bit.
 //
 // BatchNorm (Cfg::BN) normalises with the statistics of the whole batch of the current
 // state, so a step takes two sweeps. The statistics sweep only reads: the planes of the
@@ -31,7 +34,9 @@
 // most STATS_MAX_GROUPS per item, whatever the number of threads), the groups are shared
 // out among the threads, and every cell of a group is perceived straight from the state
 // (all cells: the fire mask plays no part; the ring serves as conversion scratch, no halos
-// are needed). Instead of fc0 per cell (FEAT x HIDDEN multiply-adds) the sweep takes the
+// are needed). A thread sweeps its groups strip by strip, each group's moments carried in
+// its record (GROUP_DOUBLES) from one strip to the next, so each plane is converted once
+// per strip, not once per group. Instead of fc0 per cell (FEAT x HIDDEN multiply-adds) the sweep takes the
 // moments of the features about a reference cell: blocks of features are buffered, their
 // sums and pairwise products added up as a small matrix product in float32 over at most
 // 256 cells per lane and then in double, and at the end of a group nca::moment_sums turns
@@ -39,12 +44,22 @@
 // multiply-adds per cell instead of FEAT x HIDDEN). After a barrier the group sums are added
 // in group order (so the result does not depend on the number of threads), turned into
 // alpha, beta (nca::batch_norm_affine), and after a second barrier the update sweep runs as
-// above. The extra memory is 2 * HIDDEN doubles per group and, per thread, the feature
-// buffer, the moments and W0 in double (tens of KiB).
+// above. The extra memory is 2 * HIDDEN + GROUP_DOUBLES doubles per group and, per thread,
+// the feature buffer, the float products and W0 in double (tens of KiB).
+//
+// With Problem::keep the statistics sweep also stores its conv outputs (float32, NCONV * C
+// vectors per block of cells, keep_floats per item) and the update sweep reads them back
+// instead of perceiving again: it needs no neighbours then, only the cell itself, so it
+// reads no ring, halos or strips. Same result, bit for bit; half the perception work, for
+// C * NCONV floats per cell more memory (the models keep it for coarse levels only, in pages
+// the finer levels fill later: nca_cli/inference/octree.py, keeps_perception).
 #pragma once
 
 #include <omp.h>
 #include <stdint.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -100,7 +115,7 @@ constexpr int64_t STRIP_BYTES = int64_t(1) << 20;
 inline int64_t strip_rows(int64_t rows, int64_t row_bytes, int p) {
     const int64_t ring = (2 * p + 1) * row_bytes;
     int64_t s = STRIP_BYTES / std::max<int64_t>(1, ring) - 2 * p;
-    s = std::max<int64_t>(s, std::max(4 * p, 8));
+    s = (std::max<int64_t>(s, std::max(4 * p, 8)) + 7) / 8 * 8;   // whole groups of 8 rows (Band::NR)
     if (const char* env = getenv("NCA_CPU_STRIP_ROWS")) s = std::max<int64_t>(std::max(4 * p, 1), atoll(env));
     return s >= rows ? rows : s;
 }
@@ -258,7 +273,15 @@ struct Problem {
     int64_t steps;
     uint32_t threshold;  // nca_cli.firemask.threshold(fire_rate)
     int threads;
+    bool keep;          // BatchNorm: keep the statistics sweep's perception for the update sweep
+    float* kept_buffer;  // ... in this buffer (64-byte aligned, keep_floats per item), or allocate one
 };
+
+// Floats of the kept perception of one batch item (keep_floats): per row of cells, the conv
+// outputs of every block of LANES cells, NCONV * C vectors each.
+inline int64_t keep_floats(int64_t nouter, int64_t rows, int64_t width, int nconv_channels) {
+    return nouter * rows * ((width + LANES - 1) / LANES) * nconv_channels * LANES;
+}
 
 template <class Cfg, class S>
 class Band {
@@ -267,6 +290,9 @@ class Band {
     static constexpr int FEAT = Cfg::FEAT, IN = Cfg::IN, OUT = Cfg::OUT, HIDDEN = Cfg::HIDDEN;
     static constexpr bool D3 = Cfg::DIMS == 3;
     static_assert(P <= LANES, "kernel too large for the lane shifts");
+    // 3D depthwise perception runs NR rows of a plane at once (nca::perceive_depthwise_rows),
+    // reading NR + K - 1 neighbour rows per tap plane; the rows left over go in groups of 4, 2, 1.
+    static constexpr int NR = D3 && Cfg::PERCEPTION == nca::DEPTHWISE ? 8 : 1;
     // Whole cells move as LANES x LANES transposed blocks when C is a multiple of LANES.
     static constexpr bool BLOCKED = C % LANES == 0;
     static constexpr int BLK = C * LANES;  // floats per block of LANES cells
@@ -278,8 +304,8 @@ class Band {
     static constexpr int TA = 4, TB = LANES >= 16 ? 4 : 2;
 
   public:
-    Band(const float* weights, const Problem& pb, int64_t a0, int64_t a1)
-        : w_(weights), pb_(pb), a0_(a0), a1_(a1) {
+    Band(const float* weights, const Problem& pb, int64_t a0, int64_t a1, float* kept = nullptr)
+        : w_(weights), pb_(pb), a0_(a0), a1_(a1), kept_base_(kept) {
         nouter_ = D3 ? pb.size[0] : pb.size[1];
         rows_ = D3 ? pb.size[1] : 1;
         W_ = pb.size[2];
@@ -302,9 +328,9 @@ class Band {
         memset(queue_, 0, sizeof(queue_));
         full_ = pb.threshold >= (1u << 24);
         if constexpr (Cfg::BN) {
-            // features buffer, float products, moments (sums, products), W0^T in double, scratch
+            // features buffer, float products, W0^T in double, scratch
             const size_t floats = (static_cast<size_t>(NB) * FEATP + static_cast<size_t>(FEATP) * FEATP) * LANES;
-            const size_t doubles = FEATP + static_cast<size_t>(FEATP) * FEATP + static_cast<size_t>(FEAT) * HIDDEN + HIDDEN;
+            const size_t doubles = static_cast<size_t>(FEAT) * HIDDEN + HIDDEN;
             mom_ = static_cast<float*>(aligned_alloc(64, (sizeof(float) * floats + sizeof(double) * doubles + 63) / 64 * 64));
             if (mom_ == nullptr) {
                 free(buf_);
@@ -314,9 +340,7 @@ class Band {
             memset(mom_, 0, sizeof(float) * floats);
             fbuf_ = reinterpret_cast<vf*>(mom_);
             mgf_ = fbuf_ + NB * FEATP;
-            ms_ = reinterpret_cast<double*>(mom_ + floats);
-            mg_ = ms_ + FEATP;
-            wt_ = mg_ + static_cast<size_t>(FEATP) * FEATP;
+            wt_ = reinterpret_cast<double*>(mom_ + floats);
             scratch_ = wt_ + static_cast<size_t>(FEAT) * HIDDEN;
             const float* w0 = weights + Cfg::OFF_W0;
             for (int j = 0; j < HIDDEN; ++j)
@@ -333,11 +357,13 @@ class Band {
     bool ok() const { return buf_ != nullptr; }
 
     // Select the batch item and step; copy the planes outside the band this band reads.
-    void begin(raw* item, uint32_t key) {
+    void begin(raw* item, uint32_t key, int64_t index = 0) {
         item_ = item;
         key_ = key;
         reading_ = false;
+        select_kept(index);
         for (int i = 0; i < R; ++i) tag_[i] = -1;
+        if (kept_ != nullptr) return;   // the update sweep reads no neighbours
         for (int i = 0; i < P; ++i) {
             int64_t lo = a0_ - P + i, hi = a1_ + i;
             if (lo >= 0) memcpy(halo_[i], item_ + lo * raw_plane_, sizeof(raw) * raw_plane_);
@@ -348,30 +374,64 @@ class Band {
     // Update every plane of the band in place. norm: BatchNorm's alpha, beta of this step.
     void run(const float* norm = nullptr) {
         norm_ = norm;
-        sweep<false>(a0_, a1_);
+        if (kept_ != nullptr) sweep_kept();
+        else sweep<false>(a0_, a1_);
         if (qn_ > 0) flush(qn_);
         qn_ = 0;
     }
 
-    // Statistics of planes [p0, p1) of one batch item (reads only; no thread may write
-    // meanwhile): out[j] = sum of z_j over their cells, out[HIDDEN + j] = sum of z_j^2.
-    void statistics(raw* item, int64_t p0, int64_t p1, double* out) {
+    // Doubles of one statistics group's record: sums, products, reference, flush count and
+    // whether the reference is set.
+    static constexpr int64_t GROUP_DOUBLES = 2 * FEATP + static_cast<int64_t>(FEATP) * FEATP + 2;
+
+    // Statistics of groups [g0, g1) of one batch item, group g = planes [g gplanes, (g + 1)
+    // gplanes) (reads only; no thread may write meanwhile): for each group, out[j] = sum of z_j
+    // over its cells, out[HIDDEN + j] = sum of z_j^2 (out advances 2 HIDDEN per group); rec:
+    // GROUP_DOUBLES per group. Strips are the outer loop, so the ring slides through all the
+    // groups' planes once per strip; each group's moments carry over from strip to strip in
+    // its record.
+    void statistics(raw* item, int64_t index, int64_t g0, int64_t g1, int64_t gplanes, double* rec, double* out) {
         if (item != item_ || !reading_)
             for (int i = 0; i < R; ++i) tag_[i] = -1;
         item_ = item;
         reading_ = true;
+        select_kept(index);
         fn_ = 0;
-        flushes_ = 0;
-        have_ref_ = false;
-        for (int a = 0; a < FEATP; ++a) ms_[a] = 0.0;
-        for (int i = 0; i < FEATP * FEATP; ++i) {
-            mg_[i] = 0.0;
-            mgf_[i] = vf{};
+        for (int i = 0; i < FEATP * FEATP; ++i) mgf_[i] = vf{};
+        for (int64_t i = 0; i < (g1 - g0) * GROUP_DOUBLES; ++i) rec[i] = 0.0;
+        for (y0_ = 0; y0_ < rows_; y0_ += strip_) {
+            y1_ = std::min(rows_, y0_ + strip_);
+            lo_ = std::max<int64_t>(0, y0_ - P);
+            if (strip_ < rows_)
+                for (int i = 0; i < R; ++i) tag_[i] = -1;
+            for (int64_t g = g0; g < g1; ++g) {
+                double* r = rec + (g - g0) * GROUP_DOUBLES;
+                ms_ = r;
+                mg_ = r + FEATP;
+                double* extra = mg_ + FEATP * FEATP;   // reference, flushes, have_ref
+                for (int a = 0; a < FEATP; ++a) ref_[a] = static_cast<float>(extra[a]);
+                flushes_ = static_cast<int>(extra[FEATP]);
+                have_ref_ = extra[FEATP + 1] != 0.0;
+                sweep_strip<true>(g * gplanes, std::min(nouter_, (g + 1) * gplanes));
+                moments_flush(true);
+                for (int a = 0; a < FEATP; ++a) extra[a] = ref_[a];
+                extra[FEATP] = flushes_;
+                extra[FEATP + 1] = have_ref_ ? 1.0 : 0.0;
+            }
         }
-        sweep<true>(p0, p1);
-        moments_flush(true);
-        const double n = static_cast<double>(p1 - p0) * rows_ * W_;
-        nca::moment_sums<Cfg>(wt_, w_ + Cfg::OFF_B0, ref_, ms_, mg_, FEATP, n, out, scratch_);
+        y0_ = 0;
+#if defined(__AVX512F__)
+        if (kept_ != nullptr) _mm_sfence();   // the streaming stores of keep_block, before the barrier
+#endif
+        for (int64_t g = g0; g < g1; ++g) {
+            const double* r = rec + (g - g0) * GROUP_DOUBLES;
+            const double* extra = r + FEATP + FEATP * FEATP;
+            for (int a = 0; a < FEATP; ++a) ref_[a] = static_cast<float>(extra[a]);
+            const int64_t planes = std::min(nouter_, (g + 1) * gplanes) - g * gplanes;
+            const double n = static_cast<double>(planes) * rows_ * W_;
+            nca::moment_sums<Cfg>(wt_, w_ + Cfg::OFF_B0, ref_, r, r + FEATP, FEATP, n, out + (g - g0) * 2 * HIDDEN,
+                                  scratch_);
+        }
     }
 
     // Back to updating: the ring must be refilled from the band's own planes and halos.
@@ -381,6 +441,54 @@ class Band {
     }
 
   private:
+    static constexpr int NK = FEAT - C;   // conv outputs per cell (kept perception)
+
+    void select_kept(int64_t index) {
+        kept_ = kept_base_ == nullptr ? nullptr : kept_base_ + index * keep_floats(nouter_, rows_, W_, NK);
+    }
+
+    // Kept perception of row y of plane a (nullptr when not kept).
+    float* kept_row(int64_t a, int64_t y) const {
+        return kept_ == nullptr ? nullptr : kept_ + (a * rows_ + y) * nblk_ * NK * LANES;
+    }
+
+    // The update sweep from the kept perception: cell by cell, no neighbours (each row is
+    // converted into ring slot 0 before any of its cells is written).
+    void sweep_kept() {
+        float* buf = ring_[0];
+        vf feat[FEAT];
+        for (int64_t a = a0_; a < a1_; ++a) {
+            for (int64_t y = 0; y < rows_; ++y) {
+                raw* dst = item_ + (a * rows_ + y) * W_ * C;
+                convert_row(dst, buf);
+                const float* kp = kept_row(a, y);
+                const uint32_t zc = D3 ? static_cast<uint32_t>(pb_.origin[0] + a) : 0;
+                const uint32_t yc = static_cast<uint32_t>(pb_.origin[1] + (D3 ? y : a));
+                const uint32_t hrow = nca::row_hash(key_, zc, yc);
+                for (int64_t b = 0; b < nblk_; ++b) {
+                    const float* blk = buf + (b + 1) * BLK;
+                    for (int c = 0; c < C; ++c) feat[c] = *reinterpret_cast<const vf*>(blk + c * LANES);
+                    for (int k = 0; k < NK; ++k) feat[C + k] = *reinterpret_cast<const vf*>(kp + (b * NK + k) * LANES);
+                    block(b, feat, hrow, dst);
+                }
+            }
+        }
+    }
+
+    // The statistics sweep keeps the perception of block b of a row (kp: kept_row).
+    // Streaming stores: the update sweep reads them back only after the whole statistics sweep.
+    inline void keep_block(float* kp, int64_t b, const vf* feat) {
+        if (kp == nullptr) return;
+        for (int k = 0; k < NK; ++k) {
+            float* dst = kp + (b * NK + k) * LANES;
+#if defined(__AVX512F__)
+            _mm512_stream_ps(dst, (__m512)feat[C + k]);
+#else
+            *reinterpret_cast<vf*>(dst) = feat[C + k];
+#endif
+        }
+    }
+
     template <bool STATS>
     void sweep(int64_t p0, int64_t p1) {
         for (y0_ = 0; y0_ < rows_; y0_ += strip_) {
@@ -399,38 +507,76 @@ class Band {
         for (int64_t a = p0; a < p1; ++a) {
             const float* pl[K];
             for (int d = 0; d < K; ++d) pl[d] = plane(nca::reflect(a + d - P, nouter_));
-            for (int64_t y = y0_; y < y1_; ++y) {
-                const float* rp[KZ * K];
-                uint32_t zc, yc;
-                if (D3) {
-                    for (int dz = 0; dz < K; ++dz)
-                        for (int dy = 0; dy < K; ++dy)
-                            rp[dz * K + dy] = pl[dz] + (nca::reflect(y + dy - P, rows_) - lo_) * row_floats_;
-                    zc = static_cast<uint32_t>(pb_.origin[0] + a);
-                    yc = static_cast<uint32_t>(pb_.origin[1] + y);
-                } else {
-                    for (int dy = 0; dy < K; ++dy) rp[dy] = pl[dy];
-                    zc = 0;
-                    yc = static_cast<uint32_t>(pb_.origin[1] + a);
+            if constexpr (NR > 1) {
+                // groups of NR rows, then of 4, 2 and 1: each cell's sum in the same order
+                int64_t y = y0_;
+                for (; y + NR <= y1_; y += NR) row_group<STATS, NR>(pl, a, y);
+                if (y + 4 <= y1_) row_group<STATS, 4>(pl, a, y), y += 4;
+                if (y + 2 <= y1_) row_group<STATS, 2>(pl, a, y), y += 2;
+                if (y < y1_) row_group<STATS, 1>(pl, a, y);
+            } else {
+                for (int64_t y = y0_; y < y1_; ++y) {
+                    const float* rp[KZ * K];
+                    uint32_t zc, yc;
+                    if (D3) {
+                        for (int dz = 0; dz < K; ++dz)
+                            for (int dy = 0; dy < K; ++dy)
+                                rp[dz * K + dy] = pl[dz] + (nca::reflect(y + dy - P, rows_) - lo_) * row_floats_;
+                        zc = static_cast<uint32_t>(pb_.origin[0] + a);
+                        yc = static_cast<uint32_t>(pb_.origin[1] + y);
+                    } else {
+                        for (int dy = 0; dy < K; ++dy) rp[dy] = pl[dy];
+                        zc = 0;
+                        yc = static_cast<uint32_t>(pb_.origin[1] + a);
+                    }
+                    if constexpr (STATS) row<true>(rp, 0, nullptr, kept_row(a, D3 ? y : 0));
+                    else row<false>(rp, nca::row_hash(key_, zc, yc), item_ + (a * rows_ + y) * W_ * C, nullptr);
                 }
-                if constexpr (STATS) row<true>(rp, 0, nullptr);
-                else row<false>(rp, nca::row_hash(key_, zc, yc), item_ + (a * rows_ + y) * W_ * C);
             }
         }
     }
 
-    // Channel c of the neighbours at (dz-P, dy-P, dx-P) of the LANES cells of one block.
-    struct Src {
+    // Rows [y, y + N) of plane a (pl: its K neighbour planes in the ring), N rows at once.
+    template <bool STATS, int N>
+    void row_group(const float* const* pl, int64_t a, int64_t y) {
+        constexpr int NY = N + K - 1;
+        const float* rp[KZ * NY];
+        for (int dz = 0; dz < K; ++dz)
+            for (int yy = 0; yy < NY; ++yy)
+                rp[dz * NY + yy] = pl[dz] + (nca::reflect(y + yy - P, rows_) - lo_) * row_floats_;
+        if constexpr (STATS) {
+            rows<true, N>(rp, nullptr, nullptr, kept_row(a, y));
+        } else {
+            uint32_t hrows[N];
+            raw* dsts[N];
+            const uint32_t zc = static_cast<uint32_t>(pb_.origin[0] + a);
+            for (int r = 0; r < N; ++r) {
+                hrows[r] = nca::row_hash(key_, zc, static_cast<uint32_t>(pb_.origin[1] + y + r));
+                dsts[r] = item_ + (a * rows_ + y + r) * W_ * C;
+            }
+            rows<false, N>(rp, hrows, dsts, nullptr);
+        }
+    }
+
+    // Channel c of the neighbours at (dz-P, dy-P, dx-P) of the LANES cells of one block
+    // (rp: NY neighbour rows per dz).
+    template <int NY>
+    struct SrcRows {
         const float* const* rp;
         int64_t off;  // offset of the block within a row
         inline vf operator()(int c, int dz, int dy, int dx) const {
-            const float* p = rp[dz * K + dy] + off + c * LANES;
+            const float* p = rp[dz * NY + dy] + off + c * LANES;
+#if defined(__AVX__)
+            if constexpr (NY > K) __asm__("" : "+r"(p));  // reload rather than keep rows live
+#endif
             vf cur = *reinterpret_cast<const vf*>(p);
             if (dx == P) return cur;
             if (dx < P) return shift(*reinterpret_cast<const vf*>(p - BLK), cur, LANES - (P - dx));
             return shift(cur, *reinterpret_cast<const vf*>(p + BLK), dx - P);
         }
     };
+
+    using Src = SrcRows<K>;
 
     // The same for two neighbouring blocks (off: offset of the first).
     struct Src2 {
@@ -465,26 +611,61 @@ class Band {
     }
 
     // Perceive the blocks of one row; STATS: add their statistics, else update them.
+    // kp: the row's kept perception (statistics sweep; nullptr: not kept).
     template <bool STATS>
-    __attribute__((noinline)) void row(const float* const* rp, uint32_t hrow, raw* dst) {
+    __attribute__((noinline)) void row(const float* const* rp, uint32_t hrow, raw* dst, float* kp) {
         int64_t b = 0;
         for (; b + 1 < nblk_; b += 2) {
             vf2 both[FEAT];
             perceive(Src2{rp, (b + 1) * BLK}, both);
             vf feat[FEAT];
-            for (int k = 0; k < FEAT; ++k) feat[k] = both[k].a;
-            if constexpr (STATS) moments_block(b, feat);
-            else block(b, feat, hrow, dst);
-            for (int k = 0; k < FEAT; ++k) feat[k] = both[k].b;
-            if constexpr (STATS) moments_block(b + 1, feat);
-            else block(b + 1, feat, hrow, dst);
+            for (int half = 0; half < 2; ++half) {
+                for (int k = 0; k < FEAT; ++k) feat[k] = half == 0 ? both[k].a : both[k].b;
+                if constexpr (STATS) {
+                    moments_block(b + half, feat);
+                    keep_block(kp, b + half, feat);
+                } else {
+                    block(b + half, feat, hrow, dst);
+                }
+            }
         }
         if (b < nblk_) {
             vf feat[FEAT];
             perceive(Src{rp, (b + 1) * BLK}, feat);
-            if constexpr (STATS) moments_block(b, feat);
-            else block(b, feat, hrow, dst);
+            if constexpr (STATS) {
+                moments_block(b, feat);
+                keep_block(kp, b, feat);
+            } else {
+                block(b, feat, hrow, dst);
+            }
         }
+    }
+
+    // N rows of a 3D plane at once (rp: N + K - 1 neighbour rows per dz, from the first output
+    // row minus P); STATS: add their statistics, else update them (hrows, dsts: per output row).
+    // kp: the first row's kept perception (statistics sweep; nullptr: not kept).
+    template <bool STATS, int N>
+    __attribute__((noinline)) void rows(const float* const* rp, const uint32_t* hrows, raw* const* dsts, float* kp) {
+        const int64_t kept_rows = nblk_ * NK * LANES;
+        for (int64_t b = 0; b < nblk_; ++b) {
+            vf feat[N * FEAT];
+            perceive_rows<N>(SrcRows<N + K - 1>{rp, (b + 1) * BLK}, feat);
+            for (int r = 0; r < N; ++r) {
+                if constexpr (STATS) {
+                    moments_block(b, feat + r * FEAT);
+                    keep_block(kp == nullptr ? nullptr : kp + r * kept_rows, b, feat + r * FEAT);
+                } else {
+                    block(b, feat + r * FEAT, hrows[r], dsts[r]);
+                }
+            }
+        }
+    }
+
+    // With BatchNorm both sweeps call the same out-of-line copy.
+    template <int N>
+    __attribute__((noinline)) void perceive_rows(const SrcRows<N + K - 1>& src, vf* feat) const {
+        NCA_NO_UNROLL
+        for (int c = 0; c < C; ++c) nca::perceive_depthwise_rows<Cfg, vf, N>(w_, src, feat, c);
     }
 
     // Perception of a block (V = vf) or of two neighbouring blocks (V = vf2). With BatchNorm
@@ -714,7 +895,10 @@ class Band {
 
     const float* w_;
     Problem pb_;
-    int64_t a0_, a1_, nouter_, rows_, W_, nblk_, row_floats_, plane_floats_, raw_plane_, raw_row_;
+    int64_t a0_, a1_;
+    float* kept_base_ = nullptr;  // kept perception of the whole batch (nullptr: recomputed)
+    float* kept_ = nullptr;       // ... of the selected batch item
+    int64_t nouter_, rows_, W_, nblk_, row_floats_, plane_floats_, raw_plane_, raw_row_;
     int64_t strip_ = 1, y0_ = 0, y1_ = 1, lo_ = 0;  // strip height; the strip being swept: rows [y0_, y1_)
     raw* saved_ = nullptr;                          // P original rows per plane of the band
     bool full_ = false;
@@ -743,6 +927,18 @@ class Band {
     double* wt_ = nullptr;
     double* scratch_ = nullptr;
 };
+
+// A large buffer: 2 MiB aligned and, on Linux, backed by transparent huge pages where the
+// system allows them, so that touching it the first time costs few page faults. free() frees it.
+inline void* alloc_large(size_t bytes) {
+    constexpr size_t HUGE_PAGE = size_t(1) << 21;
+    const size_t rounded = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+    void* p = aligned_alloc(HUGE_PAGE, rounded);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (p != nullptr) madvise(p, rounded, MADV_HUGEPAGE);
+#endif
+    return p;
+}
 
 // BatchNorm between the two sweeps of a step: thread t of T turns the group sums of
 // hidden units t, t + T, ... (added in batch and group order) into alpha, beta.
@@ -774,13 +970,23 @@ void run(void* state, const float* weights, const Problem& pb) {
     const int64_t gplanes = stats_group_planes(nouter, plane_cells);
     const int64_t groups = (nouter + gplanes - 1) / gplanes, all_groups = pb.batch * groups;
     std::vector<double> sums(Cfg::BN ? all_groups * 2 * Cfg::HIDDEN : 0);
+    std::vector<double> records(Cfg::BN ? all_groups * Band<Cfg, S>::GROUP_DOUBLES : 0);  // moments per group
     std::vector<float> norm(Cfg::BN ? 2 * Cfg::HIDDEN : 0);
     const double count = static_cast<double>(pb.batch) * pb.size[0] * pb.size[1] * pb.size[2];
+    // BatchNorm with pb.keep: the statistics sweep's conv outputs, read back by the update sweep.
+    float* kept = Cfg::BN && pb.keep ? pb.kept_buffer : nullptr;
+    float* own_kept = nullptr;
+    if (Cfg::BN && pb.keep && kept == nullptr) {
+        const int64_t rows = Cfg::DIMS == 3 ? pb.size[1] : 1;
+        const size_t bytes = sizeof(float) * pb.batch * keep_floats(nouter, rows, pb.size[2], Cfg::FEAT - Cfg::C);
+        kept = own_kept = static_cast<float*>(alloc_large(bytes));
+        if (kept == nullptr) throw std::bad_alloc();
+    }
     bool failed = false;
 #pragma omp parallel num_threads(nt)
     {
         const int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
-        Band<Cfg, S> band(w.data(), pb, nouter * t / T, nouter * (t + 1) / T);
+        Band<Cfg, S> band(w.data(), pb, nouter * t / T, nouter * (t + 1) / T, kept);
         if (!band.ok()) {
 #pragma omp atomic write
             failed = true;
@@ -793,10 +999,13 @@ void run(void* state, const float* weights, const Problem& pb) {
             for (int64_t step = 0; step < pb.steps; ++step) {
                 uint32_t key = nca::step_key(pb.seed, pb.level, static_cast<uint32_t>(step));
                 if constexpr (Cfg::BN) {
-                    for (int64_t g = all_groups * t / T; g < all_groups * (t + 1) / T; ++g) {
-                        const int64_t b = g / groups, p0 = (g % groups) * gplanes;
-                        band.statistics(static_cast<raw*>(state) + b * item, p0, std::min(nouter, p0 + gplanes),
+                    const int64_t ga = all_groups * t / T, gb = all_groups * (t + 1) / T;
+                    for (int64_t g = ga; g < gb;) {   // this thread's groups, item by item
+                        const int64_t b = g / groups, end = std::min(gb, (b + 1) * groups);
+                        band.statistics(static_cast<raw*>(state) + b * item, b, g - b * groups, end - b * groups,
+                                        gplanes, &records[g * Band<Cfg, S>::GROUP_DOUBLES],
                                         &sums[g * 2 * Cfg::HIDDEN]);
+                        g = end;
                     }
                     band.end_statistics();
 #pragma omp barrier
@@ -805,7 +1014,7 @@ void run(void* state, const float* weights, const Problem& pb) {
 #pragma omp barrier
                 }
                 for (int64_t b = 0; b < pb.batch; ++b) {
-                    band.begin(static_cast<raw*>(state) + b * item, key);
+                    band.begin(static_cast<raw*>(state) + b * item, key, b);
 #pragma omp barrier
                     band.run(norm.data());
 #pragma omp barrier
@@ -813,6 +1022,7 @@ void run(void* state, const float* weights, const Problem& pb) {
             }
         }
     }
+    free(own_kept);
     if (failed) throw std::bad_alloc();
 }
 

@@ -8,10 +8,11 @@ reader's own decoded copy of an image; videos are decoded a band of frames at a 
 - **pyramid**: the coarse input levels (kept in the state's type) while one band of level 0 is
   read and normalised;
 - **levels**: the one state buffer of all levels (on the CPU only its pages written so far),
-  the coarse inputs not yet used (all of them when they are kept), and the largest transient of a
-  level: reading a band of level-0 inputs, upsampling a chunk, the fused kernel's per-thread
-  planes, or a PyTorch reference step (its working memory per cell measured once per backbone
-  in this process, since it depends on the library's convolution kernels);
+  the coarse inputs not yet used (all of them when they are kept), the perception a coarse
+  BatchNorm level keeps between the sweeps of a step (``octree.keeps_perception``), and the
+  largest transient of a level: reading a band of level-0 inputs, upsampling a chunk, the fused
+  kernel's per-thread planes, or a PyTorch reference step (its working memory per cell measured
+  once per backbone in this process, since it depends on the library's convolution kernels);
 - **labels**: the state, the label map and one band of logits turned into labels (ensembles:
   every run's float16 logits, then their median);
 - **write**: the label map and what the writer copies (a PNG or NIfTI encoder holds a copy and
@@ -34,7 +35,7 @@ from ..core.errors import NCAError
 from ..core.sizes import format_size
 from ..io.normalize import Normalization, band_bytes, fit_bytes
 from ..io.video import CHUNK_BYTES as VIDEO_CHUNK
-from .octree import buffer_layout
+from .octree import buffer_layout, keeps_perception
 from .sources import BAND_CELLS
 from .tiled import Tile, tile_regions, tile_working_elements
 
@@ -133,8 +134,8 @@ def _kernel_thread_bytes(model, shapes, dtype_bytes: int, threads: int) -> int:
     """The fused CPU kernel's planes per thread: 2P+1 float planes of the cells around the one
     being updated (3D: strips of their rows, with P rows each side, and the P original rows per
     plane of the band that a strip saves for the next), and 2P raw planes of the band's
-    borders (a plane is a row in 2D); with BatchNorm also the statistics groups' sums and each
-    thread's feature moments."""
+    borders (a plane is a row in 2D); with BatchNorm also the statistics groups' sums and
+    moments, and each thread's buffered features and float products."""
     from ..kernels import statistics_groups, strip_rows
 
     worst = 0
@@ -156,12 +157,13 @@ def _kernel_thread_bytes(model, shapes, dtype_bytes: int, threads: int) -> int:
                       + saved)
         sums = 0
         if bb.normalization == "batch":
-            # each group's double sums of z and z^2 per hidden unit; per thread the buffered
-            # features (256 cells), the float and double products, W0 in double
+            # each group's double sums of z and z^2 per hidden unit and its moments (sums,
+            # products, reference, two counters); per thread the buffered features (256
+            # cells), the float products, W0 in double
             feat = (3 if bb.perception == "full2" else 2) * bb.channels
             featp = -(-feat // 4) * 4
-            sums = statistics_groups(shape) * 2 * bb.hidden * 8
-            per_thread += 256 * featp * 4 + featp * featp * (4 * KERNEL_LANES + 8) + feat * bb.hidden * 8
+            sums = statistics_groups(shape) * (2 * bb.hidden + 2 * featp + featp * featp + 2) * 8
+            per_thread += 256 * featp * 4 + featp * featp * 4 * KERNEL_LANES + feat * bb.hidden * 8
         worst = max(worst, per_thread * bands + sums)
     return worst
 
@@ -218,9 +220,11 @@ def single_pass_phases(model, shape, *, dtype, impl: str, cost: InputCost, ensem
         # One pass drops each coarse input once written, and of the state buffer only the pages a
         # level has touched are resident (the OS commits them on first write): while level l runs,
         # the buffer from its offset on and the inputs of levels 1 .. l.
-        held = max((total - offsets[level]) * b + sum(inputs[:level]) for level in range(len(shapes)))
+        held = max((total - offsets[level]) * b + sum(inputs[:level])
+                   + keeps_perception(model, shapes, level, 0, 1, b, device_type) for level in range(len(shapes)))
     else:
-        held = total * b + pyramid
+        held = total * b + pyramid + max(keeps_perception(model, shapes, level, 0, 1, b, device_type)
+                                         for level in range(len(shapes)))
     read = _inputs_bytes(cells0, cost)
     if impl == "torch":
         largest = max(torch_step_bytes(bb, math.prod(s)) + math.prod(s) * c.channels * 4 * (b != 4)

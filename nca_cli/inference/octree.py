@@ -6,6 +6,10 @@ slab from the front, so every slab is read before it is overwritten (``_upsample
 No level ever has two copies of its state, and each level's state is gone the moment the
 next one exists. The step itself is pluggable: the fused kernel works in place on the
 channels-last view; the PyTorch reference step runs on a channels-first copy.
+
+A coarse BatchNorm level on the CPU keeps its perception between the two sweeps of a step
+(``keeps_perception``) in the part of the shared buffer that only finer levels use later, so it
+costs no memory those levels do not take anyway: it saves computing every convolution twice.
 """
 from __future__ import annotations
 
@@ -56,11 +60,12 @@ def step_runner(impl: str) -> Callable:
     if impl == "fused":
         from ..kernels import fused_run
 
-        def run_fused(backbone, state, steps, seed, level, origin=None):
-            fused_run(backbone, state, steps, seed=seed, level=level, origin=origin)
+        def run_fused(backbone, state, steps, seed, level, origin=None, kept=None):
+            fused_run(backbone, state, steps, seed=seed, level=level, origin=origin,
+                      keep_perception=kept is not None, keep_buffer=kept)
         return run_fused
 
-    def run_torch(backbone, state, steps, seed, level, origin=None):
+    def run_torch(backbone, state, steps, seed, level, origin=None, kept=None):
         dtype = state.dtype
         cf = state.movedim(-1, 1).to(backbone.fc0.weight.dtype)
         out = backbone.run(cf, steps, seed=seed, level=level, origin=origin,
@@ -81,6 +86,21 @@ def buffer_layout(shapes: Sequence[Sequence[int]], factors: Sequence[Sequence[in
         offsets.append(offsets[level] + region - sizes[level + 1])
     total = max(total, offsets[-1] + sizes[-1])
     return offsets, sizes, total
+
+
+def keeps_perception(model, shapes: Sequence[Sequence[int]], level: int, stop_level: int, batch: int,
+                     itemsize: int, device_type: str) -> int:
+    """Bytes level ``level`` keeps of its perception in a run down to ``stop_level`` (0: it keeps
+    none). A BatchNorm level on the CPU keeps it at the front of the shared buffer, in pages only
+    finer levels use later, when it fits there before the level's own state."""
+    from ..kernels import kept_perception_bytes
+
+    if device_type != "cpu" or level <= stop_level:
+        return 0
+    kept = kept_perception_bytes(model.backbones[level], shapes[level], batch)
+    offsets, _, _ = buffer_layout(shapes, model.config.factors, batch, model.config.channels)
+    free = (offsets[level] - offsets[stop_level]) * itemsize
+    return kept if 0 < kept <= free else 0
 
 
 def _upsample_in_place(src: torch.Tensor, dst: torch.Tensor, factor: Sequence[int], chunk_bytes: int = 1 << 23) -> None:
@@ -131,7 +151,11 @@ def drive(
         else:
             _upsample_in_place(prev, view, c.factors[level])
         source.write_inputs(level, view)
-        run(model.backbones[level], view, c.steps[level], seed, level)
+        keep = keeps_perception(model, shapes, level, stop_level, source.batch, buf.element_size(),
+                                torch.device(device).type)
+        kept = buf[:start].view(torch.uint8)[:keep].view(torch.float32) if keep else None
+        run(model.backbones[level], view, c.steps[level], seed, level, kept=kept)
+        kept = None
         prev = view
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize()

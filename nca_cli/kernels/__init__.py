@@ -159,6 +159,9 @@ def statistics_groups(shape: Sequence[int]) -> int:
     return -(-nouter // per_group)
 
 
+# Large launcher buffers are allocated in whole pages of this size (cuda/nca_cpu.h, alloc_large).
+HUGE_PAGE = 1 << 21
+
 # 3D planes are swept in strips of rows when their ring would pass this (cuda/nca_cpu.h).
 STRIP_BYTES = 1 << 20
 
@@ -167,11 +170,24 @@ def strip_rows(rows: int, row_bytes: int, radius: int) -> int:
     """Rows per strip of the CPU launcher's 3D sweep (``rows`` when a plane is swept whole), for
     float32 ring rows of ``row_bytes`` and a kernel of radius ``radius``."""
     ring = (2 * radius + 1) * row_bytes
-    s = max(STRIP_BYTES // max(1, ring) - 2 * radius, 4 * radius, 8)
+    s = -(-max(STRIP_BYTES // max(1, ring) - 2 * radius, 4 * radius, 8) // 8) * 8   # whole groups of 8 rows
     env = os.environ.get("NCA_CPU_STRIP_ROWS")
     if env:
         s = max(int(env), 4 * radius, 1)
     return rows if s >= rows else s
+
+
+def kept_perception_bytes(backbone: BackboneNCA, shape: Sequence[int], batch: int = 1) -> int:
+    """Bytes of the kept perception of ``fused_run(..., keep_perception=True)`` on a state of
+    spatial ``shape`` (cuda/nca_cpu.h, keep_floats): the float32 conv outputs of every cell,
+    rows padded to whole blocks of 16 cells (the widest SIMD block); 0 without BatchNorm.
+    Without a ``keep_buffer`` the launcher allocates it in whole pages of ``HUGE_PAGE``."""
+    if backbone.normalization != "batch":
+        return 0
+    convs = 2 if backbone.perception == "full2" else 1
+    *outer, width = (int(n) for n in shape)
+    padded = -(-width // 16) * 16
+    return 4 * batch * math.prod(outer) * padded * convs * backbone.channels
 
 
 def to_channels_last(state: torch.Tensor) -> torch.Tensor:
@@ -193,6 +209,8 @@ def fused_run(
     level: int = 0,
     origin: Sequence[int] | None = None,
     threads: int | None = None,
+    keep_perception: bool = False,
+    keep_buffer: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run ``steps`` steps of ``backbone`` on a channels-last ``[B, *spatial, C]`` state.
 
@@ -200,6 +218,11 @@ def fused_run(
     ``state`` must be contiguous, float32 / float16 / bfloat16, on the CPU or a CUDA device;
     it is updated in place and returned. ``origin``: absolute coordinate of the first cell
     (tiles). ``threads``: CPU threads, default ``torch.get_num_threads()``.
+    ``keep_perception`` (CPU, BatchNorm): the statistics sweep of a step keeps its conv outputs
+    for the update sweep instead of computing them again, which takes ``kept_perception_bytes``
+    more memory during the run; the result is the same, bit for bit. ``keep_buffer``: a
+    contiguous, 64-byte aligned float32 CPU tensor of at least that many bytes to keep it in
+    (its contents are overwritten); without one the launcher allocates its own for the call.
     """
     if not backbone.fusable:
         raise ValueError(f"backbone is not fusable: {backbone.extra_repr()}")
@@ -226,6 +249,7 @@ def fused_run(
     args = (weights, *shape, int(steps), int(seed) & MASK32, int(level) & MASK32, origin,
             threshold(backbone.fire_rate))
     if kind == "cpu":
-        mod.run(state, *args, int(threads) if threads else torch.get_num_threads())
+        kept = keep_buffer if keep_perception and keep_buffer is not None else torch.empty(0)
+        mod.run(state, *args, int(threads) if threads else torch.get_num_threads(), bool(keep_perception), kept)
         return state
     return mod.run(state, *args)

@@ -15,7 +15,10 @@ kernels 3 and 7, BatchNorm), with random weights.
   come from the same fire mask). BatchNorm: the fused step first sweeps every cell once
   more: perception, then on the CPU the features' sums and pairwise products
   (``FEAT·(FEAT+1) + FEAT``), on CUDA fc0 and ``3·hidden`` for the sums of z and z^2; then
-  it normalises (``2·hidden``) the cells that fire. "Dense" counts what the PyTorch step
+  it normalises (``2·hidden``) the cells that fire. Cases that stand for a coarse level
+  (``COARSE``) keep the statistics sweep's perception for the update sweep, as the models'
+  coarse levels do on the CPU (``inference.octree.keeps_perception``), so they perceive once;
+  their time with the perception computed in both sweeps is reported too. "Dense" counts what the PyTorch step
   computes: one perception, fc0, normalisation and its statistics and fc1 (all C outputs
   when fc1 has them) for every cell.
 - FMA peak: ``fma_peak`` of the CPU extension, independent float32 FMA chains held in
@@ -71,6 +74,9 @@ CASES = {
     "m3d_surgery_k7": ("M3D-NCA 3D RGB video, kernel 7 (coarse level)", (20, 120, 216),
                        dict(input_channels=3, kernel_size=7, fc1_all_channels=True, **_BN)),
 }
+# Cases that stand for a coarse level of their model: on the CPU they run as the model runs
+# that level, keeping the statistics sweep's perception for the update sweep.
+COARSE = frozenset({"mednca_pathology_k7", "m3d_radiology_k7", "m3d_surgery_k7"})
 # task -> its cases: OctreeNCA's backbone, then the baselines' of the same task
 TASKS = {
     "pathology": ("pathology", "mednca_pathology_k3", "mednca_pathology_k7", "mednca_xray"),
@@ -113,15 +119,16 @@ def step_flops(m: BackboneNCA) -> dict[str, int]:
     return flops
 
 
-def executed_flops(m: BackboneNCA, fired: float, device: str = "cpu") -> float:
+def executed_flops(m: BackboneNCA, fired: float, device: str = "cpu", kept: bool = False) -> float:
     """FLOPs per cell the fused step executes when a share ``fired`` of the cells fires. The
     BatchNorm statistics sweep perceives every cell, then takes the feature moments (CPU) or
-    fc0 and the sums of z and z^2 (CUDA)."""
+    fc0 and the sums of z and z^2 (CUDA); ``kept``: the update sweep reuses that perception."""
     f = step_flops(m)
     statistics_sweep = 0
     if f["statistics"]:
         statistics_sweep = f["perception"] + (f["moments"] if device == "cpu" else f["fc0"] + f["statistics"])
-    return statistics_sweep + f["perception"] + fired * (f["fc0"] + f["norm"] + f["fc1"])
+    update_perception = 0 if kept and f["statistics"] else f["perception"]
+    return statistics_sweep + update_perception + fired * (f["fc0"] + f["norm"] + f["fc1"])
 
 
 def dense_flops(m: BackboneNCA) -> int:
@@ -130,7 +137,8 @@ def dense_flops(m: BackboneNCA) -> int:
     return f["perception"] + f["fc0"] + f["statistics"] + f["norm"] + f["fc1_torch"]
 
 
-def memory_probe(impl: str, case: str, shape: Sequence[int], fire_rate: float, threads: int) -> dict:
+def memory_probe(impl: str, case: str, shape: Sequence[int], fire_rate: float, threads: int,
+                 keep: bool = False) -> dict:
     """In this (fresh) process: bytes one step needs above the state, CPU. See module docstring."""
     from . import backbone_shape, fused_run, kernel_module
 
@@ -146,7 +154,7 @@ def memory_probe(impl: str, case: str, shape: Sequence[int], fire_rate: float, t
     maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     with torch.inference_mode():
         if impl == "fused":
-            fused_run(m, state, 1, threads=threads)
+            fused_run(m, state, 1, threads=threads, keep_perception=keep)
         else:
             out = m.step(state)
             del out
@@ -159,8 +167,10 @@ def memory_probe(impl: str, case: str, shape: Sequence[int], fire_rate: float, t
             "method": method}
 
 
-def _measure_memory(impl: str, case: str, shape: Sequence[int], fire_rate: float, threads: int) -> dict:
-    spec = json.dumps({"impl": impl, "case": case, "shape": list(shape), "fire_rate": fire_rate, "threads": threads})
+def _measure_memory(impl: str, case: str, shape: Sequence[int], fire_rate: float, threads: int,
+                    keep: bool = False) -> dict:
+    spec = json.dumps({"impl": impl, "case": case, "shape": list(shape), "fire_rate": fire_rate, "threads": threads,
+                       "keep": keep})
     proc = subprocess.run([sys.executable, "-m", "nca_cli.kernels.bench", "--probe", spec],
                           capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -245,7 +255,7 @@ def run_kernel_benchmark(
 
 def _run_cases(tasks: list[str], sizes: dict, steps: int, threads: int, repeats: int, fire_rate: float,
                memory: bool, dev: torch.device) -> dict:
-    from . import fused_run, to_channels_last
+    from . import fused_run, kept_perception_bytes, to_channels_last
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
     load_before = load_average()
@@ -259,10 +269,18 @@ def _run_cases(tasks: list[str], sizes: dict, steps: int, threads: int, repeats:
             cells *= s
         state_cf = torch.randn(1, CHANNELS, *shape, device=dev)
         state_cl = to_channels_last(state_cf)
+        kept = dev.type == "cpu" and name in COARSE and m.normalization == "batch"
+        # as in a model: the buffer is part of the shared state buffer, its pages already in use
+        buffer = torch.zeros(kept_perception_bytes(m, shape) // 4) if kept else None
         peaks = [fma_peak(threads)] if dev.type == "cpu" else []
-        fused_s, fused_cpu = _median_time(lambda: fused_run(m, state_cl, steps, threads=threads), repeats, sync)
+        fused_s, fused_cpu = _median_time(lambda: fused_run(m, state_cl, steps, threads=threads, keep_perception=kept,
+                                                            keep_buffer=buffer), repeats, sync)
+        buffer = None
         if dev.type == "cpu":
             peaks.append(fma_peak(threads))
+        recompute_s = None
+        if kept:
+            recompute_s = _median_time(lambda: fused_run(m, state_cl, steps, threads=threads), repeats, sync)[0] / steps
         state_cl = None  # freed before the PyTorch timing
         with torch.inference_mode():
             torch_s, _ = _median_time(lambda: m.run(state_cf, steps), repeats, sync)
@@ -273,11 +291,14 @@ def _run_cases(tasks: list[str], sizes: dict, steps: int, threads: int, repeats:
         peak_core = max(p[1] for p in peaks) if peaks else None
         firing = sum(int(fire_mask(shape, seed=0, level=0, step=t, fire_rate=fire_rate).sum()) for t in range(steps))
         fired = firing / (steps * cells)
-        executed = executed_flops(m, fired, dev.type) * cells
+        executed = executed_flops(m, fired, dev.type, kept) * cells
         dense = dense_flops(m) * cells
         row = {
-            "case": f"{label} {'x'.join(map(str, shape))}",
+            "case": f"{label}{', perception kept' if kept else ''} {'x'.join(map(str, shape))}",
             "case_name": name,
+            "kept_perception": kept,
+            "fused_recompute_s": recompute_s,
+            "speedup_recompute": torch_s / recompute_s if recompute_s else None,
             "cells": cells,
             "fire_rate": fire_rate,
             "fused_s": fused_s,
@@ -295,7 +316,7 @@ def _run_cases(tasks: list[str], sizes: dict, steps: int, threads: int, repeats:
         }
         if memory and dev.type == "cpu":
             for impl in ("fused", "torch"):
-                mem = _measure_memory(impl, name, shape, fire_rate, threads)
+                mem = _measure_memory(impl, name, shape, fire_rate, threads, kept and impl == "fused")
                 row[f"{impl}_extra_bytes"] = mem["extra_bytes"]
                 row[f"{impl}_extra_fraction"] = (mem["extra_bytes"] / mem["state_bytes"]
                                                  if mem["extra_bytes"] is not None else None)
@@ -371,7 +392,17 @@ def format_markdown(result: dict) -> str:
             f"| {_fmt(r['peak_fraction'], '.0f', 100)} % | {_fmt(r.get('peak_fraction_cpu_time'), '.0f', 100)} % "
             f"| {mem[0]} | {mem[1]} |")
     methods = {r.get("memory_method") for r in result.get("rows", []) if r.get("memory_method")}
+    for r in result.get("rows", []):
+        if r.get("fused_recompute_s"):
+            lines.append(f"- {r['case']}: with the perception computed in both sweeps instead, "
+                         f"{r['fused_recompute_s']:.3f} s/step ({r['speedup_recompute']:.1f}x), no kept buffer.")
     lines += [
+        "- Perception kept: a coarse level keeps the statistics sweep's conv outputs (float32, "
+        "C per cell) for the update sweep, as the models do on the CPU where it fits in the part of "
+        "the shared state buffer that the finer level fills later; the extra memory column includes "
+        "that buffer. The timing "
+        "keeps it in a buffer allocated beforehand, as a model keeps it in the part of the shared state "
+        "buffer that the finer level fills later.",
         "",
         "- FLOPs count a multiply-add as 2: perception 2·C·K^d per cell (two full convolutions "
         "2·2·C·C·K^d), fc0 + fc1 2·(FEAT·hidden + hidden·(C-IN)) per cell that fires. \"Executed\" counts "
@@ -408,7 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.probe:
         spec = json.loads(args.probe)
-        print(json.dumps(memory_probe(spec["impl"], spec["case"], spec["shape"], spec["fire_rate"], spec["threads"])))
+        print(json.dumps(memory_probe(spec["impl"], spec["case"], spec["shape"], spec["fire_rate"], spec["threads"],
+                                      spec.get("keep", False))))
         return 0
     result = run_kernel_benchmark(steps=args.steps, threads=args.threads, repeats=args.repeats,
                                   fire_rate=args.fire_rate, memory=not args.no_memory, task=args.task,

@@ -96,3 +96,62 @@ def test_fused_batchnorm_models_equal_the_reference_after_a_whole_forward(recipe
         ref = predict_logits(m, x, seed=5, impl="torch")
         fused = predict_logits(m, x, seed=5, impl="fused")
     assert torch.allclose(fused, ref, atol=1e-4, rtol=1e-4), (fused - ref).abs().max()
+
+
+@pytest.mark.parametrize("recipe,shape", [("mednca_pathology", (45, 61)), ("mednca_xray_vwsl", (37, 29)),
+                                          ("m3d_radiology_2levels", (9, 29, 23))])
+def test_coarse_batchnorm_levels_keep_their_perception_without_changing_a_bit(monkeypatch, recipe, shape):
+    """The coarse level keeps its perception between the sweeps of a step, in the front of the
+    shared buffer, and the logits are the very bits of perceiving twice."""
+    import nca_cli.inference.octree as octree
+    import nca_cli.kernels as kernels
+    from nca_cli.kernels import fused_available
+    from nca_cli.models import build_model
+    from nca_cli.recipes import load_recipe
+
+    if not fused_available("cpu"):
+        pytest.skip("fused CPU kernel unavailable")
+    torch.manual_seed(0)
+    m = build_model(load_recipe(recipe)["model"])
+    for bb in m.backbones:
+        torch.nn.init.normal_(bb.fc1.weight, std=0.02)
+    x = torch.rand(2, m.config.input_channels, *shape, generator=torch.Generator().manual_seed(2))
+    shapes = m.level_shapes(shape)
+    assert octree.keeps_perception(m, shapes, 1, 0, 2, 4, "cpu") > 0
+    assert octree.keeps_perception(m, shapes, 0, 0, 2, 4, "cpu") == 0      # the last level never keeps
+    assert octree.keeps_perception(m, shapes, 1, 0, 2, 4, "cuda") == 0
+
+    calls = []
+    fused_run = kernels.fused_run
+
+    def spy(backbone, state, steps, **kw):
+        buffer = kw.get("keep_buffer")
+        calls.append(kw.get("keep_perception", False) and buffer is not None and buffer.dtype == torch.float32)
+        return fused_run(backbone, state, steps, **kw)
+
+    monkeypatch.setattr(kernels, "fused_run", spy)
+    with torch.inference_mode():
+        kept = predict_logits(m, x, seed=5, impl="fused")
+        assert calls == [True, False]
+        monkeypatch.setattr(octree, "keeps_perception", lambda *a: 0)
+        again = predict_logits(m, x, seed=5, impl="fused")
+        assert calls == [True, False, False, False]
+    assert torch.equal(kept, again)
+
+
+def test_a_level_keeps_its_perception_only_where_the_shared_buffer_has_room():
+    """Kept perception (float32, C or 2C values per cell) must fit in the front of the shared
+    buffer, before the level's own state: it does at 1/16 and 1/64 of the cells, not for a
+    full2 model whose coarse level has 1/4 of the cells in float16."""
+    from nca_cli.inference.octree import keeps_perception
+    from nca_cli.models import build_model
+    from nca_cli.recipes import load_recipe
+
+    m3d = build_model(load_recipe("m3d_radiology_2levels")["model"])
+    assert keeps_perception(m3d, [(64, 128, 128), (16, 32, 32)], 1, 0, 1, 2, "cpu") == 16 * 32 * 32 * 16 * 4
+    spec = load_recipe("mednca_xray_vwsl")["model"]
+    vwsl = build_model(spec)
+    assert keeps_perception(vwsl, vwsl.level_shapes((1955, 1841)), 1, 0, 1, 2, "cpu") == 489 * 464 * 32 * 4
+    halves = build_model({**spec, "factors": [[2, 2]]})
+    assert keeps_perception(halves, halves.level_shapes((1024, 1024)), 1, 0, 1, 2, "cpu") == 0
+    assert keeps_perception(halves, halves.level_shapes((1024, 1024)), 1, 0, 1, 4, "cpu") > 0   # float32 room

@@ -19,6 +19,8 @@ def test_step_flops():
     assert f["moments"] == 32 * 33 + 32
     assert executed_flops(m, 0.5) == f["perception"] + 32 * 33 + 32 + update
     assert executed_flops(m, 0.5, "cuda") == f["perception"] + f["fc0"] + 3 * 64 + update
+    # a coarse level that keeps its perception perceives once
+    assert executed_flops(m, 0.5, kept=True) == executed_flops(m, 0.5) - f["perception"]
     assert dense_flops(m) == f["perception"] + f["fc0"] + 5 * 64 + f["fc1_torch"]
     full = step_flops(make_backbone("mednca_xray", 0.5))
     assert full["perception"] == 2 * 2 * 16 * 16 * 9 and full["fc0"] == 2 * 48 * 128
@@ -50,12 +52,36 @@ def test_batch_norm_case_runs_fused(cpu_kernels):
                                   memory=False)
     (row,) = result["rows"]
     assert row["case"].startswith("Med-NCA 2D RGB, kernel 7") and row["fused_s"] > 0 and row["torch_s"] > 0
+    # a coarse level: it keeps its perception, and the time perceiving twice is reported too
+    assert row["kept_perception"] and "perception kept" in row["case"] and row["fused_recompute_s"] > 0
+    assert "with the perception computed in both sweeps instead" in format_markdown(result)
     # executed against dense FLOPs: the statistics sweep (perception and feature moments of
     # every cell) and the update sweep (matrix work of the cells that fire), from the fire mask
     m = make_backbone("mednca_pathology_k7", 0.5)
     fired = int(fire_mask((40, 36), seed=0, level=0, step=0, fire_rate=0.5).sum()) / (40 * 36)
-    ratio = executed_flops(m, fired) / dense_flops(m)
+    ratio = executed_flops(m, fired, kept=True) / dense_flops(m)
     assert row["fused_gflops"] / row["fused_dense_gflops"] == pytest.approx(ratio)
+
+
+def test_kept_perception_costs_what_the_memory_model_says(cpu_kernels):
+    """The peak of one step in a fresh process with the perception kept: at least the kept
+    buffer (kept_perception_bytes, pages of 2 MiB), at most that and the launcher's per-thread
+    planes as the memory model counts them (the update sweep then reads no border planes, so
+    those pages stay untouched)."""
+    from types import SimpleNamespace
+
+    from nca_cli.inference.memory import _kernel_thread_bytes
+    from nca_cli.kernels import kept_perception_bytes
+    from nca_cli.kernels.bench import _measure_memory
+
+    shape = (24, 64, 64)
+    m = make_backbone("m3d_radiology_k7", 0.5)
+    kept = kept_perception_bytes(m, shape)
+    assert kept == 24 * 64 * 64 * 16 * 4
+    planes = _kernel_thread_bytes(SimpleNamespace(backbones=[m]), [shape], 4, 2)
+    measured = _measure_memory("fused", "m3d_radiology_k7", shape, 0.5, 2, keep=True)["extra_bytes"]
+    assert measured is not None
+    assert kept <= measured <= 1.02 * (kept + planes), (measured, kept, planes)
 
 
 def test_unknown_case_is_rejected(cpu_kernels):

@@ -27,8 +27,8 @@ import copy
 import pytest
 import torch
 
-from nca_cli.kernels import (backbone_shape, fused_run, from_channels_last, kernel_module, pack_weights,
-                             statistics_groups, to_channels_last)
+from nca_cli.kernels import (backbone_shape, fused_run, from_channels_last, kept_perception_bytes, kernel_module,
+                             pack_weights, statistics_groups, to_channels_last)
 
 from .conftest import make_backbone
 
@@ -222,3 +222,56 @@ def test_3d_planes_swept_in_strips_of_rows(cpu_kernels, monkeypatch, name, shape
                                    atol=1e-5, rtol=1e-5)
         if m.norm is None:
             assert torch.equal(strips, whole)
+
+
+BATCH_NORM_VARIANTS = [name for name, (_, _, kw) in VARIANTS.items() if kw.get("normalization") == "batch"]
+
+
+@pytest.mark.parametrize("name", BATCH_NORM_VARIANTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_kept_perception_gives_the_very_bits_of_perceiving_again(cpu_kernels, monkeypatch, name, dtype):
+    """keep_perception: the update sweep reads the conv outputs the statistics sweep kept. The
+    same bits as perceiving again, over 3 steps of a batch of 2, fire rates 0.5 and 1, 1 and 3
+    threads, whole planes and strips; 3D planes of 23 rows go in row groups of 8, 8, 4, 2, 1."""
+    dims = VARIANTS[name][0]
+    shape = (13, 21) if dims == 2 else (5, 23, 11)
+    for fire_rate in (0.5, 1.0):
+        m = variant(name, fire_rate)
+        state = to_channels_last(torch.randn(2, m.channels, *shape).to(dtype))
+        again = fused_run(m, state.clone(), 3, seed=5, level=1)
+        assert not torch.equal(again, state)
+        for threads in (1, 3):
+            kept = fused_run(m, state.clone(), 3, seed=5, level=1, threads=threads, keep_perception=True)
+            assert torch.equal(kept, again)
+        buffer = torch.full((kept_perception_bytes(m, shape, 2) // 4,), float("nan"))
+        kept = fused_run(m, state.clone(), 3, seed=5, level=1, keep_perception=True, keep_buffer=buffer)
+        assert torch.equal(kept, again) and not buffer.isnan().all()
+    if dims == 3:
+        monkeypatch.setenv("NCA_CPU_STRIP_ROWS", "1")
+        again = fused_run(m, state.clone(), 3, seed=5, level=1)
+        kept = fused_run(m, state.clone(), 3, seed=5, level=1, keep_perception=True)
+        assert torch.equal(kept, again)
+
+
+def test_3d_row_groups_sum_every_cell_in_one_order(cpu_kernels, monkeypatch):
+    """3D rows are perceived 8 at a time, the rest in groups of 4, 2 and 1; each cell's
+    convolution is summed in the same order whichever group it falls in, so strips of any
+    height give the very bits of whole planes (no BatchNorm: nothing else depends on them)."""
+    m = make_backbone(3, 1, 1.0, seed=6)
+    state = to_channels_last(torch.randn(1, 16, 4, 29, 10))
+    whole = fused_run(m, state.clone(), 2, seed=1)
+    for rows in ("12", "13", "17"):
+        monkeypatch.setenv("NCA_CPU_STRIP_ROWS", rows)
+        assert torch.equal(fused_run(m, state.clone(), 2, seed=1), whole)
+    torch.testing.assert_close(from_channels_last(whole), _reference(m, from_channels_last(state), 2, seed=1, level=0),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_a_kept_perception_buffer_that_is_too_small_or_misaligned_is_refused(cpu_kernels):
+    m = variant("m3d-k5", 0.5)
+    state = to_channels_last(torch.randn(1, 16, 3, 5, 7))
+    need = kept_perception_bytes(m, (3, 5, 7)) // 4
+    with pytest.raises(RuntimeError, match="needs .* floats"):
+        fused_run(m, state, 1, keep_perception=True, keep_buffer=torch.zeros(need - 1))
+    with pytest.raises(RuntimeError, match="64-byte aligned"):
+        fused_run(m, state, 1, keep_perception=True, keep_buffer=torch.zeros(need + 1)[1:])
