@@ -392,17 +392,18 @@ def format_markdown(result: dict) -> str:
             f"| {_fmt(r['peak_fraction'], '.0f', 100)} % | {_fmt(r.get('peak_fraction_cpu_time'), '.0f', 100)} % "
             f"| {mem[0]} | {mem[1]} |")
     methods = {r.get("memory_method") for r in result.get("rows", []) if r.get("memory_method")}
-    for r in result.get("rows", []):
-        if r.get("fused_recompute_s"):
-            lines.append(f"- {r['case']}: with the perception computed in both sweeps instead, "
-                         f"{r['fused_recompute_s']:.3f} s/step ({r['speedup_recompute']:.1f}x), no kept buffer.")
+    kept = [r for r in result.get("rows", []) if r.get("fused_recompute_s")]
+    lines += [""] if kept else []
+    for r in kept:
+        lines.append(f"- {r['case']}: with the perception computed in both sweeps instead, "
+                     f"{r['fused_recompute_s']:.3f} s/step ({r['speedup_recompute']:.1f}x), no kept buffer.")
+    if kept:
+        lines.append(
+            "- Perception kept: a coarse level keeps the statistics sweep's conv outputs (float32, C per "
+            "cell) for the update sweep, as the models do on the CPU where it fits in the part of the "
+            "shared state buffer that the finer level fills later. The extra memory column includes that "
+            "buffer; the timing keeps it in a buffer allocated beforehand, as a model does.")
     lines += [
-        "- Perception kept: a coarse level keeps the statistics sweep's conv outputs (float32, "
-        "C per cell) for the update sweep, as the models do on the CPU where it fits in the part of "
-        "the shared state buffer that the finer level fills later; the extra memory column includes "
-        "that buffer. The timing "
-        "keeps it in a buffer allocated beforehand, as a model keeps it in the part of the shared state "
-        "buffer that the finer level fills later.",
         "",
         "- FLOPs count a multiply-add as 2: perception 2·C·K^d per cell (two full convolutions "
         "2·2·C·C·K^d), fc0 + fc1 2·(FEAT·hidden + hidden·(C-IN)) per cell that fires. \"Executed\" counts "

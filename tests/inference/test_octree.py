@@ -76,11 +76,9 @@ def test_fused_octree_equals_reference(dims, shape, fire_rate):
     assert (half - ref_half).abs().max() < 5e-2 * max(1.0, ref_half.abs().max().item())
 
 
-@pytest.mark.parametrize("recipe,shape", [("mednca_pathology", (45, 61)), ("mednca_xray_vwsl", (45, 61)),
-                                          ("m3d_radiology_2levels", (9, 29, 23))])
-def test_fused_batchnorm_models_equal_the_reference_after_a_whole_forward(recipe, shape):
-    """Med-NCA and M3D-NCA with their recipes' steps (64/64, 10/40), batch 2: BatchNorm's
-    statistics over the batch, every level, logits within 1e-4."""
+def _batchnorm_model_and_input(recipe, shape):
+    """A recipe's model with fc1 drawn (it starts at zero) and a batch of 2 inputs; skips
+    without the fused CPU kernel."""
     from nca_cli.kernels import fused_available
     from nca_cli.models import build_model
     from nca_cli.recipes import load_recipe
@@ -91,7 +89,15 @@ def test_fused_batchnorm_models_equal_the_reference_after_a_whole_forward(recipe
     m = build_model(load_recipe(recipe)["model"])
     for bb in m.backbones:
         torch.nn.init.normal_(bb.fc1.weight, std=0.02)
-    x = torch.rand(2, m.config.input_channels, *shape, generator=torch.Generator().manual_seed(2))
+    return m, torch.rand(2, m.config.input_channels, *shape, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.mark.parametrize("recipe,shape", [("mednca_pathology", (45, 61)), ("mednca_xray_vwsl", (45, 61)),
+                                          ("m3d_radiology_2levels", (9, 29, 23))])
+def test_fused_batchnorm_models_equal_the_reference_after_a_whole_forward(recipe, shape):
+    """Med-NCA and M3D-NCA with their recipes' steps (64/64, 10/40), batch 2: BatchNorm's
+    statistics over the batch, every level, logits within 1e-4."""
+    m, x = _batchnorm_model_and_input(recipe, shape)
     with torch.inference_mode():
         ref = predict_logits(m, x, seed=5, impl="torch")
         fused = predict_logits(m, x, seed=5, impl="fused")
@@ -105,17 +111,8 @@ def test_coarse_batchnorm_levels_keep_their_perception_without_changing_a_bit(mo
     shared buffer, and the logits are the very bits of perceiving twice."""
     import nca_cli.inference.octree as octree
     import nca_cli.kernels as kernels
-    from nca_cli.kernels import fused_available
-    from nca_cli.models import build_model
-    from nca_cli.recipes import load_recipe
 
-    if not fused_available("cpu"):
-        pytest.skip("fused CPU kernel unavailable")
-    torch.manual_seed(0)
-    m = build_model(load_recipe(recipe)["model"])
-    for bb in m.backbones:
-        torch.nn.init.normal_(bb.fc1.weight, std=0.02)
-    x = torch.rand(2, m.config.input_channels, *shape, generator=torch.Generator().manual_seed(2))
+    m, x = _batchnorm_model_and_input(recipe, shape)
     shapes = m.level_shapes(shape)
     assert octree.keeps_perception(m, shapes, 1, 0, 2, 4, "cpu") > 0
     assert octree.keeps_perception(m, shapes, 0, 0, 2, 4, "cpu") == 0      # the last level never keeps
