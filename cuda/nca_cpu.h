@@ -375,7 +375,7 @@ class Band {
     void run(const float* norm = nullptr) {
         norm_ = norm;
         if (kept_ != nullptr) sweep_kept();
-        else sweep<false>(a0_, a1_);
+        else for_strips([this] { sweep_strip<false>(a0_, a1_); });
         if (qn_ > 0) flush(qn_);
         qn_ = 0;
     }
@@ -399,11 +399,7 @@ class Band {
         fn_ = 0;
         for (int i = 0; i < FEATP * FEATP; ++i) mgf_[i] = vf{};
         for (int64_t i = 0; i < (g1 - g0) * GROUP_DOUBLES; ++i) rec[i] = 0.0;
-        for (y0_ = 0; y0_ < rows_; y0_ += strip_) {
-            y1_ = std::min(rows_, y0_ + strip_);
-            lo_ = std::max<int64_t>(0, y0_ - P);
-            if (strip_ < rows_)
-                for (int i = 0; i < R; ++i) tag_[i] = -1;
+        for_strips([&] {
             for (int64_t g = g0; g < g1; ++g) {
                 double* r = rec + (g - g0) * GROUP_DOUBLES;
                 ms_ = r;
@@ -418,8 +414,7 @@ class Band {
                 extra[FEATP] = flushes_;
                 extra[FEATP + 1] = have_ref_ ? 1.0 : 0.0;
             }
-        }
-        y0_ = 0;
+        });
 #if defined(__AVX512F__)
         if (kept_ != nullptr) _mm_sfence();   // the streaming stores of keep_block, before the barrier
 #endif
@@ -489,14 +484,15 @@ class Band {
         }
     }
 
-    template <bool STATS>
-    void sweep(int64_t p0, int64_t p1) {
+    // each() once per strip of rows [y0_, y1_), the ring emptied between strips.
+    template <class F>
+    void for_strips(F&& each) {
         for (y0_ = 0; y0_ < rows_; y0_ += strip_) {
             y1_ = std::min(rows_, y0_ + strip_);
             lo_ = std::max<int64_t>(0, y0_ - P);   // first row a ring slot holds
             if (strip_ < rows_)
                 for (int i = 0; i < R; ++i) tag_[i] = -1;
-            sweep_strip<STATS>(p0, p1);
+            each();
         }
         y0_ = 0;
     }
@@ -529,7 +525,7 @@ class Band {
                         zc = 0;
                         yc = static_cast<uint32_t>(pb_.origin[1] + a);
                     }
-                    if constexpr (STATS) row<true>(rp, 0, nullptr, kept_row(a, D3 ? y : 0));
+                    if constexpr (STATS) row<true>(rp, 0, nullptr, kept_row(a, y));
                     else row<false>(rp, nca::row_hash(key_, zc, yc), item_ + (a * rows_ + y) * W_ * C, nullptr);
                 }
             }

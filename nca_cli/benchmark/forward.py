@@ -146,12 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_forward_benchmark(task, threads=args.threads, device=args.device)
         rows += result["rows"]
     result["rows"] = rows
-    text = format_markdown(result)
-    print(text)
-    if args.out is not None:
-        from ..core.files import write_text
+    from ..core.files import print_text
 
-        write_text(args.out, text)
+    print_text(format_markdown(result), args.out)
     return 0
 
 

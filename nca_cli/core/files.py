@@ -123,6 +123,13 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def print_text(text: str, out: str | os.PathLike | None = None) -> None:
+    """Print ``text``; with ``out`` also write it to that file (atomically, as ``write_text``)."""
+    print(text)
+    if out is not None:
+        write_text(out, text)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """SHA-256 of a file, streamed."""
     h = hashlib.sha256()

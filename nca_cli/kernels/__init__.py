@@ -159,9 +159,6 @@ def statistics_groups(shape: Sequence[int]) -> int:
     return -(-nouter // per_group)
 
 
-# Large launcher buffers are allocated in whole pages of this size (cuda/nca_cpu.h, alloc_large).
-HUGE_PAGE = 1 << 21
-
 # 3D planes are swept in strips of rows when their ring would pass this (cuda/nca_cpu.h).
 STRIP_BYTES = 1 << 20
 
@@ -181,7 +178,7 @@ def kept_perception_bytes(backbone: BackboneNCA, shape: Sequence[int], batch: in
     """Bytes of the kept perception of ``fused_run(..., keep_perception=True)`` on a state of
     spatial ``shape`` (cuda/nca_cpu.h, keep_floats): the float32 conv outputs of every cell,
     rows padded to whole blocks of 16 cells (the widest SIMD block); 0 without BatchNorm.
-    Without a ``keep_buffer`` the launcher allocates it in whole pages of ``HUGE_PAGE``."""
+    Without a ``keep_buffer`` the launcher allocates it in whole 2 MiB pages (alloc_large)."""
     if backbone.normalization != "batch":
         return 0
     convs = 2 if backbone.perception == "full2" else 1

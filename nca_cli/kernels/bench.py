@@ -446,12 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run_kernel_benchmark(steps=args.steps, threads=args.threads, repeats=args.repeats,
                                   fire_rate=args.fire_rate, memory=not args.no_memory, task=args.task,
                                   device=args.device)
-    text = format_markdown(result)
-    print(text)
-    if args.out is not None:
-        from ..core.files import write_text
+    from ..core.files import print_text
 
-        write_text(args.out, text)
+    print_text(format_markdown(result), args.out)
     return 0
 
 
