@@ -1,7 +1,8 @@
 """Atomic file output: write to a temporary name beside the target, rename when complete.
 
-A killed run can leave only ``.<stem>.<random>.partial<suffix>`` files, never a truncated
-output under the real name; :func:`remove_partials` clears those of one output.
+A killed run can leave only ``.<stem>.<random>.partial<suffix>`` files (or folders, for
+outputs that are folders), never a truncated output under the real name;
+:func:`remove_partials` clears those of one output.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -63,14 +65,14 @@ def partial_pattern(target: Path) -> str:
 
 
 def remove_partials(path: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files a killed run left for ``path``; returns them."""
+    """Remove the temporary files (and folders) a killed run left for ``path``; returns them."""
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     removed = []
     if folder.is_dir():
         for p in folder.glob(partial_pattern(target)):
             with contextlib.suppress(OSError):
-                p.unlink()
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
                 removed.append(p)
     return removed
 
@@ -108,6 +110,41 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; rename it onto ``path`` on success.
+
+    The folder-output counterpart of :func:`atomic_path` (e.g. a Zarr store): on any exception
+    the temporary folder is removed; a folder already at ``path`` is replaced only once the new
+    one is complete.
+    """
+    target = Path(path)
+    folder = _folder(target)
+    suffix = "".join(target.suffixes)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.stem}.", suffix=PARTIAL + suffix, dir=folder))
+    except OSError as exc:
+        raise write_failure(target, exc) from None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        old = None
+        if target.is_dir() and not target.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.stem}.", suffix=PARTIAL + suffix, dir=folder))
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno in _WRITE_ERRNOS:
+            raise write_failure(target, exc) from None
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -11,12 +11,14 @@ VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 IMAGE_SUFFIXES = PIL_SUFFIXES + TIFF_SUFFIXES + DICOM_SUFFIXES
 SUPPORTED_SUFFIXES = SLIDE_SUFFIXES + TIFF_SUFFIXES + VOLUME_SUFFIXES + VIDEO_SUFFIXES + PIL_SUFFIXES + DICOM_SUFFIXES
+DICOM_SEG_SUFFIXES = (".dcm",)   # masks written as DICOM Segmentation objects (DICOM inputs only)
+OME_ZARR_SUFFIXES = (".ome.zarr",)   # masks written as OME-Zarr label images (a folder)
 
-_MULTI_PART = (".nii.gz", ".ome.tiff", ".ome.tif")
+_MULTI_PART = (".nii.gz", ".ome.tiff", ".ome.tif", ".ome.zarr")
 
 
 def full_suffix(path: str | Path) -> str:
-    """The format suffix in lower case, with ``.nii.gz`` and ``.ome.tif(f)`` kept whole."""
+    """The format suffix in lower case, with ``.nii.gz``, ``.ome.tif(f)`` and ``.ome.zarr`` kept whole."""
     path = Path(path)
     name = path.name.lower()
     for suffix in _MULTI_PART:

@@ -41,6 +41,9 @@ class SegmentOptions:
                                   help="Slides and images: also write the mask as QuPath GeoJSON polygons.")
     geojson_tolerance: float = option(1.0, "--geojson-tolerance", min=0.0,
                                       help="Polygon simplification tolerance in pixels of the segmented level (0: exact).")
+    dicom_seg: Path | None = option(None, "--dicom-seg",
+                                    help="DICOM inputs: also write the mask as a DICOM SEG (.dcm) referencing the "
+                                         "source images (-o mask.dcm writes only the SEG).")
     uncertainty: Path | None = option(None, "--uncertainty",
                                       help="With --ensemble: per-pixel standard deviation image.")
     ensemble: int = option(1, "--ensemble", min=1, help="Stochastic runs; the median of their logits is used.")

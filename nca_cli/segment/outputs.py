@@ -19,15 +19,15 @@ from .. import io
 from ..core.errors import NCAError
 from ..core.files import atomic_path, check_writable, remove_partials, write_json
 from ..inference.sources import band_rows
-from ..io.formats import full_suffix, strip_suffix
+from ..io.formats import DICOM_SEG_SUFFIXES, OME_ZARR_SUFFIXES, full_suffix, strip_suffix
 from ..io.volume import WRITE_SUFFIXES
 
 GEOJSON_SUFFIXES = (".geojson", ".json")
 MASK_SUFFIXES = {
-    "slide": (".tif", ".tiff", *GEOJSON_SUFFIXES),
-    "image": (".png", ".tif", ".tiff", *GEOJSON_SUFFIXES),
-    "volume": WRITE_SUFFIXES,
-    "video": (".nii.gz", ".nii", ".npz"),
+    "slide": (".tif", ".tiff", *GEOJSON_SUFFIXES, *OME_ZARR_SUFFIXES),
+    "image": (".png", ".tif", ".tiff", *GEOJSON_SUFFIXES, *OME_ZARR_SUFFIXES, *DICOM_SEG_SUFFIXES),
+    "volume": (*WRITE_SUFFIXES, *OME_ZARR_SUFFIXES, *DICOM_SEG_SUFFIXES),
+    "video": (".nii.gz", ".nii", ".npz", *OME_ZARR_SUFFIXES, *DICOM_SEG_SUFFIXES),
 }
 DEFAULT_MASK_SUFFIX = {"slide": ".tif", "image": ".png", "video": ".nii.gz"}
 VOLUME_OUTPUT_FOR = {".mhd": ".mha", ".nhdr": ".nrrd"}
@@ -46,6 +46,7 @@ class Job:
     uncertainty: Path | None = None
     overlay: Path | None = None
     geojson: Path | None = None
+    dicom_seg: Path | None = None
 
     @property
     def mask_is_geojson(self) -> bool:
@@ -57,7 +58,8 @@ class Job:
 
     @property
     def outputs(self) -> list[Path]:
-        return [p for p in (self.mask, self.geojson, self.uncertainty, self.preview, self.overlay) if p is not None]
+        return [p for p in (self.mask, self.dicom_seg, self.geojson, self.uncertainty, self.preview, self.overlay)
+                if p is not None]
 
     def complete(self) -> bool:
         """Whether a previous run finished this job: its metadata (written last) lists every
@@ -68,7 +70,7 @@ class Job:
         except (OSError, ValueError, KeyError, TypeError):
             return False
         for p in self.outputs:
-            if str(p) not in sizes or not p.is_file() or p.stat().st_size != sizes[str(p)]:
+            if str(p) not in sizes or not p.exists() or output_bytes(p) != sizes[str(p)]:
                 return False
         return True
 
@@ -76,6 +78,26 @@ class Job:
         """Remove what a killed earlier run left half-written for these outputs."""
         for p in [*self.outputs, self.metadata]:
             remove_partials(p)
+
+
+def output_bytes(path: Path) -> int:
+    """The size of an output: a file's, or the total of the files in a folder output (OME-Zarr)."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def _is_file_name(path: Path) -> bool:
+    """Whether ``-o`` names one output (a file, or a folder output such as ``.ome.zarr``)."""
+    return bool(path.suffix) and (not path.is_dir() or full_suffix(path) in OME_ZARR_SUFFIXES)
+
+
+def _check_dicom_seg(job_input: Path, seg: Path | None, what: str) -> None:
+    """A DICOM SEG references the DICOM images it segments: asked of another input, one sentence."""
+    from ..io.dicom_seg import is_dicom_input, not_dicom_error
+
+    if seg is not None and full_suffix(seg) in DICOM_SEG_SUFFIXES and not is_dicom_input(job_input):
+        raise not_dicom_error(job_input, what)
 
 
 def default_mask_name(path: Path, kind: str) -> str:
@@ -108,16 +130,17 @@ def _check_suffix(path: Path, allowed, what: str, job_input: Path) -> None:
 def plan_jobs(inputs: list[Path], opts) -> list[Job]:
     """The jobs of a run, every name checked (see the module docstring)."""
     output = Path(opts.output)
-    single = len(inputs) == 1 and bool(output.suffix) and not output.is_dir()
-    if len(inputs) > 1 and output.suffix and not output.is_dir():
+    single = len(inputs) == 1 and _is_file_name(output)
+    if len(inputs) > 1 and _is_file_name(output):
         raise NCAError(f"{len(inputs)} inputs need an output folder, but -o {output} names a file; "
                        f"pass a folder (e.g. -o {output.with_suffix('')}/).")
     jobs = []
     for path in inputs:
         kind, dims = io.probe(path)
         mask = output if single else output / default_mask_name(path, kind)
+        _check_dicom_seg(path, mask, f"-o {mask}")
         _check_suffix(mask, MASK_SUFFIXES[kind], "mask", path)
-        unc_ext = ".tif" if dims == 2 else full_suffix(mask) if full_suffix(mask) != ".npz" else ".npz"
+        unc_ext = ".tif" if dims == 2 else full_suffix(mask) if full_suffix(mask) in (*WRITE_SUFFIXES, ".npz") else ".nii.gz"
         if dims == 3 and opts.geojson is not None:
             raise NCAError(f"--geojson writes 2D polygons, but {path} is a 3D volume or video; use it with slides and "
                            f"images, or drop it.")
@@ -125,7 +148,11 @@ def plan_jobs(inputs: list[Path], opts) -> list[Job]:
                   preview=_aux(opts.preview, mask, single, "preview", ".png"),
                   uncertainty=_aux(opts.uncertainty, mask, single, "std", unc_ext),
                   overlay=_aux(opts.overlay, mask, single, "overlay", ".mp4") if kind == "video" else None,
-                  geojson=_aux(opts.geojson, mask, single, "polygons", ".geojson") if dims == 2 else None)
+                  geojson=_aux(opts.geojson, mask, single, "polygons", ".geojson") if dims == 2 else None,
+                  dicom_seg=_aux(opts.dicom_seg, mask, single, "seg", ".dcm"))
+        if job.dicom_seg is not None:
+            _check_suffix(job.dicom_seg, DICOM_SEG_SUFFIXES, "DICOM SEG", path)
+            _check_dicom_seg(path, job.dicom_seg, "--dicom-seg")
         if job.geojson is not None:
             _check_suffix(job.geojson, GEOJSON_SUFFIXES, "polygons", path)
         if job.preview is not None:
@@ -154,8 +181,8 @@ def _check_collisions(jobs: list[Job]) -> None:
                 inputs[f.resolve()] = f
     seen: dict[Path, tuple[Job, str]] = {}
     for j in jobs:
-        for what, p in (("mask", j.mask), ("polygons", j.geojson), ("uncertainty map", j.uncertainty),
-                        ("preview", j.preview), ("overlay", j.overlay), ("run metadata", j.metadata)):
+        for what, p in (("mask", j.mask), ("DICOM SEG", j.dicom_seg), ("polygons", j.geojson),
+                        ("uncertainty map", j.uncertainty), ("preview", j.preview), ("overlay", j.overlay), ("run metadata", j.metadata)):
             if p is None:
                 continue
             key = p.resolve()
@@ -177,12 +204,14 @@ def _check_collisions(jobs: list[Job]) -> None:
 @dataclass
 class Rendering:
     """How outputs are drawn: class names and colours (GeoJSON), preview style, polygon tolerance,
-    and the level-0 pixels per mask pixel (slides at a coarser level, resized images)."""
+    and the level-0 pixels per mask pixel (slides at a coarser level, resized images); the
+    checkpoint's SHA-256 names the algorithm in a DICOM SEG."""
 
     classes: list[str]
     preview_style: str = "outline"
     tolerance: float = 1.0
     downsample: float = 1.0
+    checkpoint_sha256: str | None = None
 
 
 def write_geojson(path: Path, labels: np.ndarray, render: Rendering) -> None:
@@ -194,6 +223,12 @@ def write_mask(job: Job, image, labels: np.ndarray, render: Rendering) -> None:
     suffix = full_suffix(job.mask)
     if job.mask_is_geojson:
         write_geojson(job.mask, labels, render)
+    elif suffix in DICOM_SEG_SUFFIXES:
+        _write_dicom_seg(job.mask, job, labels, render)
+    elif suffix in OME_ZARR_SUFFIXES:
+        from ..io.ome_zarr import write_ome_zarr
+
+        write_ome_zarr(job.mask, labels, job.kind, image.meta, render.classes)
     elif job.kind == "slide" or (job.dims == 2 and suffix in (".tif", ".tiff") and labels.size > 4096 ** 2):
         io.write_pyramidal_mask(job.mask, labels, image.meta.get("mpp"))
     elif job.kind == "video" or (job.dims == 3 and suffix == ".npz"):
@@ -207,6 +242,8 @@ def write_mask(job: Job, image, labels: np.ndarray, render: Rendering) -> None:
 def write_outputs(job: Job, image, labels: np.ndarray, render: Rendering, std_map: np.ndarray | None = None) -> None:
     """The mask, then the polygons, uncertainty map, preview and overlay asked for (metadata comes last)."""
     write_mask(job, image, labels, render)
+    if job.dicom_seg is not None:
+        _write_dicom_seg(job.dicom_seg, job, labels, render)
     if job.geojson is not None:
         write_geojson(job.geojson, labels, render)
     if job.uncertainty is not None and std_map is not None:
@@ -220,11 +257,17 @@ def write_outputs(job: Job, image, labels: np.ndarray, render: Rendering, std_ma
         io.write_overlay_mp4(job.overlay, _frames(image), labels, image.meta.get("fps", 25.0))
 
 
+def _write_dicom_seg(path: Path, job: Job, labels: np.ndarray, render: Rendering) -> None:
+    from ..io.dicom_seg import write_dicom_seg
+
+    write_dicom_seg(path, job.input, labels, render.classes, render.checkpoint_sha256)
+
+
 def write_metadata(job: Job, record: dict) -> None:
     """The run metadata, last: it lists every output with its size (``--continue`` checks them)."""
     record = dict(record)
     record["outputs"] = [str(p) for p in job.outputs]
-    record["output_bytes"] = {str(p): p.stat().st_size for p in job.outputs}
+    record["output_bytes"] = {str(p): output_bytes(p) for p in job.outputs}
     write_json(job.metadata, record)
 
 

@@ -208,7 +208,7 @@ def segment_one(job: Job, predictor, opts: SegmentOptions, progress: Progress, *
             std = resize_labels(std, source.spatial_shape) if std is not None else None
         del prediction
         render = Rendering(classes, opts.preview_style, opts.geojson_tolerance,
-                           float(source.meta.get("downsample") or 1.0))
+                           float(source.meta.get("downsample") or 1.0), checkpoint_sha256=checkpoint_sha)
         write_outputs(job, source, labels, render, std)
         record = run_record(job, source, opts, device, labels, t_start, checkpoint_sha) | info | {
             "memory_budget_bytes": budget, "available_bytes": available, "baseline_rss_bytes": rss0,
