@@ -90,6 +90,9 @@ def _frames(labels: np.ndarray, sources: list, path: Path) -> np.ndarray:
     frames = labels[None] if labels.ndim == 2 else labels
     rows, cols = int(sources[0].Rows), int(sources[0].Columns)
     expected = len(sources) if len(sources) > 1 else int(sources[0].get("NumberOfFrames", 1) or 1)
+    if expected > 1 and "FrameOfReferenceUID" not in sources[0]:
+        raise NCAError(f"A DICOM SEG of the {expected} frames of {path} needs their patient geometry, but it records no "
+                       f"frame of reference (0020,0052); write the mask as .nii.gz or .ome.zarr instead.")
     if frames.shape != (expected, rows, cols):
         raise NCAError(f"The mask of {path} has shape {tuple(labels.shape)} but its DICOM images hold {expected} frame(s) "
                        f"of {rows} x {cols}; a DICOM SEG needs the mask at the images' own size.")

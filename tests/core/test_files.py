@@ -4,7 +4,7 @@ import os
 import pytest
 
 from nca_cli.core.errors import NCAError
-from nca_cli.core.files import atomic_path, check_writable, remove_partials, write_json
+from nca_cli.core.files import atomic_folder, atomic_path, check_writable, remove_partials, write_json
 
 
 def test_atomic_output_appears_complete_or_not_at_all(tmp_path):
@@ -46,3 +46,17 @@ def test_partials_of_a_killed_run_are_removed(tmp_path):
     assert remove_partials(target) == [stale]
     assert other.exists() and not stale.exists()
     os.remove(other)
+
+
+def test_a_folder_output_appears_only_when_complete(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_folder(tmp_path / "m.ome.zarr") as tmp:
+            (tmp / "0").write_text("partial")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_folder(tmp_path / "m.ome.zarr") as tmp:
+        (tmp / "0").write_text("done")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.ome.zarr"] and (tmp_path / "m.ome.zarr" / "0").read_text() == "done"
+    stale = tmp_path / ".m.ome.abcd1234.partial.ome.zarr"      # what a killed run leaves
+    (stale / "0").mkdir(parents=True)
+    assert remove_partials(tmp_path / "m.ome.zarr") == [stale] and not stale.exists()
