@@ -96,7 +96,8 @@ def test_pydicoms_own_ct_round_trips(tmp_path):
 def test_an_xray_without_frame_of_reference(tmp_path):
     uid = write_xray(tmp_path / "dx.dcm")
     labels = np.zeros((30, 40), np.uint8)
-    labels[5:20, 10:30] = 1
+    labels[5:20, 4:25] = 1
+    labels[22:28, 30:38] = 1
     seg = _validated(write_dicom_seg(tmp_path / "dx_seg.dcm", tmp_path / "dx.dcm", labels, ["lung"], SHA))
     assert np.array_equal(seg.get_pixels_by_source_instance([uid], combine_segments=True)[0], labels)
 

@@ -57,7 +57,7 @@ def test_a_seg_of_an_input_that_is_not_dicom_is_refused_in_one_sentence(tmp_path
     png = tmp_path / "a.png"
     Image.fromarray(rgb_image).save(png)
     with pytest.raises(NCAError, match=r"a\.png is not DICOM; pass its DICOM series folder or DICOM file"):
-        run([png], tmp_path / "out" / "a.dcm", models["rgb2d"])
+        run([png], tmp_path / "out" / "a.dcm", tmp_path / "no_model.pt")     # refused before the model is loaded
     with pytest.raises(NCAError, match=r"\(--dicom-seg\).*is not DICOM"):
         run([png], tmp_path / "out" / "a.png", models["rgb2d"], dicom_seg=tmp_path / "out" / "a_seg.dcm")
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
