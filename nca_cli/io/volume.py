@@ -167,8 +167,9 @@ def open_volume(path: Path) -> InputImage:
 
     A 4D scalar file (e.g. T2 and ADC stacked) becomes ``C`` channels; a vector-pixel file
     uses its components as channels; a 2D file comes back as kind ``"image"``. For DICOM
-    input ``meta["default_output_suffix"]`` is ``.nii.gz``: segmentations are not written as
-    DICOM. Detached headers (``.mhd``, ``.nhdr``) default to their single-file forms.
+    input ``meta["default_output_suffix"]`` is ``.nii.gz`` (a DICOM SEG is written only when
+    asked for, by :mod:`nca_cli.io.dicom_seg`). Detached headers (``.mhd``, ``.nhdr``)
+    default to their single-file forms.
     """
     path = Path(path)
     state: dict[str, Any] = {}
@@ -266,7 +267,8 @@ def write_volume(path: str | Path, labels: np.ndarray, meta: dict[str, Any]) -> 
     """Write ``labels`` (uint8 ``[D, H, W]``) with the input's spacing, origin and direction.
 
     The format follows the suffix: ``.nii``, ``.nii.gz``, ``.mha`` or ``.nrrd``. Writing DICOM
-    is not supported; for DICOM input use ``meta["default_output_suffix"]`` (``.nii.gz``).
+    is not supported here (DICOM SEG: :mod:`nca_cli.io.dicom_seg`); for DICOM input use
+    ``meta["default_output_suffix"]`` (``.nii.gz``).
     The file appears only when complete.
     """
     path = Path(path)
