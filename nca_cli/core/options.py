@@ -39,6 +39,11 @@ def option(default: Any = REQUIRED, *flags: str, help: str, min: float | None = 
     return dataclasses.field(default=default, metadata=meta)
 
 
+@dataclass
+class NoOptions:
+    """The options of a command that takes none (``nca version``)."""
+
+
 def flag_of(field: dataclasses.Field) -> Flag | None:
     return field.metadata.get("cli")
 

@@ -9,6 +9,10 @@ Kinds: ``int``, ``float``, ``bool``, ``str``, ``path``, ``choice``, ``ints``/``f
 non-empty list; a single number becomes a one-element list), ``factors`` (per level
 transition an integer or a per-axis list of integers), ``any`` and ``section`` (a mapping
 checked elsewhere).
+
+A recipe section (``data``, ``training``, ``vwsl``) is a :class:`Settings` dataclass: its
+fields are :func:`setting` s, a nested section is declared with :func:`subsection`, and
+:meth:`Settings.read` validates a mapping (unknown keys refused, defaults filled) into it.
 """
 from __future__ import annotations
 
@@ -74,6 +78,63 @@ def check_fields(obj, error=ValueError) -> None:
 
 def _where(path: str | None) -> str:
     return f" in {path}" if path else ""
+
+
+def subsection(cls) -> Any:
+    """A dataclass field holding a nested :class:`Settings` section (defaults: the section's own)."""
+    return dataclasses.field(default_factory=cls, metadata={"section": cls})
+
+
+class Settings:
+    """Base of a typed settings section: fields declared with :func:`setting` or :func:`subsection`,
+    checked on construction (also by ``dataclasses.replace``), read from a mapping by :meth:`read`."""
+
+    def __post_init__(self):
+        check_fields(self, SettingError)
+
+    @classmethod
+    def schema(cls) -> dict:
+        """``{key: Key or nested schema}``, the table :func:`validate_section` checks a mapping against."""
+        keys = schema_of(cls)
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            nested = f.metadata.get("section")
+            if nested is not None:
+                out[f.name] = nested.schema()
+            elif f.name in keys:
+                out[f.name] = keys[f.name]
+        return out
+
+    @classmethod
+    def read(cls, data: Any, prefix: str, path: str | None = None):
+        """The section a recipe mapping describes: every key checked, unknown keys refused, defaults filled."""
+        return cls.build(validate_section(data, cls.schema(), prefix, path))
+
+    @classmethod
+    def build(cls, values: dict):
+        """An instance from already validated values (nested sections built too)."""
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            nested = f.metadata.get("section")
+            if nested is not None:
+                kwargs[f.name] = nested.build(values[f.name])
+            elif f.name in values:
+                kwargs[f.name] = values[f.name]
+        return cls(**kwargs)
+
+    def with_flags(self, **flags):
+        """The one precedence rule of a setting: a flag given (not ``None``) wins over this
+        section's value, which is the recipe's value or else the declared default."""
+        keys = schema_of(type(self))
+        given = {k: check_value(k, keys[k], v, None, label=f"{type(self).__name__} setting")
+                 for k, v in flags.items() if v is not None}
+        return dataclasses.replace(self, **given) if given else self
+
+    def to_dict(self) -> dict:
+        """The section as a recipe file writes it (settings only, nested sections as mappings)."""
+        keys = self.schema()
+        return {k: copy.deepcopy(v.to_dict() if isinstance(v, Settings) else v)
+                for k, v in vars(self).items() if k in keys}
 
 
 def check_value(key: str, spec: Key, value: Any, path: str | None, label: str = "Recipe key") -> Any:

@@ -12,6 +12,10 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 IMAGE_SUFFIXES = PIL_SUFFIXES + TIFF_SUFFIXES + DICOM_SUFFIXES
 SUPPORTED_SUFFIXES = SLIDE_SUFFIXES + TIFF_SUFFIXES + VOLUME_SUFFIXES + VIDEO_SUFFIXES + PIL_SUFFIXES + DICOM_SUFFIXES
 
+VOLUME_WRITE_SUFFIXES = (".nii", ".nii.gz", ".mha", ".nrrd")          # volumes SimpleITK writes in one file
+VOLUME_OUTPUT_FOR = {".mhd": ".mha", ".nhdr": ".nrrd"}                # header + data pairs: written as one file
+GEOJSON_SUFFIXES = (".geojson", ".json")
+
 _MULTI_PART = (".nii.gz", ".ome.tiff", ".ome.tif")
 
 
@@ -30,6 +34,12 @@ def strip_suffix(path: str | Path) -> str:
     path = Path(path)
     suffix = full_suffix(path)
     return path.name[: len(path.name) - len(suffix)] if suffix else path.name
+
+
+def volume_output_suffix(suffix: str) -> str:
+    """The suffix a label volume for an input volume of ``suffix`` is written with: the same format
+    where it is written as one file, else its one-file form, else NIfTI."""
+    return VOLUME_OUTPUT_FOR.get(suffix, suffix if suffix in VOLUME_WRITE_SUFFIXES else ".nii.gz")
 
 
 def is_volume_file(path: str | Path) -> bool:

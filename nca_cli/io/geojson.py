@@ -40,10 +40,10 @@ import numpy as np
 from ..core.errors import NCAError
 from ..core.files import atomic_path
 from .contours import _ClassTracer, _group_ranges
+from .formats import GEOJSON_SUFFIXES
 from .palette import PALETTE
 from .simplify import _polygons
 
-GEOJSON_SUFFIXES = (".geojson", ".json")
 OBJECT_TYPES = ("annotation", "detection")
 BAND_PIXELS = 1 << 23
 """Default band size in pixels (band rows = this / mask width): a few tens of MB of work arrays."""

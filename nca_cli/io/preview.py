@@ -20,11 +20,11 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..core.choices import PREVIEW_STYLES
 from ..core.errors import NCAError
 from ..core.files import atomic_path
 from .palette import PALETTE, blend
 
-PREVIEW_STYLES = ("outline", "fill", "side-by-side")
 GAP = 4
 """Pixels between the panels of side-by-side previews and between montage tiles."""
 _GAP_GREY = 96

@@ -20,10 +20,7 @@ import SimpleITK as sitk
 from ..core.errors import NCAError
 from ..core.files import atomic_path
 from .base import InputImage, Region
-from .formats import full_suffix
-
-WRITE_SUFFIXES = (".nii", ".nii.gz", ".mha", ".nrrd")
-_OUTPUT_FOR = {".mhd": ".mha", ".nhdr": ".nrrd"}
+from .formats import VOLUME_OUTPUT_FOR, VOLUME_WRITE_SUFFIXES, full_suffix, volume_output_suffix
 
 
 
@@ -201,7 +198,7 @@ def open_volume(path: Path) -> InputImage:
         if suffix in (".nii", ".nii.gz"):
             check_nifti_complete(path)
         source = suffix.lstrip(".")
-        default_suffix = _OUTPUT_FOR.get(suffix, suffix if suffix in WRITE_SUFFIXES else ".nii.gz")
+        default_suffix = volume_output_suffix(suffix)
         pixel_type = sitk.GetPixelIDValueAsString(reader.GetPixelID())
 
     if dim not in (2, 3, 4) or (dim == 4 and comps > 1):
@@ -271,9 +268,9 @@ def write_volume(path: str | Path, labels: np.ndarray, meta: dict[str, Any]) -> 
     """
     path = Path(path)
     suffix = full_suffix(path)
-    if suffix not in WRITE_SUFFIXES:
-        hint = _OUTPUT_FOR.get(suffix, ".nii.gz")
-        raise NCAError(f"Cannot write a label volume to {path}: use a {'/'.join(WRITE_SUFFIXES)} name such as {path.name.split('.')[0]}{hint}.")
+    if suffix not in VOLUME_WRITE_SUFFIXES:
+        hint = VOLUME_OUTPUT_FOR.get(suffix, ".nii.gz")
+        raise NCAError(f"Cannot write a label volume to {path}: use a {'/'.join(VOLUME_WRITE_SUFFIXES)} name such as {path.name.split('.')[0]}{hint}.")
     image = labels_to_image(labels, meta)
     with atomic_path(path) as tmp:
         try:

@@ -4,12 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.choices import IMPLS, PREVIEW_STYLES, STATE_DTYPES, TILINGS
 from ..core.options import option
-
-STATE_DTYPES = ("float32", "float16", "bfloat16")
-PREVIEW_STYLES = ("outline", "fill", "side-by-side")
-TILINGS = ("auto", "off", "force")
-IMPLS = ("auto", "fused", "torch")
 
 
 @dataclass(kw_only=True)
