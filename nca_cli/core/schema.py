@@ -147,57 +147,82 @@ def check_value(key: str, spec: Key, value: Any, path: str | None, label: str = 
         if spec.required:
             bad("is required but missing")
         return None
-    kind = spec.kind
+    check = _CHECKS.get(spec.kind)
+    return check(value, spec, bad) if check is not None else value
 
-    def num(v, integer):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
-            bad(f"must be {'an integer' if integer else 'a number'}, got {v!r}")
-        if spec.lo is not None and v < spec.lo:
-            bad(f"must be at least {spec.lo:g}, got {v!r}")
-        if spec.hi is not None and v > spec.hi:
-            bad(f"must be at most {spec.hi:g}, got {v!r}")
-        return v
 
-    if kind == "int":
-        return num(value, True)
-    if kind == "float":
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                bad(f"must be a number, got {value!r}")
-        return float(num(value, False))
-    if kind == "bool":
-        if not isinstance(value, bool):
-            bad(f"must be true or false, got {value!r}")
+def _number(v: Any, spec: Key, bad, integer: bool) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+        bad(f"must be {'an integer' if integer else 'a number'}, got {v!r}")
+    if spec.lo is not None and v < spec.lo:
+        bad(f"must be at least {spec.lo:g}, got {v!r}")
+    if spec.hi is not None and v > spec.hi:
+        bad(f"must be at most {spec.hi:g}, got {v!r}")
+    return v
+
+
+def _float(value: Any, spec: Key, bad) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            bad(f"must be a number, got {value!r}")
+    return float(_number(value, spec, bad, False))
+
+
+def _of_type(kind: type, what: str):
+    def check(value: Any, spec: Key, bad) -> Any:
+        if not isinstance(value, kind):
+            bad(f"must be {what}, got {value!r}")
         return value
-    if kind in ("str", "path"):
-        if not isinstance(value, str):
-            bad(f"must be a string, got {value!r}")
-        return value
-    if kind == "choice":
-        if value not in spec.choices:
-            bad(f"must be one of {', '.join(str(c) for c in spec.choices)}, got {value!r}")
-        return value
-    if kind in ("ints", "floats"):
+    return check
+
+
+def _choice(value: Any, spec: Key, bad) -> Any:
+    if value not in spec.choices:
+        bad(f"must be one of {', '.join(str(c) for c in spec.choices)}, got {value!r}")
+    return value
+
+
+def _numbers(integer: bool):
+    def check(value: Any, spec: Key, bad) -> list:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)) or not value:
             bad(f"must be a non-empty list of numbers, got {value!r}")
-        return [num(v, kind == "ints") for v in value]
-    if kind == "factors":
-        if not isinstance(value, (list, tuple)):
-            bad(f"must be a list with one factor (or per-axis factor list) per level transition, got {value!r}")
-        out = []
-        for f in value:
-            if isinstance(f, int) and not isinstance(f, bool) and f >= 1:
-                out.append(f)
-            elif isinstance(f, (list, tuple)) and f and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in f):
-                out.append(list(f))
-            else:
-                bad(f"must hold positive integers or lists of them, got {f!r}")
-        return out
-    return value
+        return [_number(v, spec, bad, integer) for v in value]
+    return check
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _factors(value: Any, spec: Key, bad) -> list:
+    if not isinstance(value, (list, tuple)):
+        bad(f"must be a list with one factor (or per-axis factor list) per level transition, got {value!r}")
+    out = []
+    for f in value:
+        if _positive_int(f):
+            out.append(f)
+        elif isinstance(f, (list, tuple)) and f and all(_positive_int(v) for v in f):
+            out.append(list(f))
+        else:
+            bad(f"must hold positive integers or lists of them, got {f!r}")
+    return out
+
+
+_CHECKS = {
+    "int": lambda value, spec, bad: _number(value, spec, bad, True),
+    "float": _float,
+    "bool": _of_type(bool, "true or false"),
+    "str": _of_type(str, "a string"),
+    "path": _of_type(str, "a string"),
+    "choice": _choice,
+    "ints": _numbers(True),
+    "floats": _numbers(False),
+    "factors": _factors,
+}
 
 
 def validate_section(data: Any, schema: dict, prefix: str, path: str | None) -> dict:
