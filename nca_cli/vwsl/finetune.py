@@ -131,24 +131,9 @@ class _Job:
     def settings(self) -> VwslSettings:
         return self.recipe.vwsl
 
-    @property
-    def epochs(self) -> int:
-        return self.settings.epochs
-
-    @property
-    def gamma(self) -> float:
-        return self.settings.gamma
-
-    @property
-    def predictions(self) -> int:
-        return self.settings.predictions
-
-    @property
-    def seed(self) -> int:
-        return self.settings.seed
 
     def evaluate(self) -> dict | None:
-        return evaluate(self.net, self.eval_cases, self.predictions, self.device) if self.eval_cases else None
+        return evaluate(self.net, self.eval_cases, self.settings.predictions, self.device) if self.eval_cases else None
 
 
 @torch.inference_mode()
@@ -161,10 +146,10 @@ def selection_score(job: _Job, targets) -> float:
     total = 0.0
     for i in job.select_idx:
         x = job.images[i].image[None].to(job.device)
-        a = predict_logits(job.net, x, seed=fire_seed(job.seed, 0, i, SELECTION_STREAM), impl="auto").float()
-        b = predict_logits(job.net, x, seed=fire_seed(job.seed, 0, i, SELECTION_STREAM + 7), impl="auto").float()
+        a = predict_logits(job.net, x, seed=fire_seed(job.settings.seed, 0, i, SELECTION_STREAM), impl="auto").float()
+        b = predict_logits(job.net, x, seed=fire_seed(job.settings.seed, 0, i, SELECTION_STREAM + 7), impl="auto").float()
         parts = vwsl_loss(a, targets.mean[i][None].to(job.device), targets.var[i][None].to(job.device), [a], [b],
-                          gamma=job.gamma, focal_gamma=job.settings.focal_gamma)
+                          gamma=job.settings.gamma, focal_gamma=job.settings.focal_gamma)
         total += float(parts["loss"])
     return total / len(job.select_idx)
 
@@ -181,12 +166,12 @@ def _adapt(job: _Job, targets, progress: Progress) -> tuple[list[dict], int, flo
     groups: dict[tuple, list[int]] = {}
     for i in job.train_idx:
         groups.setdefault(tuple(job.images[i].image.shape), []).append(i)
-    gen = torch.Generator().manual_seed(job.seed)
+    gen = torch.Generator().manual_seed(vw.seed)
     opt = torch.optim.Adam(net.parameters(), lr=vw.lr, betas=tuple(job.recipe.training.betas))
     records = []
-    task = progress.add("epoch", total=job.epochs)
+    task = progress.add("epoch", total=vw.epochs)
     net.train()
-    for epoch in range(job.epochs):
+    for epoch in range(vw.epochs):
         te = time.perf_counter()
 
         def loss(b: int, idx: list[int]) -> dict:
@@ -194,12 +179,12 @@ def _adapt(job: _Job, targets, progress: Progress) -> tuple[list[dict], int, flo
             mean = torch.stack([targets.mean[i] for i in idx]).to(job.device)
             var = torch.stack([targets.var[i] for i in idx]).to(job.device)
             crop = net.random_crop(x.shape[2:], job.patch, job.crop_levels, gen)
-            levels_a, region = net(x, seed=pass_seed(job.seed, epoch, b, 0), crop=crop, all_levels=True)
-            levels_b, _ = net(x, seed=pass_seed(job.seed, epoch, b, 1), crop=crop, all_levels=True)
+            levels_a, region = net(x, seed=pass_seed(vw.seed, epoch, b, 0), crop=crop, all_levels=True)
+            levels_b, _ = net(x, seed=pass_seed(vw.seed, epoch, b, 1), crop=crop, all_levels=True)
             if region is not None:
                 mean = mean[(slice(None), slice(None), *region)]
                 var = var[(slice(None), slice(None), *region)]
-            return vwsl_loss(levels_a[0], mean, var, levels_a, levels_b, gamma=job.gamma,
+            return vwsl_loss(levels_a[0], mean, var, levels_a, levels_b, gamma=vw.gamma,
                              focal_gamma=vw.focal_gamma)
 
         means = optimise_epoch(opt, _epoch_batches(groups, vw.batch_size, gen), loss,
@@ -219,7 +204,7 @@ def _adapt(job: _Job, targets, progress: Progress) -> tuple[list[dict], int, flo
     if best:
         net.load_state_dict(best_state)
         return records, best_epoch, start_score
-    return records, job.epochs, None
+    return records, vw.epochs, None
 
 
 def finetune(opts: FinetuneOptions) -> dict:
@@ -230,22 +215,22 @@ def finetune(opts: FinetuneOptions) -> dict:
     """
     t0 = time.perf_counter()
     job = _Job.check(opts)
+    vw = job.settings
     model_file, output = Path(opts.model), Path(opts.output)
     cache = cache_dir_for(output)
     with Progress(opts.quiet) as progress:
-        task = progress.add("targets", total=len(job.images), info=f"{job.predictions} predictions per image")
-        key = cache_key(model_file, [u.path for u in job.images], job.predictions)
-        targets = load_or_compute(cache, key, job.net, [u.image for u in job.images], job.predictions, job.device,
+        task = progress.add("targets", total=len(job.images), info=f"{vw.predictions} predictions per image")
+        key = cache_key(model_file, [u.path for u in job.images], vw.predictions)
+        targets = load_or_compute(cache, key, job.net, [u.image for u in job.images], vw.predictions, job.device,
                                   on_image=lambda i: task.advance())
         task.update(completed=len(job.images), info="reused cache" if targets.reused else "computed")
         before = job.evaluate()
         records, kept, start_score = _adapt(job, targets, progress)
         after = job.evaluate()
-    vw = job.settings
     adaptation = {
-        "method": "vwsl", "gamma": job.gamma, "epochs": job.epochs, "predictions": job.predictions,
+        "method": "vwsl", "gamma": vw.gamma, "epochs": vw.epochs, "predictions": vw.predictions,
         "focal_gamma": vw.focal_gamma, "lr": vw.lr, "batch_size": vw.batch_size,
-        "seed": job.seed, "crop": list(job.patch) if job.crop_levels else None, "crop_levels": job.crop_levels,
+        "seed": vw.seed, "crop": list(job.patch) if job.crop_levels else None, "crop_levels": job.crop_levels,
         "source_checkpoint": str(model_file), "source_checkpoint_sha256": key["model_sha256"],
         "unlabeled": str(opts.unlabeled), "images": len(job.images), "final_loss": records[-1]["loss"],
         "select": opts.select, "selected_epoch": kept,
