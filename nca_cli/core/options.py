@@ -44,6 +44,11 @@ class NoOptions:
     """The options of a command that takes none (``nca version``)."""
 
 
+def device_option() -> Any:
+    """The ``--device`` option every command that computes takes."""
+    return option("auto", "--device", help="auto, cpu or cuda.")
+
+
 def flag_of(field: dataclasses.Field) -> Flag | None:
     return field.metadata.get("cli")
 

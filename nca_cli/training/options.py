@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.choices import IMPLS
-from ..core.options import option
+from ..core.options import device_option, option
 
 
 @dataclass(kw_only=True)
@@ -15,7 +15,7 @@ class TrainOptions:
     output: Path | None = option(None, "-o", "--output", help="Run folder (default: runs/<recipe name>).")
     resume: bool = option(False, "--resume", "--continue",
                           help="Continue the run in the run folder, with the recipe recorded there.")
-    device: str = option("auto", "--device", help="auto, cpu or cuda.")
+    device: str = device_option()
     epochs: int | None = option(None, "--epochs", min=1, help="Override training.epochs.")
     overrides: list[str] = option([], "--set", help="Override a recipe key: section.key=value (repeatable).")
     impl: str = option("auto", "--impl", choices=IMPLS, help="Inference path used for validation.")
