@@ -17,7 +17,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 @dataclass
 class DataSettings(Settings):
     """The ``data:`` section: what a model trains on."""
+
+    SECTION: ClassVar[str] = "data"
 
     dataset: str | None = setting(None, kind="path", help="prepared dataset folder (nca prepare)")
     patch: list[int] | None = setting(None, kind="ints", lo=1,
@@ -46,6 +48,8 @@ class DataSettings(Settings):
 class Augmentation(Settings):
     """The ``training.augmentation:`` section: the chance of each intensity augmentation per batch."""
 
+    SECTION: ClassVar[str] = "training.augmentation"
+
     noise: float = setting(0.1, kind="float", lo=0.0, hi=1.0)
     blur: float = setting(0.1, kind="float", lo=0.0, hi=1.0)
     brightness: float = setting(0.1, kind="float", lo=0.0, hi=1.0)
@@ -56,6 +60,8 @@ class Augmentation(Settings):
 @dataclass
 class TrainingSettings(Settings):
     """The ``training:`` section: optimiser, schedule, validation and stopping."""
+
+    SECTION: ClassVar[str] = "training"
 
     epochs: int = setting(1000, kind="int", lo=1)
     lr: float = setting(1.6e-3, kind="float", lo=0.0, hi=10.0)
@@ -75,6 +81,8 @@ class TrainingSettings(Settings):
 class VwslSettings(Settings):
     """The ``vwsl:`` section: unsupervised fine-tuning (``nca finetune-vwsl``)."""
 
+    SECTION: ClassVar[str] = "vwsl"
+
     epochs: int = setting(100, kind="int", lo=1)
     gamma: float = setting(1e3, kind="float", lo=0.0, help="weight of the L1 consistency term, on the paper's scale")
     predictions: int = setting(10, kind="int", lo=2, hi=1000, help="stochastic predictions per image for the target")
@@ -90,8 +98,8 @@ class Recipe(Settings):
     architecture's configuration dataclass, kept as a mapping ``build_model`` takes) and the
     typed ``data``, ``training`` and ``vwsl`` sections. ``source`` is the file it was read from.
 
-    ``recipe["model"]`` (any top-level key) gives the section as a plain mapping, as in the
-    stable Python API (``build_model(recipe["model"])``)."""
+    ``recipe["model"]`` (any top-level key) gives a copy of the section as a plain mapping, as in
+    the stable Python API (``build_model(recipe["model"])``)."""
 
     name: str = setting(kind="str")
     description: str = setting("", kind="str")
@@ -152,8 +160,7 @@ def validate_recipe(raw: Any, path: str | None = None) -> Recipe:
     """The recipe a parsed mapping describes: every key checked, defaults filled in."""
     values = validate_section(raw, Recipe.schema(), "", path)
     values["model"], arch, cfg = _model_section(raw, path)
-    recipe = Recipe.build(values)
-    recipe.source = path
+    recipe = Recipe.build({**values, "source": path})
     _check_patches(recipe.data, arch, cfg, path)
     return recipe
 
@@ -193,9 +200,7 @@ def stored_recipe(stored: dict | None, model_config: dict, path: str | os.PathLi
     stored.setdefault("name", "")
     stored["model"] = dict(stored.get("model") or model_config)
     values = validate_section(_known(stored, Recipe.schema()), Recipe.schema(), "", f"the recipe stored in {path}")
-    recipe = Recipe.build(values)
-    recipe.source = str(path)
-    return recipe
+    return Recipe.build({**values, "source": str(path)})
 
 
 def _known(data: Any, schema: dict) -> Any:

@@ -159,7 +159,7 @@ def test_flag_over_recipe_value_over_declared_default():
     assert (flagged.vwsl.epochs, flagged.vwsl.gamma, set_.vwsl.epochs) == (2, 5.0, 30)   # the recipe is not changed
     assert flagged.with_flags("training", epochs=4).training.epochs == 4 and flagged.training.epochs == 1500
     assert isinstance(set_.with_flags("vwsl", gamma=10).vwsl.gamma, float)             # converted as in a recipe
-    with pytest.raises(SettingError, match="'epochs' must be at least 1, got 0"):
+    with pytest.raises(SettingError, match=r"Setting 'training.epochs' must be at least 1, got 0; fix the value"):
         plain.with_flags("training", epochs=0)
 
 

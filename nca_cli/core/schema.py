@@ -20,7 +20,7 @@ import copy
 import dataclasses
 import difflib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import NCAError
 
@@ -87,7 +87,10 @@ def subsection(cls) -> Any:
 
 class Settings:
     """Base of a typed settings section: fields declared with :func:`setting` or :func:`subsection`,
-    checked on construction (also by ``dataclasses.replace``), read from a mapping by :meth:`read`."""
+    checked on construction (also by ``dataclasses.replace``), read from a mapping by :meth:`read`.
+    ``SECTION`` is the section's recipe key, for messages."""
+
+    SECTION: ClassVar[str] = ""
 
     def __post_init__(self):
         check_fields(self, SettingError)
@@ -126,7 +129,7 @@ class Settings:
         """The one precedence rule of a setting: a flag given (not ``None``) wins over this
         section's value, which is the recipe's value or else the declared default."""
         keys = schema_of(type(self))
-        given = {k: check_value(k, keys[k], v, None, label=f"{type(self).__name__} setting")
+        given = {k: check_value(f"{self.SECTION}.{k}" if self.SECTION else k, keys[k], v, None, label="Setting")
                  for k, v in flags.items() if v is not None}
         return dataclasses.replace(self, **given) if given else self
 
