@@ -49,8 +49,8 @@ def test_settings_sections_read_nested_mappings_with_defaults_and_refuse_unknown
     o = Outer.read({"n": 5, "inner": {"p": "0.25"}}, "outer", "r.yaml")
     assert o == Outer(n=5, inner=Inner(p=0.25)) and o.to_dict() == {"n": 5, "inner": {"p": 0.25}}
     assert Outer.read(None, "outer") == Outer(n=3, inner=Inner(p=0.5))
-    with pytest.raises(SettingError, match=r"Unknown recipe key 'outer.inner.q' in r.yaml; did you mean 'outer.inner.p'"):
-        Outer.read({"inner": {"q": 1}}, "outer", "r.yaml")
+    with pytest.raises(SettingError, match=r"Unknown recipe key 'outer.inner.pp' in r.yaml; did you mean 'outer.inner.p'"):
+        Outer.read({"inner": {"pp": 1}}, "outer", "r.yaml")
     with pytest.raises(SettingError, match="Outer setting 'n' must be at least 1, got 0"):
         Outer(n=0)
     assert o.with_flags(n=None) is o and o.with_flags(n=2) == Outer(n=2, inner=Inner(p=0.25))
