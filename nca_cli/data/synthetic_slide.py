@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.files import atomic_path
-from ..core.firemask import MASK32 as _M
+from ..core.seeds import MASK32 as _M
 GLASS = np.array([242, 239, 244], np.float32)
 # stroma, epithelial cytoplasm, lumen, blood, fat
 PALETTE = np.array([[229, 146, 188], [178, 112, 182], [246, 232, 242], [196, 58, 72], [247, 245, 247]], np.float32)

@@ -44,7 +44,8 @@ import torch
 from torch import nn
 
 from ..core.choices import IMPLS
-from ..core.firemask import MASK32, threshold
+from ..core.firemask import threshold
+from ..core.seeds import MASK32
 from ..models.backbone import BackboneNCA
 from .build import NORMALIZATIONS, PERCEPTIONS, STORAGES, KernelBuildError, Shape, kernel_module
 
