@@ -10,6 +10,9 @@ xray, microct), ``cases``, ``size``, ``seed`` and ``shifted`` go to ``make_synth
 raw layout into ``dst/raw-synthetic-<kind>/``; the matching converter then turns it into
 the prepared dataset at ``dst`` (named ``synthetic-<kind>``, ``synthetic: true``). Both are
 built in one partial folder and appear together, or not at all.
+
+``prepare_from_options(opts)`` is ``nca prepare``: its :class:`PrepareOptions` turned into
+these keywords.
 """
 from __future__ import annotations
 
