@@ -131,7 +131,6 @@ class _Job:
     def settings(self) -> VwslSettings:
         return self.recipe.vwsl
 
-
     def evaluate(self) -> dict | None:
         return evaluate(self.net, self.eval_cases, self.settings.predictions, self.device) if self.eval_cases else None
 
@@ -143,13 +142,13 @@ def selection_score(job: _Job, targets) -> float:
     runs), the consistency term on the finest output."""
     from ..inference.octree import predict_logits
 
-    total = 0.0
+    vw, total = job.settings, 0.0
     for i in job.select_idx:
         x = job.images[i].image[None].to(job.device)
-        a = predict_logits(job.net, x, seed=fire_seed(job.settings.seed, 0, i, SELECTION_STREAM), impl="auto").float()
-        b = predict_logits(job.net, x, seed=fire_seed(job.settings.seed, 0, i, SELECTION_STREAM + 7), impl="auto").float()
+        a = predict_logits(job.net, x, seed=fire_seed(vw.seed, 0, i, SELECTION_STREAM), impl="auto").float()
+        b = predict_logits(job.net, x, seed=fire_seed(vw.seed, 0, i, SELECTION_STREAM + 7), impl="auto").float()
         parts = vwsl_loss(a, targets.mean[i][None].to(job.device), targets.var[i][None].to(job.device), [a], [b],
-                          gamma=job.settings.gamma, focal_gamma=job.settings.focal_gamma)
+                          gamma=vw.gamma, focal_gamma=vw.focal_gamma)
         total += float(parts["loss"])
     return total / len(job.select_idx)
 
