@@ -48,7 +48,7 @@ def make_model(spec, folder: Path) -> tuple[Path, bool]:
     from nca_cli.recipes import load_recipe
 
     torch.manual_seed(0)
-    config = load_recipe(spec)["model"] if isinstance(spec, str) else dict(spec)
+    config = load_recipe(spec).model if isinstance(spec, str) else dict(spec)
     model = build_model(config)
     arch = architecture(model.config.architecture)
     if arch.is_nca:

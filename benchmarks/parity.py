@@ -86,7 +86,7 @@ def forward_rows() -> list[str]:
     rows = []
     for recipe in RECIPES:
         torch.manual_seed(0)
-        model = build_model(copy.deepcopy(load_recipe(recipe)["model"]))
+        model = build_model(copy.deepcopy(load_recipe(recipe).model))
         for bb in model.backbones:
             torch.nn.init.normal_(bb.fc1.weight, std=0.02)
         c = model.config

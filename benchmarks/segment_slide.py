@@ -29,12 +29,12 @@ def random_model(path: Path) -> Path:
     from nca_cli.recipes import load_recipe
 
     recipe = load_recipe(ROOT / "recipes" / "octree_pathology.yaml")
-    model = build_model(recipe["model"])
+    model = build_model(recipe.model)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    checkpoint.save_model(path, model, recipe, {"note": "random weights (benchmark)"})
+    checkpoint.save_model(path, model, recipe.to_dict(), {"note": "random weights (benchmark)"})
     return path
 
 

@@ -58,7 +58,7 @@ def run_config(name: str, patch: int, batch: int, device: str) -> dict:
         from nca_cli.models import build_model
         from nca_cli.recipes import load_recipe
 
-        model = build_model(load_recipe(os.path.join(RECIPES, NCA_RECIPES[name]))["model"])
+        model = build_model(load_recipe(os.path.join(RECIPES, NCA_RECIPES[name])).model)
     elif name == "unet3d@P":
         from nca_cli.models import build_model
 

@@ -63,9 +63,9 @@ def main() -> None:
             Image.fromarray(np.asarray(Image.open(png).convert("L"))).save(unlabeled / f"x{i:02d}.png")
         recipe = load_recipe("mednca_xray_vwsl")
         torch.manual_seed(0)
-        model = build_model(recipe["model"])
+        model = build_model(recipe.model)
         model_file = work / "model.pt"
-        checkpoint.save_model(model_file, model, recipe)
+        checkpoint.save_model(model_file, model, recipe.to_dict())
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", RUN, str(unlabeled), str(model_file), str(work / "adapted.pt"),
                                str(args.threads), str(args.epochs)], capture_output=True, text=True,
@@ -77,7 +77,7 @@ def main() -> None:
         epochs = [json.loads(line) for line in (work / "adapted.vwsl-metrics.jsonl").read_text().splitlines()]
     per_epoch = [r["seconds"] for r in epochs]
     train_images = args.images - res["selection_images"] if res["selection_held_out"] else args.images
-    batches = -(-train_images // recipe["vwsl"]["batch_size"])
+    batches = -(-train_images // recipe.vwsl.batch_size)
     text = "\n".join([
         "# VWSL fine-tuning cost at the paper's setting (256x256 X-rays) on a CPU",
         "",
@@ -86,7 +86,7 @@ def main() -> None:
         f"end {os.getloadavg()[0]:.1f}); torch {torch.__version__}.",
         "",
         f"Model: `recipes/mednca_xray_vwsl.yaml`, {count_parameters(model):,} parameters (random weights), 64 steps "
-        f"per level, fine level on a 64x64 crop, batch {recipe['vwsl']['batch_size']}; {args.images} unlabeled "
+        f"per level, fine level on a 64x64 crop, batch {recipe.vwsl.batch_size}; {args.images} unlabeled "
         f"256x256 images ({train_images} trained on, {res['selection_images']} held out to choose the epoch), "
         f"{res['predictions']} predictions per image for the targets.",
         "",

@@ -232,7 +232,7 @@ DATA = {
 
 def report(args, recipe, model, payload, ids, target_cases, source_eval, before, rows, t_train, t_all) -> str:
     meta = payload["metadata"]
-    vw = recipe["vwsl"]
+    vw = recipe.vwsl
     lines = [
         f"# VWSL on a phone-photo domain shift: {args.dataset}",
         "",
@@ -255,10 +255,10 @@ def report(args, recipe, model, payload, ids, target_cases, source_eval, before,
         f"- images {args.size}x{args.size} (paper 256x256); NCA steps {args.steps}/{args.steps} per level (paper 64/64);",
         f"  fine-level crop {args.crop}x{args.crop} (paper 64x64 of 256x256), used in training and in fine-tuning;",
         f"- source training {args.train_epochs} epochs x {args.batches_per_epoch} batches of "
-        f"{recipe['data']['batch_size']} (paper 1500 epochs), EMA decay 0.9 per epoch (paper 0.99);",
+        f"{recipe.data.batch_size} (paper 1500 epochs), EMA decay 0.9 per epoch (paper 0.99);",
         f"- VWSL {args.finetune_epochs} epochs (paper 100) on {len(ids)} unlabeled images (paper 50), "
-        f"{len(target_cases)} test images (paper 50); {args.predictions} predictions, lr {vw['lr']:g}, batch "
-        f"{vw['batch_size']} as in the recipe.",
+        f"{len(target_cases)} test images (paper 50); {args.predictions} predictions, lr {vw.lr:g}, batch "
+        f"{vw.batch_size} as in the recipe.",
         "",
         f"Shift: source test Dice {source_eval['dice']:.4f}, shifted target test Dice {before['dice']:.4f} "
         f"({100 * (before['dice'] - source_eval['dice']):+.1f} points).",

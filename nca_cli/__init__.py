@@ -11,10 +11,11 @@ The package is layered; a module imports only from its own layer or those below 
     vwsl                                          unsupervised fine-tuning
     training, segment, benchmark                  applications
     inference                                     octree driver, tiles, windows, memory model, predictors
-    data, recipes                                 prepared datasets and converters; recipe files
+    data, recipes                                 prepared datasets and converters; recipes (typed sections)
     kernels                                       fused NCA step (JIT-built C++/CUDA)
     io, models                                    readers and writers; networks, registry, checkpoints
-    core                                          errors, files, device, seeds, progress, sizes, machine
+    core                                          errors, files, device, seeds, progress, sizes, machine,
+                                                  settings schema, command options, shared choices
 """
 __version__ = "0.2.0"
 

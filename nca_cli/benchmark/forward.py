@@ -44,7 +44,7 @@ def recipe_model(recipe: str, seed: int = 0):
     from ..recipes import load_recipe
 
     torch.manual_seed(seed)
-    model = build_model(copy.deepcopy(load_recipe(recipe)["model"]))
+    model = build_model(copy.deepcopy(load_recipe(recipe).model))
     for bb in model.backbones:
         torch.nn.init.normal_(bb.fc1.weight, std=0.02)
         if bb.norm is not None:

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import torch
 
+from ..core.choices import torch_dtype
 from ..core.machine import PeakMeter
 from .geometry import GEOMETRIES, Geometry
 from .subjects import Subject, build_subject_model
 from .synthetic import input_image, input_tensor
 
 RESULT_TAG = "nca-benchmark-result "
-DTYPES = {"float32": torch.float32, "float16": torch.float16}
 OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
 
 
@@ -90,7 +90,7 @@ def measure(spec: dict) -> dict:
     device = torch.device(spec["device"])
     size, probe, seed = int(spec["size"]), bool(spec["probe"]), int(spec["seed"])
     shape = geometry.spatial_shape(size)
-    dtype = DTYPES[subject.state_dtype]
+    dtype = torch_dtype(subject.state_dtype)
     model = build_subject_model(subject, probe=probe, seed=seed).to(device)
     if subject.impl == "fused":
         from ..kernels import resolve_impl

@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.options import option
+from ..core.options import device_option, option
+from .geometry import GEOMETRIES
 
 
 @dataclass(kw_only=True)
@@ -12,12 +13,12 @@ class BenchmarkOptions:
     max_size: bool = option(False, "--max-size", help="Largest single-pass input per model within the budget.")
     curve: bool = option(False, "--curve", help="Peak memory and time against input size.")
     kernel: bool = option(False, "--kernel", help="Fused vs PyTorch NCA step, and whole Med-NCA / M3D-NCA forward passes.")
-    task: str = option("pathology", "--task", choices=("pathology", "surgery", "radiology"),
+    task: str = option("pathology", "--task", choices=tuple(GEOMETRIES),
                        help="pathology (square slides), surgery (video) or radiology (volumes).")
     models: list[str] = option([], "--models", help="Subset of models (repeatable).")
     impls: list[str] = option([], "--impl", help="Subset of implementations (repeatable).")
     memory_budget: str | None = option(None, "--memory-budget", help="e.g. 24GiB (default: available memory).")
-    device: str = option("auto", "--device", help="auto, cpu or cuda.")
+    device: str = device_option()
     json_out: Path | None = option(None, "--json", help="Write results as JSON.")
     plot: Path | None = option(None, "--plot", help="With --curve: write a PNG plot.")
     csv_out: Path | None = option(None, "--csv", help="With --curve: write a CSV.")

@@ -79,7 +79,7 @@ class Subject:
 
 
 def _recipe_model(task: str, model: str) -> dict:
-    return dict(load_recipe(require_bundled_recipe(TASK_RECIPES[task][model]))["model"])
+    return dict(load_recipe(require_bundled_recipe(TASK_RECIPES[task][model])).model)
 
 
 def _unet_divisor(dims: int, inp: int, out: int) -> int:

@@ -20,7 +20,8 @@ from typing import Sequence
 
 import torch
 
-MASK32 = 0xFFFFFFFF
+from .seeds import MASK32
+
 GOLDEN = 0x9E3779B9
 M1 = 0x7FEB352D
 M2 = 0x5BD1E995

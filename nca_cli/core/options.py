@@ -39,6 +39,16 @@ def option(default: Any = REQUIRED, *flags: str, help: str, min: float | None = 
     return dataclasses.field(default=default, metadata=meta)
 
 
+@dataclass
+class NoOptions:
+    """The options of a command that takes none (``nca version``)."""
+
+
+def device_option() -> Any:
+    """The ``--device`` option every command that computes takes."""
+    return option("auto", "--device", help="auto, cpu or cuda.")
+
+
 def flag_of(field: dataclasses.Field) -> Flag | None:
     return field.metadata.get("cli")
 

@@ -9,6 +9,10 @@ Kinds: ``int``, ``float``, ``bool``, ``str``, ``path``, ``choice``, ``ints``/``f
 non-empty list; a single number becomes a one-element list), ``factors`` (per level
 transition an integer or a per-axis list of integers), ``any`` and ``section`` (a mapping
 checked elsewhere).
+
+A recipe section (``data``, ``training``, ``vwsl``) is a :class:`Settings` dataclass: its
+fields are :func:`setting` s, a nested section is declared with :func:`subsection`, and
+:meth:`Settings.read` validates a mapping (unknown keys refused, defaults filled) into it.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import copy
 import dataclasses
 import difflib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import NCAError
 
@@ -76,6 +80,66 @@ def _where(path: str | None) -> str:
     return f" in {path}" if path else ""
 
 
+def subsection(cls) -> Any:
+    """A dataclass field holding a nested :class:`Settings` section (defaults: the section's own)."""
+    return dataclasses.field(default_factory=cls, metadata={"section": cls})
+
+
+class Settings:
+    """Base of a typed settings section: fields declared with :func:`setting` or :func:`subsection`,
+    checked on construction (also by ``dataclasses.replace``), read from a mapping by :meth:`read`.
+    ``SECTION`` is the section's recipe key, for messages."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self):
+        check_fields(self, SettingError)
+
+    @classmethod
+    def schema(cls) -> dict:
+        """``{key: Key or nested schema}``, the table :func:`validate_section` checks a mapping against."""
+        keys = schema_of(cls)
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            nested = f.metadata.get("section")
+            if nested is not None:
+                out[f.name] = nested.schema()
+            elif f.name in keys:
+                out[f.name] = keys[f.name]
+        return out
+
+    @classmethod
+    def read(cls, data: Any, prefix: str, path: str | None = None):
+        """The section a recipe mapping describes: every key checked, unknown keys refused, defaults filled."""
+        return cls.build(validate_section(data, cls.schema(), prefix, path))
+
+    @classmethod
+    def build(cls, values: dict):
+        """An instance from already validated values (nested sections built too)."""
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            nested = f.metadata.get("section")
+            if nested is not None:
+                kwargs[f.name] = nested.build(values[f.name])
+            elif f.name in values:
+                kwargs[f.name] = values[f.name]
+        return cls(**kwargs)
+
+    def with_flags(self, **flags):
+        """The one precedence rule of a setting: a flag given (not ``None``) wins over this
+        section's value, which is the recipe's value or else the declared default."""
+        keys = schema_of(type(self))
+        given = {k: check_value(f"{self.SECTION}.{k}" if self.SECTION else k, keys[k], v, None, label="Setting")
+                 for k, v in flags.items() if v is not None}
+        return dataclasses.replace(self, **given) if given else self
+
+    def to_dict(self) -> dict:
+        """The section as a recipe file writes it (settings only, nested sections as mappings)."""
+        keys = self.schema()
+        return {k: copy.deepcopy(v.to_dict() if isinstance(v, Settings) else v)
+                for k, v in vars(self).items() if k in keys}
+
+
 def check_value(key: str, spec: Key, value: Any, path: str | None, label: str = "Recipe key") -> Any:
     """``value`` checked (and lightly converted: ``"1e-3"`` to a float) against ``spec``."""
 
@@ -86,57 +150,82 @@ def check_value(key: str, spec: Key, value: Any, path: str | None, label: str = 
         if spec.required:
             bad("is required but missing")
         return None
-    kind = spec.kind
+    check = _CHECKS.get(spec.kind)
+    return check(value, spec, bad) if check is not None else value
 
-    def num(v, integer):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
-            bad(f"must be {'an integer' if integer else 'a number'}, got {v!r}")
-        if spec.lo is not None and v < spec.lo:
-            bad(f"must be at least {spec.lo:g}, got {v!r}")
-        if spec.hi is not None and v > spec.hi:
-            bad(f"must be at most {spec.hi:g}, got {v!r}")
-        return v
 
-    if kind == "int":
-        return num(value, True)
-    if kind == "float":
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                bad(f"must be a number, got {value!r}")
-        return float(num(value, False))
-    if kind == "bool":
-        if not isinstance(value, bool):
-            bad(f"must be true or false, got {value!r}")
+def _number(v: Any, spec: Key, bad, integer: bool) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+        bad(f"must be {'an integer' if integer else 'a number'}, got {v!r}")
+    if spec.lo is not None and v < spec.lo:
+        bad(f"must be at least {spec.lo:g}, got {v!r}")
+    if spec.hi is not None and v > spec.hi:
+        bad(f"must be at most {spec.hi:g}, got {v!r}")
+    return v
+
+
+def _float(value: Any, spec: Key, bad) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            bad(f"must be a number, got {value!r}")
+    return float(_number(value, spec, bad, False))
+
+
+def _of_type(kind: type, what: str):
+    def check(value: Any, spec: Key, bad) -> Any:
+        if not isinstance(value, kind):
+            bad(f"must be {what}, got {value!r}")
         return value
-    if kind in ("str", "path"):
-        if not isinstance(value, str):
-            bad(f"must be a string, got {value!r}")
-        return value
-    if kind == "choice":
-        if value not in spec.choices:
-            bad(f"must be one of {', '.join(str(c) for c in spec.choices)}, got {value!r}")
-        return value
-    if kind in ("ints", "floats"):
+    return check
+
+
+def _choice(value: Any, spec: Key, bad) -> Any:
+    if value not in spec.choices:
+        bad(f"must be one of {', '.join(str(c) for c in spec.choices)}, got {value!r}")
+    return value
+
+
+def _numbers(integer: bool):
+    def check(value: Any, spec: Key, bad) -> list:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)) or not value:
             bad(f"must be a non-empty list of numbers, got {value!r}")
-        return [num(v, kind == "ints") for v in value]
-    if kind == "factors":
-        if not isinstance(value, (list, tuple)):
-            bad(f"must be a list with one factor (or per-axis factor list) per level transition, got {value!r}")
-        out = []
-        for f in value:
-            if isinstance(f, int) and not isinstance(f, bool) and f >= 1:
-                out.append(f)
-            elif isinstance(f, (list, tuple)) and f and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in f):
-                out.append(list(f))
-            else:
-                bad(f"must hold positive integers or lists of them, got {f!r}")
-        return out
-    return value
+        return [_number(v, spec, bad, integer) for v in value]
+    return check
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _factors(value: Any, spec: Key, bad) -> list:
+    if not isinstance(value, (list, tuple)):
+        bad(f"must be a list with one factor (or per-axis factor list) per level transition, got {value!r}")
+    out = []
+    for f in value:
+        if _positive_int(f):
+            out.append(f)
+        elif isinstance(f, (list, tuple)) and f and all(_positive_int(v) for v in f):
+            out.append(list(f))
+        else:
+            bad(f"must hold positive integers or lists of them, got {f!r}")
+    return out
+
+
+_CHECKS = {
+    "int": lambda value, spec, bad: _number(value, spec, bad, True),
+    "float": _float,
+    "bool": _of_type(bool, "true or false"),
+    "str": _of_type(str, "a string"),
+    "path": _of_type(str, "a string"),
+    "choice": _choice,
+    "ints": _numbers(True),
+    "floats": _numbers(False),
+    "factors": _factors,
+}
 
 
 def validate_section(data: Any, schema: dict, prefix: str, path: str | None) -> dict:

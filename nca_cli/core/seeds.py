@@ -6,7 +6,7 @@ of a pair of passes), so a run is reproducible and resumable from (seed, epoch, 
 """
 from __future__ import annotations
 
-MASK32 = 0xFFFFFFFF
+MASK32 = 0xFFFFFFFF        # every seed, level and step is taken modulo 2^32 (fire masks, kernels)
 VWSL_STREAM = 0x5EED      # streams of the two fine-tuning passes: VWSL_STREAM + 7 * k
 
 

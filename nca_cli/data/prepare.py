@@ -10,6 +10,9 @@ xray, microct), ``cases``, ``size``, ``seed`` and ``shifted`` go to ``make_synth
 raw layout into ``dst/raw-synthetic-<kind>/``; the matching converter then turns it into
 the prepared dataset at ``dst`` (named ``synthetic-<kind>``, ``synthetic: true``). Both are
 built in one partial folder and appear together, or not at all.
+
+``prepare_from_options(opts)`` is ``nca prepare``: its :class:`PrepareOptions` turned into
+these keywords.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from .chexmask import fill_chexmask
 from .cholecseg8k import fill_cholecseg8k
 from .generic import fill_generic
 from .msd_prostate import fill_msd_prostate
+from .options import PrepareOptions
 from .peso import fill_peso
 from .synthetic import MICROCT_CLASSES, SYNTHETIC_KINDS, make_synthetic
 from .writer import DatasetWriter
@@ -48,6 +52,28 @@ def _check_options(kind: str, fill: Callable, options: dict, extra: tuple[str, .
     if unknown:
         allowed = ", ".join([*WRITER_OPTIONS, *extra, *accepted])
         raise NCAError(f"The option {unknown[0]!r} does not apply to `prepare {kind}`; use only {allowed}.")
+
+
+def _names(text: str | None) -> list[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``."""
+    return [c.strip() for c in (text or "").split(",") if c.strip()]
+
+
+def prepare_from_options(opts: PrepareOptions) -> Path:
+    """``nca prepare``: the options of the command turned into :func:`prepare`'s keywords (options
+    for one kind only are passed when given, so another kind refuses them)."""
+    options = {"seed": opts.seed, "overwrite": opts.overwrite, "val_fraction": opts.val_fraction,
+               "test_fraction": opts.test_fraction}
+    if opts.test_cases:
+        options["test_cases"] = _names(opts.test_cases)
+    options.update({name: getattr(opts, name) for name in opts.CONVERTER_SWITCHES if getattr(opts, name)})
+    if opts.kind == "synthetic":
+        options.update(kind=opts.synthetic_kind, cases=opts.cases, shifted=opts.shifted)
+        if opts.size:
+            options["size"] = opts.size
+    if opts.classes:
+        options["classes"] = _names(opts.classes)
+    return prepare(opts.kind, opts.src, opts.output, quiet=opts.quiet, **options)
 
 
 def prepare(kind: str, src, dst, /, *, quiet: bool = True, **options) -> Path:

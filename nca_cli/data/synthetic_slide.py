@@ -30,8 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.files import atomic_path
-
-_M = 0xFFFFFFFF
+from ..core.seeds import MASK32 as _M
 GLASS = np.array([242, 239, 244], np.float32)
 # stroma, epithelial cytoplasm, lumen, blood, fat
 PALETTE = np.array([[229, 146, 188], [178, 112, 182], [246, 232, 242], [196, 58, 72], [247, 245, 247]], np.float32)
@@ -154,8 +153,33 @@ class HEField:
         tissue = np.clip((tissue_level - 0.36) / 0.03, 0.0, 1.0)
         wobble = _noise(seed + 3, ys, xs, 28.0, pix) - 0.5
 
-        gland = np.zeros((height, width), bool)
-        lumen = np.zeros((height, width), bool)
+        gland, lumen = self._glands(ys, xs, wobble)
+        in_tissue = tissue > 0.5
+        epithelium = gland & ~lumen & in_tissue
+        label = in_tissue.astype(np.uint8)
+        label[epithelium] = 2
+        if not image:
+            return None, label
+
+        vessel, fat = self._vessels_and_fat(ys, xs, wobble, ~gland)
+        lymph_zone = (_noise(seed + 4, ys, xs, 140.0, pix) > 0.72) & ~gland & ~vessel & ~fat
+        plain = lumen | fat
+        rgb = self._stained(ys, xs, pix, gland, lumen, vessel, fat)
+        alpha = self._nuclei(ys, xs, pix, epithelium, lymph_zone)
+        alpha[plain | vessel] = 0.0
+        alpha = alpha[..., None]
+        rgb += alpha * (np.take(NUCLEI, lymph_zone.view(np.uint8), axis=0) - rgb)
+
+        if tissue.min() < 1.0:
+            rgb += (1.0 - tissue)[..., None] * (GLASS - rgb)
+        rgb += self._speckle[np.arange(row, row + height) % 256][:, np.arange(col, col + width) % 256][..., None]
+        np.clip(rgb, 0, 255, out=rgb)
+        return rgb.astype(np.uint8), label
+
+    def _glands(self, ys: np.ndarray, xs: np.ndarray, wobble: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(gland, lumen) masks: wobbly ellipses whose rims are the epithelium."""
+        gland = np.zeros((ys.size, xs.size), bool)
+        lumen = np.zeros((ys.size, xs.size), bool)
         reach = 0.6 * GLAND_CELL  # largest gland radius with its wobble
         cy, cx, h = self._blobs(10, GLAND_CELL, 0.7, reach, ys, xs)
         for k in range(cy.size):
@@ -169,33 +193,32 @@ class HEField:
             thickness = (15.0 + 12.0 * float(_unit(h[k], 3))) / b
             gland[box] |= r <= 1.0
             lumen[box] |= r < 1.0 - thickness
-        in_tissue = tissue > 0.5
-        epithelium = gland & ~lumen & in_tissue
-        label = in_tissue.astype(np.uint8)
-        label[epithelium] = 2
-        if not image:
-            return None, label
+        return gland, lumen
 
-        vessel = np.zeros((height, width), bool)
+    def _vessels_and_fat(self, ys: np.ndarray, xs: np.ndarray, wobble: np.ndarray,
+                         stroma_only: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(vessel, fat) masks, both in the stroma, fat outside vessels."""
+        vessel = np.zeros((ys.size, xs.size), bool)
         cy, cx, h = self._blobs(20, VESSEL_CELL, 0.35, 0.5 * VESSEL_CELL, ys, xs)
         for k in range(cy.size):
             a = 30.0 + 50.0 * float(_unit(h[k], 0))
             hit = self._ellipse(ys, xs, cy[k], cx[k], a, a * (0.2 + 0.2 * float(_unit(h[k], 1))), math.pi * float(_unit(h[k], 2)), 0.5 * VESSEL_CELL)
             if hit is not None:
                 vessel[hit[0]] |= hit[1] + 0.3 * wobble[hit[0]] <= 1.0
-        fat = np.zeros((height, width), bool)
+        fat = np.zeros((ys.size, xs.size), bool)
         cy, cx, h = self._blobs(30, FAT_CELL, 0.25, 0.5 * FAT_CELL, ys, xs)
         for k in range(cy.size):
             a = 22.0 + 25.0 * float(_unit(h[k], 0))
             hit = self._ellipse(ys, xs, cy[k], cx[k], a, a * (0.8 + 0.2 * float(_unit(h[k], 1))), 0.0, 0.5 * FAT_CELL)
             if hit is not None:
                 fat[hit[0]] |= hit[1] + 0.15 * wobble[hit[0]] <= 1.0
-        stroma_only = ~gland
         vessel &= stroma_only
         fat &= stroma_only & ~vessel
-        lymph_zone = (_noise(seed + 4, ys, xs, 140.0, pix) > 0.72) & stroma_only & ~vessel & ~fat
+        return vessel, fat
 
-        # base colour per pixel: palette class times a texture shade
+    def _stained(self, ys, xs, pix: float, gland, lumen, vessel, fat) -> np.ndarray:
+        """Base colour per pixel (float32 RGB): palette class times a texture shade."""
+        seed = self.seed
         mixw = _noise(seed + 7, ys, xs, 180.0, pix)
         fibres = _noise(seed + 5, ys, xs, 3.0, pix, 26.0) * mixw + _noise(seed + 6, ys, xs, 26.0, pix, 3.0) * (1 - mixw)
         grain = _noise(seed + 8, ys, xs, 4.0, pix)
@@ -204,12 +227,13 @@ class HEField:
         cls[lumen] = 2
         cls[vessel] = 3
         cls[fat] = 4
-        plain = lumen | fat
-        shade[plain] = 1.0
+        shade[lumen | fat] = 1.0
         shade[vessel] = 0.8 + 0.4 * grain[vessel]
-        rgb = np.take(PALETTE, cls, axis=0) * shade[..., None]
+        return np.take(PALETTE, cls, axis=0) * shade[..., None]
 
-        # nuclei: one candidate per 8 µm lattice cell, jittered; presence and size by region
+    def _nuclei(self, ys, xs, pix: float, epithelium, lymph_zone) -> np.ndarray:
+        """Nucleus coverage per pixel: one candidate per 8 µm lattice cell, jittered; presence and
+        size by region (drawn as discs at fine levels, as their mean coverage at coarse ones)."""
         ncell = np.float32(8.0)
         iy = np.floor(ys / ncell).astype(np.int64)
         ix = np.floor(xs / ncell).astype(np.int64)
@@ -219,7 +243,7 @@ class HEField:
         def spread(values: np.ndarray) -> np.ndarray:  # lattice values -> pixels
             return values[ky][:, kx]
 
-        lat = hash_u32(seed + 40, np.arange(oy, iy[-1] + 1)[:, None], np.arange(ox, ix[-1] + 1)[None, :])
+        lat = hash_u32(self.seed + 40, np.arange(oy, iy[-1] + 1)[:, None], np.arange(ox, ix[-1] + 1)[None, :])
         density = np.where(epithelium, np.float32(0.9), np.where(lymph_zone, np.float32(0.7), np.float32(0.1)))
         radius = np.where(epithelium, np.float32(3.3), np.where(lymph_zone, np.float32(2.4), np.float32(2.1)))
         radius *= spread(0.8 + 0.35 * _unit(lat, 2))
@@ -230,17 +254,8 @@ class HEField:
             dx = (xs - ox * ncell).astype(np.float32)[None, :] - cx_rel
             alpha = np.clip((radius - np.sqrt(dy * dy + dx * dx)) / np.float32(pix) + 0.5, 0.0, 1.0)
             alpha *= spread(_unit(lat, 3)) < density
-        else:
-            alpha = density * np.float32(np.pi / ncell**2) * radius * radius
-        alpha[plain | vessel] = 0.0
-        alpha = alpha[..., None]
-        rgb += alpha * (np.take(NUCLEI, lymph_zone.view(np.uint8), axis=0) - rgb)
-
-        if tissue.min() < 1.0:
-            rgb += (1.0 - tissue)[..., None] * (GLASS - rgb)
-        rgb += self._speckle[np.arange(row, row + height) % 256][:, np.arange(col, col + width) % 256][..., None]
-        np.clip(rgb, 0, 255, out=rgb)
-        return rgb.astype(np.uint8), label
+            return alpha
+        return density * np.float32(np.pi / ncell**2) * radius * radius
 
 
 def pyramid_levels(width: int, height: int, tile: int) -> list[int]:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.choices import torch_dtype
 from ..core.errors import NCAError
 from ..io.normalize import Normalization, Normalizer
 from ..models.registry import architecture_of
@@ -46,7 +47,6 @@ from .windows import (
     window_size,
 )
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 LevelCallback = Callable[[int], None]
 TileCallback = Callable[[int, int], None]
 
@@ -117,7 +117,7 @@ class OctreePredictor(Predictor):
 
         self.impl = resolve_impl(impl, list(model.backbones), self.device)
         self.dtype_name = state_dtype
-        self.dtype = DTYPES[state_dtype]
+        self.dtype = torch_dtype(state_dtype)
 
     def logits(self, image: torch.Tensor, *, seed: int = 0, ensemble: int = 1) -> torch.Tensor:
         """Median over ``ensemble`` stochastic runs (seeds ``seed ..``) of the logits."""

@@ -14,6 +14,10 @@ SUPPORTED_SUFFIXES = SLIDE_SUFFIXES + TIFF_SUFFIXES + VOLUME_SUFFIXES + VIDEO_SU
 DICOM_SEG_SUFFIXES = (".dcm",)   # masks written as DICOM Segmentation objects (DICOM inputs only)
 OME_ZARR_SUFFIXES = (".ome.zarr",)   # masks written as OME-Zarr label images (a folder)
 
+VOLUME_WRITE_SUFFIXES = (".nii", ".nii.gz", ".mha", ".nrrd")          # volumes SimpleITK writes in one file
+VOLUME_OUTPUT_FOR = {".mhd": ".mha", ".nhdr": ".nrrd"}                # header + data pairs: written as one file
+GEOJSON_SUFFIXES = (".geojson", ".json")
+
 _MULTI_PART = (".nii.gz", ".ome.tiff", ".ome.tif", ".ome.zarr")
 
 
@@ -32,6 +36,12 @@ def strip_suffix(path: str | Path) -> str:
     path = Path(path)
     suffix = full_suffix(path)
     return path.name[: len(path.name) - len(suffix)] if suffix else path.name
+
+
+def volume_output_suffix(suffix: str) -> str:
+    """The suffix a label volume for an input volume of ``suffix`` is written with: the same format
+    where it is written as one file, else its one-file form, else NIfTI."""
+    return VOLUME_OUTPUT_FOR.get(suffix, suffix if suffix in VOLUME_WRITE_SUFFIXES else ".nii.gz")
 
 
 def is_volume_file(path: str | Path) -> bool:

@@ -40,10 +40,10 @@ import numpy as np
 from ..core.errors import NCAError
 from ..core.files import atomic_path
 from .contours import _ClassTracer, _group_ranges
+from .formats import GEOJSON_SUFFIXES
 from .palette import PALETTE
 from .simplify import _polygons
 
-GEOJSON_SUFFIXES = (".geojson", ".json")
 OBJECT_TYPES = ("annotation", "detection")
 BAND_PIXELS = 1 << 23
 """Default band size in pixels (band rows = this / mask width): a few tens of MB of work arrays."""
@@ -129,6 +129,52 @@ class _FeatureWriter:
         self.out.write("\n]}\n")
 
 
+def _check_arguments(labels, downsample, tolerance: float, object_type: str,
+                     band_rows: int | None) -> tuple[tuple[float, float], int]:
+    """``write_geojson``'s arguments checked: the (x, y) downsample and the rows per band."""
+    if len(labels.shape) != 2 or np.dtype(labels.dtype) != np.uint8:
+        raise ValueError(f"labels must be uint8 [H, W], got {labels.dtype} {labels.shape}")
+    if object_type not in OBJECT_TYPES:
+        raise ValueError(f"object_type must be one of {OBJECT_TYPES}, got {object_type!r}")
+    dx, dy = (downsample, downsample) if np.ndim(downsample) == 0 else tuple(downsample)
+    if not (dx > 0 and dy > 0):
+        raise ValueError(f"downsample must be positive, got {downsample!r}")
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
+    W = int(labels.shape[1])
+    rows = int(band_rows) if band_rows is not None else max(1, BAND_PIXELS // max(W, 1))
+    if rows < 1:
+        raise ValueError(f"band_rows must be >= 1, got {band_rows!r}")
+    return (dx, dy), rows
+
+
+def _trace_bands(labels, rows: int, table: dict, writer: "_FeatureWriter", tolerance: float) -> None:
+    """Trace ``labels`` ``rows`` rows at a time; each region is simplified and written as soon as
+    it is complete."""
+    H, W = (int(n) for n in labels.shape)
+    tracers: dict[int, _ClassTracer] = {}
+    next_id = 1
+    up = np.zeros(W, np.uint8)
+    for y0 in range(0, H if W else 0, rows):
+        band = np.asarray(labels[y0 : y0 + rows])
+        if y0 + rows >= H:  # a background row below closes every region
+            band = np.concatenate([band, np.zeros((1, W), np.uint8)])
+        present = set((np.flatnonzero(np.bincount(band.ravel(), minlength=256)[1:]) + 1).tolist())
+        unnamed = present - table.keys()
+        if unnamed:
+            raise ValueError(f"labels hold class {min(unnamed)}, which class_names does not name")
+        finished = []
+        for cls in sorted(present | set(tracers)):
+            tracer = tracers.setdefault(cls, _ClassTracer())
+            done, next_id = tracer.feed(band == cls, up == cls, y0, next_id)
+            finished.extend((cls, rings) for _, rings in done)
+            if tracer.idle():
+                del tracers[cls]
+        if finished:
+            writer.write([c for c, _ in finished], _polygons([loops for _, loops in finished], tolerance))
+        up = band[-1].copy()
+
+
 def write_geojson(
     path: str | Path,
     labels: np.ndarray,
@@ -164,43 +210,10 @@ def write_geojson(
     path = Path(path)
     if path.suffix.lower() not in GEOJSON_SUFFIXES:
         raise NCAError(f"Cannot write polygons to {path}: use a .geojson or .json file name.")
-    if len(labels.shape) != 2 or np.dtype(labels.dtype) != np.uint8:
-        raise ValueError(f"labels must be uint8 [H, W], got {labels.dtype} {labels.shape}")
-    if object_type not in OBJECT_TYPES:
-        raise ValueError(f"object_type must be one of {OBJECT_TYPES}, got {object_type!r}")
-    dx, dy = (downsample, downsample) if np.ndim(downsample) == 0 else tuple(downsample)
-    ox, oy = offset
-    if not (dx > 0 and dy > 0):
-        raise ValueError(f"downsample must be positive, got {downsample!r}")
-    if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
-    H, W = (int(n) for n in labels.shape)
-    rows = int(band_rows) if band_rows is not None else max(1, BAND_PIXELS // max(W, 1))
-    if rows < 1:
-        raise ValueError(f"band_rows must be >= 1, got {band_rows!r}")
+    (dx, dy), rows = _check_arguments(labels, downsample, tolerance, object_type, band_rows)
     table = _class_table(class_names, colours)
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
-        writer = _FeatureWriter(out, table, object_type, (dx, dy), (ox, oy))
-        tracers: dict[int, _ClassTracer] = {}
-        next_id = 1
-        up = np.zeros(W, np.uint8)
-        for y0 in range(0, H if W else 0, rows):
-            band = np.asarray(labels[y0 : y0 + rows])
-            if y0 + rows >= H:  # a background row below closes every region
-                band = np.concatenate([band, np.zeros((1, W), np.uint8)])
-            present = set((np.flatnonzero(np.bincount(band.ravel(), minlength=256)[1:]) + 1).tolist())
-            unnamed = present - table.keys()
-            if unnamed:
-                raise ValueError(f"labels hold class {min(unnamed)}, which class_names does not name")
-            finished = []
-            for cls in sorted(present | set(tracers)):
-                tracer = tracers.setdefault(cls, _ClassTracer())
-                done, next_id = tracer.feed(band == cls, up == cls, y0, next_id)
-                finished.extend((cls, rings) for _, rings in done)
-                if tracer.idle():
-                    del tracers[cls]
-            if finished:
-                writer.write([c for c, _ in finished], _polygons([loops for _, loops in finished], tolerance))
-            up = band[-1].copy()
+        writer = _FeatureWriter(out, table, object_type, (dx, dy), tuple(offset))
+        _trace_bands(labels, rows, table, writer, tolerance)
         writer.close()
     return writer.counts

@@ -20,11 +20,11 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..core.choices import PREVIEW_STYLES
 from ..core.errors import NCAError
 from ..core.files import atomic_path
 from .palette import PALETTE, blend
 
-PREVIEW_STYLES = ("outline", "fill", "side-by-side")
 GAP = 4
 """Pixels between the panels of side-by-side previews and between montage tiles."""
 _GAP_GREY = 96
@@ -283,18 +283,8 @@ def write_volume_preview(
     columns = max(len(p) for p in picks)
     text = 12 if max_side >= 600 else 9
     caption = text + 4
-    wide = 2 if style == "side-by-side" else 1
-    # each plane fits a cell x cell box at its aspect; a row is as tall as its planes
-    plane_axes = [(1, 2), (0, 2), (0, 1)]  # (rows, columns) of the planes along each axis
-    extent = [(shape[r] * spacing[r], shape[c] * spacing[c]) for r, c in plane_axes]
-    tall = [ph / max(ph, pw) for ph, pw in extent]
-    cell = min((max_side - GAP * (columns + 1) - (wide - 1) * GAP * columns) // (columns * wide),
-               int((max_side - 4 * GAP - 3 * caption) / sum(tall)))
-    cell = max(cell, 8)
-    cell_w = wide * cell + (wide - 1) * GAP
-    sizes = [(max(1, round(cell * ph / max(ph, pw))), max(1, round(cell * pw / max(ph, pw)))) for ph, pw in extent]
-    width = columns * cell_w + (columns + 1) * GAP
-    height = sum(h for h, _ in sizes) + 3 * caption + 4 * GAP
+    cell_w, sizes, (height, width) = _montage_layout(shape, spacing, columns, max_side,
+                                                     2 if style == "side-by-side" else 1, caption)
     montage = np.full((height, width, 3), 24, np.uint8)
     captions = []
     top = GAP
@@ -312,9 +302,31 @@ def write_volume_preview(
             montage[top : top + tile.shape[0], x : x + tile.shape[1]] = tile
             captions.append(((left, top - caption + 1), f"{plane_names[axis]} {index}"))
         top += size[0] + GAP
+    return _save_png(path, _captioned(montage, captions, text))
+
+
+def _montage_layout(shape: tuple, spacing: tuple, columns: int, max_side: int, wide: int,
+                    caption: int) -> tuple[int, list[tuple[int, int]], tuple[int, int]]:
+    """The montage's cell width, the (h, w) of the planes along each axis and its (height, width):
+    each plane fits a cell x cell box at its physical aspect; a row is as tall as its planes."""
+    plane_axes = [(1, 2), (0, 2), (0, 1)]  # (rows, columns) of the planes along each axis
+    extent = [(shape[r] * spacing[r], shape[c] * spacing[c]) for r, c in plane_axes]
+    tall = [ph / max(ph, pw) for ph, pw in extent]
+    cell = min((max_side - GAP * (columns + 1) - (wide - 1) * GAP * columns) // (columns * wide),
+               int((max_side - 4 * GAP - 3 * caption) / sum(tall)))
+    cell = max(cell, 8)
+    cell_w = wide * cell + (wide - 1) * GAP
+    sizes = [(max(1, round(cell * ph / max(ph, pw))), max(1, round(cell * pw / max(ph, pw)))) for ph, pw in extent]
+    width = columns * cell_w + (columns + 1) * GAP
+    height = sum(h for h, _ in sizes) + 3 * caption + 4 * GAP
+    return cell_w, sizes, (height, width)
+
+
+def _captioned(montage: np.ndarray, captions: list, text: int) -> np.ndarray:
+    """``montage`` with each ``(xy, label)`` caption drawn in a ``text``-pixel font."""
     picture = Image.fromarray(montage)
     draw = ImageDraw.Draw(picture)
     font = _font(text)
     for xy, label in captions:
         draw.text(xy, label, fill=(230, 230, 230), font=font)
-    return _save_png(path, np.asarray(picture))
+    return np.asarray(picture)

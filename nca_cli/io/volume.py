@@ -20,10 +20,7 @@ import SimpleITK as sitk
 from ..core.errors import NCAError
 from ..core.files import atomic_path
 from .base import InputImage, Region
-from .formats import full_suffix
-
-WRITE_SUFFIXES = (".nii", ".nii.gz", ".mha", ".nrrd")
-_OUTPUT_FOR = {".mhd": ".mha", ".nhdr": ".nrrd"}
+from .formats import VOLUME_OUTPUT_FOR, VOLUME_WRITE_SUFFIXES, full_suffix, volume_output_suffix
 
 
 
@@ -162,6 +159,42 @@ def _channels_last(arr: np.ndarray, dim: int, components: int) -> np.ndarray:
     return arr[..., None]
 
 
+def _series_header(path: Path, state: dict) -> tuple:
+    """A DICOM series folder, read whole (its image kept in ``state``): (dimensions, size,
+    components, geometry, source format, default output suffix, pixel type)."""
+    files = dicom_series_files(path)
+    if not files:
+        raise NCAError(f"The folder {path} contains no DICOM series; pass a volume file or a folder of DICOM slices.")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise NCAError(f"Cannot read the DICOM series in {path} ({_first_line(exc)}); check that the slices are complete.") from None
+    state["image"] = image
+    dim, size, comps = image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel()
+    geom = _geometry(dim, image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    return dim, size, comps, geom, "dicom", ".nii.gz", image.GetPixelIDTypeAsString()
+
+
+def _file_header(path: Path) -> tuple:
+    """A volume file's header only (pixels are read on first use): as :func:`_series_header`."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with _quiet_itk():
+            reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise NCAError(f"Cannot read volume {path} ({_first_line(exc)}); check that it is a complete NIfTI/MHA/NRRD file.") from None
+    dim, size, comps = reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents()
+    geom = _geometry(dim, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+    suffix = full_suffix(path)
+    if suffix in (".nii", ".nii.gz"):
+        check_nifti_complete(path)
+    return (dim, size, comps, geom, suffix.lstrip("."), volume_output_suffix(suffix),
+            sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+
+
 def open_volume(path: Path) -> InputImage:
     """Open a volume file or a DICOM series folder.
 
@@ -173,37 +206,8 @@ def open_volume(path: Path) -> InputImage:
     """
     path = Path(path)
     state: dict[str, Any] = {}
-    if path.is_dir():
-        files = dicom_series_files(path)
-        if not files:
-            raise NCAError(f"The folder {path} contains no DICOM series; pass a volume file or a folder of DICOM slices.")
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(files)
-        try:
-            image = reader.Execute()
-        except RuntimeError as exc:
-            raise NCAError(f"Cannot read the DICOM series in {path} ({_first_line(exc)}); check that the slices are complete.") from None
-        state["image"] = image
-        dim, size, comps = image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel()
-        geom = _geometry(dim, image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-        source, default_suffix = "dicom", ".nii.gz"
-        pixel_type = image.GetPixelIDTypeAsString()
-    else:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        try:
-            with _quiet_itk():
-                reader.ReadImageInformation()
-        except RuntimeError as exc:
-            raise NCAError(f"Cannot read volume {path} ({_first_line(exc)}); check that it is a complete NIfTI/MHA/NRRD file.") from None
-        dim, size, comps = reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents()
-        geom = _geometry(dim, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
-        suffix = full_suffix(path)
-        if suffix in (".nii", ".nii.gz"):
-            check_nifti_complete(path)
-        source = suffix.lstrip(".")
-        default_suffix = _OUTPUT_FOR.get(suffix, suffix if suffix in WRITE_SUFFIXES else ".nii.gz")
-        pixel_type = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    header = _series_header(path, state) if path.is_dir() else _file_header(path)
+    dim, size, comps, geom, source, default_suffix, pixel_type = header
 
     if dim not in (2, 3, 4) or (dim == 4 and comps > 1):
         raise NCAError(f"Volume {path} has {dim} dimensions with {comps} components; save it as a 3D (or 3D + channels) image.")
@@ -273,9 +277,9 @@ def write_volume(path: str | Path, labels: np.ndarray, meta: dict[str, Any]) -> 
     """
     path = Path(path)
     suffix = full_suffix(path)
-    if suffix not in WRITE_SUFFIXES:
-        hint = _OUTPUT_FOR.get(suffix, ".nii.gz")
-        raise NCAError(f"Cannot write a label volume to {path}: use a {'/'.join(WRITE_SUFFIXES)} name such as {path.name.split('.')[0]}{hint}.")
+    if suffix not in VOLUME_WRITE_SUFFIXES:
+        hint = VOLUME_OUTPUT_FOR.get(suffix, ".nii.gz")
+        raise NCAError(f"Cannot write a label volume to {path}: use a {'/'.join(VOLUME_WRITE_SUFFIXES)} name such as {path.name.split('.')[0]}{hint}.")
     image = labels_to_image(labels, meta)
     with atomic_path(path) as tmp:
         try:

@@ -43,11 +43,11 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from ..core.firemask import MASK32, threshold
+from ..core.choices import IMPLS
+from ..core.firemask import threshold
+from ..core.seeds import MASK32
 from ..models.backbone import BackboneNCA
 from .build import NORMALIZATIONS, PERCEPTIONS, STORAGES, KernelBuildError, Shape, kernel_module
-
-IMPLS = ("auto", "fused", "torch")
 
 _available: dict[str, bool] = {}
 _shape_ok: dict[tuple[str, Shape], bool] = {}

@@ -101,7 +101,10 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
 
 def _plain(obj: Any) -> Any:
-    """Recursively convert to types ``weights_only`` loading accepts."""
+    """Recursively convert to types ``weights_only`` loading accepts (typed settings, such as a
+    recipe, as the mapping their ``to_dict`` gives)."""
+    if hasattr(obj, "to_dict") and not isinstance(obj, torch.Tensor):
+        return _plain(obj.to_dict())
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

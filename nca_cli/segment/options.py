@@ -4,12 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.options import option
-
-STATE_DTYPES = ("float32", "float16", "bfloat16")
-PREVIEW_STYLES = ("outline", "fill", "side-by-side")
-TILINGS = ("auto", "off", "force")
-IMPLS = ("auto", "fused", "torch")
+from ..core.choices import IMPLS, PREVIEW_STYLES, STATE_DTYPES, TILINGS
+from ..core.options import device_option, option
 
 
 @dataclass(kw_only=True)
@@ -53,7 +49,7 @@ class SegmentOptions:
     tiling: str = option("auto", "--tiling", choices=TILINGS, help="auto: tile only when one pass does not fit.")
     tile_size: int | None = option(None, "--tile-size", min=16, help="Tile side at level 0 (default: largest that fits).")
     impl: str = option("auto", "--impl", choices=IMPLS, help="auto, fused or torch.")
-    device: str = option("auto", "--device", help="auto, cpu or cuda.")
+    device: str = device_option()
     seed: int = option(0, "--seed", help="Seed of the stochastic updates.")
     num_parts: int = option(1, "--num-parts", min=1, help="Split the input list into this many parts.")
     part_id: int = option(0, "--part-id", min=0, help="Which part this process handles (0-based).")

@@ -19,18 +19,16 @@ from .. import io
 from ..core.errors import NCAError
 from ..core.files import atomic_path, check_writable, remove_partials, write_json
 from ..inference.sources import band_rows
-from ..io.formats import DICOM_SEG_SUFFIXES, OME_ZARR_SUFFIXES, full_suffix, strip_suffix
-from ..io.volume import WRITE_SUFFIXES
+from ..io.formats import (DICOM_SEG_SUFFIXES, GEOJSON_SUFFIXES, OME_ZARR_SUFFIXES, VOLUME_WRITE_SUFFIXES,
+                          full_suffix, strip_suffix, volume_output_suffix)
 
-GEOJSON_SUFFIXES = (".geojson", ".json")
 MASK_SUFFIXES = {
     "slide": (".tif", ".tiff", *GEOJSON_SUFFIXES, *OME_ZARR_SUFFIXES),
     "image": (".png", ".tif", ".tiff", *GEOJSON_SUFFIXES, *OME_ZARR_SUFFIXES, *DICOM_SEG_SUFFIXES),
-    "volume": (*WRITE_SUFFIXES, *OME_ZARR_SUFFIXES, *DICOM_SEG_SUFFIXES),
+    "volume": (*VOLUME_WRITE_SUFFIXES, *OME_ZARR_SUFFIXES, *DICOM_SEG_SUFFIXES),
     "video": (".nii.gz", ".nii", ".npz", *OME_ZARR_SUFFIXES, *DICOM_SEG_SUFFIXES),
 }
 DEFAULT_MASK_SUFFIX = {"slide": ".tif", "image": ".png", "video": ".nii.gz"}
-VOLUME_OUTPUT_FOR = {".mhd": ".mha", ".nhdr": ".nrrd"}
 METADATA_SUFFIX = ".run_metadata.json"
 
 
@@ -104,7 +102,7 @@ def default_mask_name(path: Path, kind: str) -> str:
     stem = strip_suffix(path) if path.is_file() else path.name
     if kind == "volume":
         src = full_suffix(path) if path.is_file() else ""
-        ext = VOLUME_OUTPUT_FOR.get(src, src if src in WRITE_SUFFIXES else ".nii.gz")
+        ext = volume_output_suffix(src)
     else:
         ext = DEFAULT_MASK_SUFFIX[kind]
     return f"{stem}_mask{ext}"
@@ -140,7 +138,7 @@ def plan_jobs(inputs: list[Path], opts) -> list[Job]:
         mask = output if single else output / default_mask_name(path, kind)
         _check_dicom_seg(path, mask, f"-o {mask}")
         _check_suffix(mask, MASK_SUFFIXES[kind], "mask", path)
-        unc_ext = ".tif" if dims == 2 else full_suffix(mask) if full_suffix(mask) in (*WRITE_SUFFIXES, ".npz") else ".nii.gz"
+        unc_ext = ".tif" if dims == 2 else full_suffix(mask) if full_suffix(mask) in (*VOLUME_WRITE_SUFFIXES, ".npz") else ".nii.gz"
         if dims == 3 and opts.geojson is not None:
             raise NCAError(f"--geojson writes 2D polygons, but {path} is a 3D volume or video; use it with slides and "
                            f"images, or drop it.")
@@ -158,7 +156,7 @@ def plan_jobs(inputs: list[Path], opts) -> list[Job]:
         if job.preview is not None:
             _check_suffix(job.preview, (".png",), "preview", path)
         if job.uncertainty is not None:
-            _check_suffix(job.uncertainty, (".tif", ".tiff") if dims == 2 else (*WRITE_SUFFIXES, ".npz"),
+            _check_suffix(job.uncertainty, (".tif", ".tiff") if dims == 2 else (*VOLUME_WRITE_SUFFIXES, ".npz"),
                           "uncertainty map", path)
         if job.overlay is not None:
             _check_suffix(job.overlay, (".mp4",), "overlay video", path)

@@ -90,6 +90,7 @@ def segment_inputs(opts: SegmentOptions) -> list[dict]:
     from ..inference.predictors import predictor_for
     from ..models.checkpoint import load_model
     from ..models.registry import architecture_of
+    from ..recipes import stored_recipe
 
     items = opts.all_inputs
     if not items:
@@ -107,9 +108,9 @@ def segment_inputs(opts: SegmentOptions) -> list[dict]:
         raise NCAError(f"{', '.join(flags)} {'apply' if many else 'applies'} to NCA models only, and {opts.model} "
                        f"holds a {model.config.architecture} model; drop {'them' if many else 'it'}.")
     device = resolve_device(opts.device)
-    recipe = payload.get("recipe") or {}
+    recipe = stored_recipe(payload.get("recipe"), payload["model_config"], opts.model)
     predictor = predictor_for(model, device=device, impl=opts.impl, state_dtype=opts.state_dtype,
-                              window=(recipe.get("data") or {}).get("patch"))
+                              window=recipe.data.patch)
     normalization = _training_normalization(payload)
     classes = _class_names(payload, model)
     checkpoint_sha = sha256_file(opts.model)

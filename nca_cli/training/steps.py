@@ -37,6 +37,7 @@ from torch import nn
 from ..core.errors import NCAError
 from ..data.dataset import as_numpy_generator
 from ..models.registry import architecture_of
+from ..recipes import Recipe, resolve_path
 from .augment import augment
 from .batches import BatchSampler, validation_cases
 from .losses import bce_dice_loss, dice_score
@@ -97,16 +98,16 @@ class ContextSampler:
 class NCAStep:
     """Multi-level NCAs: crops of the finest levels, BCE + Dice, ensemble validation."""
 
-    def __init__(self, model: nn.Module, recipe: dict, dataset):
-        data = recipe["data"]
+    def __init__(self, model: nn.Module, recipe: Recipe, dataset):
+        data = recipe.data
         self.recipe = recipe
-        self.patch = data.get("crop")
-        self.crop_levels = data["crop_levels"] if self.patch else 0
-        self.sampler = BatchSampler(dataset, data["batch_size"], data.get("patch"), data["require_foreground"])
+        self.patch = data.crop
+        self.crop_levels = data.crop_levels if self.patch else 0
+        self.sampler = BatchSampler(dataset, data.batch_size, data.patch, data.require_foreground)
 
     def batch(self, g: torch.Generator):
         x, y = self.sampler.batch(g)
-        return augment(x, self.recipe["training"]["augmentation"], g), y
+        return augment(x, self.recipe.training.augmentation.to_dict(), g), y
 
     def loss(self, model, x, y, *, seed: int, generator: torch.Generator) -> torch.Tensor:
         core = model.module if hasattr(model, "module") else model
@@ -114,10 +115,10 @@ class NCAStep:
         logits, region = model(x, seed=seed, crop=crop)
         if region is not None:
             y = y[(slice(None), slice(None), *region)]
-        return bce_dice_loss(logits, y, self.recipe["training"]["dice_weight"])
+        return bce_dice_loss(logits, y, self.recipe.training.dice_weight)
 
     def validation_cases(self, dataset):
-        return validation_cases(dataset, self.recipe["data"].get("patch"))
+        return validation_cases(dataset, self.recipe.data.patch)
 
     def validate(self, model, cases, *, ensemble: int, impl: str) -> float:
         """Mean Dice over cases of the median of ``ensemble`` stochastic runs' logits."""
@@ -134,18 +135,18 @@ class PatchStep:
     """Patch-wise models: patches from ``BatchSampler``; ``bce_dice_loss`` (sigmoid models) or
     ``meunet_loss`` on the label map (softmax models)."""
 
-    def __init__(self, model: nn.Module, recipe: dict, dataset):
+    def __init__(self, model: nn.Module, recipe: Recipe, dataset):
         self.recipe = recipe
-        self.data = recipe["data"]
-        self.patch = list(self.data["patch"])
+        self.data = recipe.data
+        self.patch = list(self.data.patch)
         self.softmax = architecture_of(model).softmax
         self.sampler = self._sampler(model, dataset)
 
     def _sampler(self, model: nn.Module, dataset):
-        return BatchSampler(dataset, self.data["batch_size"], self.patch, self.data["require_foreground"])
+        return BatchSampler(dataset, self.data.batch_size, self.patch, self.data.require_foreground)
 
     def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        return augment(x, self.recipe["training"]["augmentation"], g)
+        return augment(x, self.recipe.training.augmentation.to_dict(), g)
 
     def batch(self, g: torch.Generator):
         x, y = self.sampler.batch(g)
@@ -155,7 +156,7 @@ class PatchStep:
         from ..models.baselines import meunet_loss
 
         logits = model(x)
-        return meunet_loss(logits, y) if self.softmax else bce_dice_loss(logits, y, self.recipe["training"]["dice_weight"])
+        return meunet_loss(logits, y) if self.softmax else bce_dice_loss(logits, y, self.recipe.training.dice_weight)
 
     def validation_cases(self, dataset) -> list:
         return [(dataset, i) for i in range(len(dataset))]
@@ -191,7 +192,7 @@ class MeUNetStep(PatchStep):
         from ..models.baselines import expanded_size
 
         self.big = expanded_size(self.patch, model.config.expand, model.divisor)
-        return ContextSampler(dataset, self.data["batch_size"], self.patch, self.big, self.data["require_foreground"])
+        return ContextSampler(dataset, self.data.batch_size, self.patch, self.big, self.data.require_foreground)
 
     def batch(self, g: torch.Generator):
         x, y = self.sampler.batch(g)
@@ -206,7 +207,7 @@ class MeUNetStep(PatchStep):
 class CascadeStep(PatchStep):
     """Stage 2 of the meU-net cascade, fed the frozen stage 1's labels of the whole case."""
 
-    def __init__(self, model: nn.Module, recipe: dict, dataset):
+    def __init__(self, model: nn.Module, recipe: Recipe, dataset):
         load_stage1(model, recipe)
         self.model = model
         self.dataset = dataset
@@ -214,7 +215,7 @@ class CascadeStep(PatchStep):
         super().__init__(model, recipe, dataset)
 
     def _sampler(self, model: nn.Module, dataset):
-        return ContextSampler(dataset, self.data["batch_size"], self.patch, self.patch, self.data["require_foreground"])
+        return ContextSampler(dataset, self.data.batch_size, self.patch, self.patch, self.data.require_foreground)
 
     def _stage1_maps(self) -> list[np.ndarray]:
         from ..inference.windows import Stage1Mean, blended_rows, window_size
@@ -237,30 +238,29 @@ class CascadeStep(PatchStep):
         if self.maps is None:  # after a resume has restored the weights
             self.maps = self._stage1_maps()
         x, y, stage1 = self.sampler.batch(g, self.maps)
-        k = self.recipe["model"]["output_channels"]
+        k = self.recipe.model["output_channels"]
         onehot = F.one_hot(stage1.clamp(min=0), k).movedim(-1, 1).float() * (stage1 >= 0).unsqueeze(1)
         return torch.cat([self._augment(x, g), onehot], dim=1), y
 
     def loss(self, model, x, y, *, seed: int, generator: torch.Generator) -> torch.Tensor:
         from ..models.baselines import meunet_loss
 
-        c = self.recipe["model"]["input_channels"]
+        c = self.recipe.model["input_channels"]
         return meunet_loss(model(x[:, :c], stage1_prediction=x[:, c:]), y)
 
 
-def load_stage1(model: nn.Module, recipe: dict) -> None:
+def load_stage1(model: nn.Module, recipe: Recipe) -> None:
     """Copy the weights of the meU-net named by ``model.stage1`` into the cascade."""
     from ..models.baselines import MeUNet
     from ..models.checkpoint import load_model
-    from ..recipes import resolve_path
 
-    src = recipe.get("_source", "the recipe")
-    path = resolve_path(recipe, recipe["model"].get("stage1"))
+    src = recipe.where
+    path = resolve_path(recipe, recipe.model.get("stage1"))
     if path is None:
         raise NCAError(f"The cascade in {src} needs a trained stage 1: train recipes/meunet_microct.yaml first, "
                        f"then set model.stage1 to its model.pt.")
     stage1, _ = load_model(path)
-    m = recipe["model"]
+    m = recipe.model
     if not isinstance(stage1, MeUNet) or any(getattr(stage1.config, k) != m[k]
                                              for k in ("dims", "input_channels", "output_channels")):
         raise NCAError(f"The stage 1 {path} named in {src} is not a {m['dims']}D meU-net with {m['input_channels']} "
@@ -271,14 +271,14 @@ def load_stage1(model: nn.Module, recipe: dict) -> None:
 STEPS = {"meunet": MeUNetStep, "meunet_cascade": CascadeStep}
 
 
-def training_step(model: nn.Module, recipe: dict, dataset):
+def training_step(model: nn.Module, recipe: Recipe, dataset):
     """The step object for ``model`` (see the module docstring)."""
     arch = architecture_of(model)
     if arch.is_nca:
         return NCAStep(model, recipe, dataset)
-    patch, div = recipe["data"].get("patch"), int(model.divisor)
+    patch, div = recipe.data.patch, int(model.divisor)
     if not patch or any(p % div for p in patch):
-        raise NCAError(f"The {arch.name} model in {recipe.get('_source', 'the recipe')} trains on patches that are "
+        raise NCAError(f"The {arch.name} model in {recipe.where} trains on patches that are "
                        f"multiples of {div} on every axis, got data.patch={patch}; fix data.patch.")
     if arch.softmax and dataset.label_encoding != "index":
         raise NCAError(f"The dataset {dataset.root} has overlapping classes ({dataset.label_encoding} labels), which a "

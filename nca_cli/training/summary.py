@@ -3,16 +3,16 @@ checked against the model when the dataset exists."""
 from __future__ import annotations
 
 from ..models import architecture, build_model, count_parameters
+from ..recipes import Recipe, resolve_dataset
 
 
-def model_summary(recipe: dict) -> dict:
+def model_summary(recipe: Recipe) -> dict:
     from ..data.dataset import PreparedDataset
-    from ..recipes import resolve_dataset
     from .trainer import check_dataset
 
-    model = build_model(recipe["model"])
+    model = build_model(recipe.model)
     arch = architecture(model.config.architecture)
-    out = {"recipe": recipe.get("name"), "architecture": arch.name, "dims": model.config.dims,
+    out = {"recipe": recipe.name, "architecture": arch.name, "dims": model.config.dims,
            "input_channels": model.config.input_channels, "output_channels": model.config.output_channels,
            "output": arch.output, "predictor": arch.predictor}
     if arch.is_nca:

@@ -27,7 +27,7 @@ from ..core.files import atomic_path, write_failure
 from ..core.progress import Progress
 from ..core.seeds import fire_seed
 from ..models import checkpoint
-from ..recipes import apply_overrides, parse_override, resolve_dataset, validate_recipe
+from ..recipes import Recipe, apply_overrides, parse_override, resolve_dataset, validate_recipe
 from .ema import EMA
 from .loop import optimise_epoch
 from .steps import training_step
@@ -94,10 +94,9 @@ class Distributed:
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
+    """``{"training.lr": 0.0016, "model.hidden": 64, ...}`` of a recipe's mapping."""
     out = {}
     for k, v in d.items():
-        if k.startswith("_"):
-            continue
         key = f"{prefix}{k}"
         if isinstance(v, dict) and k != "model":
             out.update(_flat(v, key + "."))
@@ -108,8 +107,9 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def resumed_recipe(run_dir: Path, overrides: list[str], epochs: int | None) -> tuple[dict, dict]:
-    """The recipe a resumed run continues: its folder's ``recipe.yaml`` with ``overrides`` applied.
+def resumed_recipe(run_dir: Path, overrides: list[str], epochs: int | None = None) -> tuple[Recipe, dict]:
+    """The recipe a resumed run continues: its folder's ``recipe.yaml`` with ``overrides`` and
+    ``epochs`` (a flag, see ``Recipe.with_flags``) applied.
 
     Returns it with the settings that change (``{key: (recorded, new)}``); a change outside
     ``RESUMABLE`` is refused, since the run would no longer be the one its checkpoints record."""
@@ -117,11 +117,9 @@ def resumed_recipe(run_dir: Path, overrides: list[str], epochs: int | None) -> t
     if not path.is_file():
         raise NCAError(f"Cannot resume: {path} does not exist; start the run without --resume.")
     recorded = yaml.safe_load(path.read_text())
-    raw = apply_overrides(recorded, overrides + ([f"training.epochs={epochs}"] if epochs else []), str(path))
-    recipe = validate_recipe(raw, str(path))
-    recipe["_source"] = str(path)
-    before, after = _flat(validate_recipe(recorded, str(path))), _flat(recipe)
-    changes = {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)}
+    recipe = validate_recipe(apply_overrides(recorded, overrides, str(path)), str(path))
+    recipe = recipe.with_flags("training", epochs=epochs)
+    changes = recipe_changes(validate_recipe(recorded, str(path)), recipe)
     blocked = [k for k in changes if k not in RESUMABLE]
     if blocked:
         given = [parse_override(o)[0] for o in overrides]
@@ -133,13 +131,19 @@ def resumed_recipe(run_dir: Path, overrides: list[str], epochs: int | None) -> t
     return recipe, changes
 
 
-def check_dataset(ds, recipe: dict, path, patches: bool = False) -> None:
+def recipe_changes(before: Recipe, after: Recipe) -> dict:
+    """``{key: (before, after)}`` for every setting that differs between two recipes."""
+    a, b = _flat(before.to_dict()), _flat(after.to_dict())
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def check_dataset(ds, recipe: Recipe, path, patches: bool = False) -> None:
     """Raise ``NCAError`` unless the dataset suits the recipe's model (dimensions, channels,
     classes) and, with ``patches``, its patch and crop fit inside the cases (``--dry-run``;
     training itself zero-pads cases smaller than the patch)."""
     from ..models import architecture
 
-    m = recipe["model"]
+    m = recipe.model
     arch = architecture(m["architecture"])
     if ds.dims != m["dims"]:
         raise NCAError(f"Dataset {path} is {ds.dims}D but the recipe's model is {m['dims']}D; "
@@ -152,9 +156,8 @@ def check_dataset(ds, recipe: dict, path, patches: bool = False) -> None:
         raise NCAError(f"Dataset {path} has {ds.num_classes} class(es) but the model predicts {m['output_channels']}"
                        f"{' softmax classes' if background else ''}; set model.output_channels={ds.num_classes + background}"
                        f"{' (the classes plus background)' if background else ''}.")
-    data = recipe["data"]
     for key in ("patch", "crop") if patches else ():
-        size = data.get(key)
+        size = getattr(recipe.data, key)
         if not size:
             continue
         if len(size) != ds.dims:
@@ -176,12 +179,12 @@ def _check_run_folder(run_dir: Path, resume: bool) -> None:
         raise NCAError(f"Cannot resume: {last_path} does not exist; start the run without --resume.")
 
 
-def _dataset(recipe: dict):
+def _dataset(recipe: Recipe):
     from ..data.dataset import PreparedDataset
 
     ds_path = resolve_dataset(recipe)
     if ds_path is None:
-        raise NCAError(f"Recipe {recipe.get('_source', '')} names no dataset; set data.dataset (or --set data.dataset=PATH).")
+        raise NCAError(f"Recipe {recipe.source or ''} names no dataset; set data.dataset (or --set data.dataset=PATH).")
     if not (ds_path / "dataset.yaml").is_file():
         raise NCAError(f"Dataset folder {ds_path} has no dataset.yaml; create it with `nca prepare` first.")
     return ds_path, PreparedDataset(ds_path, "train"), PreparedDataset(ds_path, "val")
@@ -190,17 +193,17 @@ def _dataset(recipe: dict):
 class _Run:
     """The state of one training run: model, EMA, optimiser, scheduler, generator, counters."""
 
-    def __init__(self, recipe: dict, train_ds, dist: Distributed):
+    def __init__(self, recipe: Recipe, train_ds, dist: Distributed):
         from ..models import build_model
 
-        tr = recipe["training"]
-        torch.manual_seed(tr["seed"])
-        self.model = build_model(recipe["model"]).to(dist.device)
+        tr = recipe.training
+        torch.manual_seed(tr.seed)
+        self.model = build_model(recipe.model).to(dist.device)
         self.step = training_step(self.model, recipe, train_ds)
-        self.ema = EMA(self.model, tr["ema_decay"])
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=tr["lr"], betas=tuple(tr["betas"]))
-        self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=tr["lr_decay"])
-        self.gen = torch.Generator().manual_seed(tr["seed"] * 7919 + dist.rank)
+        self.ema = EMA(self.model, tr.ema_decay)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=tr.lr, betas=tuple(tr.betas))
+        self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=tr.lr_decay)
+        self.gen = torch.Generator().manual_seed(tr.seed * 7919 + dist.rank)
         self.epoch, self.best, self.resumes = 0, -1.0, []
 
     def restore(self, path: Path, dist: Distributed) -> None:
@@ -235,15 +238,18 @@ def _append_metrics(path: Path, record: dict) -> None:
         raise write_failure(path, exc) from None
 
 
-def train(recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False, device: str = "auto",
+def train(recipe: Recipe, run_dir: str | os.PathLike, *, resume: bool = False, device: str = "auto",
           epochs: int | None = None, quiet: bool = False, impl: str = "auto", changes: dict | None = None) -> dict:
     """Train the recipe's model into ``run_dir``; returns the final metrics record.
 
-    With ``resume``, ``recipe`` is the one recorded in the run folder (see ``resumed_recipe``)
-    and ``changes`` what differs from it."""
+    ``epochs`` wins over ``training.epochs`` exactly as ``--epochs`` does (``Recipe.with_flags``)
+    and is recorded with the recipe. With ``resume``, ``recipe`` is the one recorded in the run
+    folder (see ``resumed_recipe``) and ``changes`` what differs from it."""
     run_dir = Path(run_dir)
-    tr, data = recipe["training"], recipe["data"]
-    total_epochs = epochs or tr["epochs"]
+    flagged = recipe.with_flags("training", epochs=epochs)
+    if resume and flagged is not recipe:
+        changes = {**(changes or {}), **recipe_changes(recipe, flagged)}
+    recipe, tr = flagged, flagged.training
     ds_path, train_ds, val_ds = _dataset(recipe)
     _check_run_folder(run_dir, resume)
     check_dataset(train_ds, recipe, ds_path)
@@ -255,59 +261,33 @@ def train(recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False, dev
             if changes:
                 run.resumes.append({"epoch": run.epoch, "changes": {k: list(v) for k, v in changes.items()}})
         ddp_model = dist.wrap(run.model)
-        per_epoch = data.get("batches_per_epoch") or max(1, len(train_ds) // data["batch_size"])
         val_cases = run.step.validation_cases(val_ds) if dist.main and len(val_ds) else []
-        meta = {"recipe_name": recipe.get("name"), "normalization": train_ds.normalization,
+        batches = _batches_per_epoch(recipe, train_ds)
+        meta = {"recipe_name": recipe.name, "normalization": train_ds.normalization,
                 "classes": train_ds.classes, "dataset": str(ds_path), "resumes": run.resumes}
         if dist.main:
             _write_run_files(run_dir, recipe, ds_path, run.epoch)
         record: dict = {}
         stale = 0
         with Progress(quiet or not dist.main) as progress:
-            task = progress.add("epoch", total=total_epochs, completed=run.epoch)
-            for epoch in range(run.epoch, total_epochs):
-                t0 = time.perf_counter()
-                run.model.train()
-
-                def loss(b: int, _batch):
-                    x, y = run.step.batch(run.gen)
-                    return run.step.loss(ddp_model, x.to(dist.device), y.to(dist.device),
-                                         seed=fire_seed(tr["seed"], epoch, b, dist.rank), generator=run.gen)
-
-                means = optimise_epoch(run.opt, range(per_epoch), loss,
-                                       diverged=f"Training diverged at epoch {epoch + 1} (loss is {{value}}); lower "
-                                                f"training.lr in {recipe.get('_source', 'the recipe')}.")
-                run.sched.step()
-                run.ema.update(run.model)
-                run.epoch = epoch + 1
-                record = {"epoch": run.epoch, "loss": dist.mean(means["loss"]), "lr": run.sched.get_last_lr()[0],
-                          "epoch_seconds": time.perf_counter() - t0}
-                validate = run.epoch % tr["validate_every"] == 0 or run.epoch == total_epochs
+            task = progress.add("epoch", total=tr.epochs, completed=run.epoch)
+            for epoch in range(run.epoch, tr.epochs):
+                record = _train_epoch(run, ddp_model, recipe, epoch, batches, dist)
+                validate = run.epoch % tr.validate_every == 0 or run.epoch == tr.epochs
                 if validate and dist.main and val_cases:
-                    dice = run.step.validate(run.ema.shadow, val_cases, ensemble=tr["ensemble"], impl=impl)
-                    record["val_dice"] = dice
-                    if dice > run.best:
-                        run.best = dice
-                        stale = 0
-                        for name in (BEST, MODEL):
-                            checkpoint.save_model(run_dir / name, run.ema.shadow, recipe,
-                                                  meta | {"epoch": run.epoch, "val_dice": dice, "weights": "best"})
-                    else:
-                        stale += 1
-                elif dist.main and not val_cases and run.epoch % tr["save_every"] == 0:
-                    checkpoint.save_model(run_dir / MODEL, run.ema.shadow, recipe,
-                                          meta | {"epoch": run.epoch, "weights": "latest"})
+                    record["val_dice"] = run.step.validate(run.ema.shadow, val_cases, ensemble=tr.ensemble, impl=impl)
+                    stale = 0 if _keep_if_best(run, record["val_dice"], run_dir, recipe, meta) else stale + 1
+                elif dist.main and not val_cases and run.epoch % tr.save_every == 0:
+                    _save_model(run_dir / MODEL, run, recipe, meta | {"epoch": run.epoch, "weights": "latest"})
                 gens = dist.gather(run.gen.get_state())
                 if dist.main:
                     run.save_last(run_dir / LAST, gens)
                     _append_metrics(run_dir / METRICS, record)
-                task.advance(info=f"loss {record['loss']:.4f}"
-                                  + (f"  dice {record['val_dice']:.3f}" if "val_dice" in record else "")
-                                  + f"  {record['epoch_seconds']:.1f} s/epoch")
-                if tr["early_stop"] and validate and stale >= tr["early_stop"]:
+                task.advance(info=_progress_line(record))
+                if tr.early_stop and validate and stale >= tr.early_stop:
                     break
         if dist.main:
-            checkpoint.save_model(run_dir / MODEL, run.ema.shadow, recipe, meta | {
+            _save_model(run_dir / MODEL, run, recipe, meta | {
                 "epochs": record.get("epoch", run.epoch), "best_val_dice": run.best if run.best >= 0 else None,
                 "final_loss": record.get("loss"), "weights": "final"})
         dist.barrier()
@@ -316,12 +296,56 @@ def train(recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False, dev
         dist.close()
 
 
-def _write_run_files(run_dir: Path, recipe: dict, ds_path: Path, epoch: int) -> None:
+def _batches_per_epoch(recipe: Recipe, train_ds) -> int:
+    return recipe.data.batches_per_epoch or max(1, len(train_ds) // recipe.data.batch_size)
+
+
+def _train_epoch(run: _Run, ddp_model, recipe: Recipe, epoch: int, batches: int, dist: Distributed) -> dict:
+    """One epoch: ``batches`` optimiser steps, one learning-rate decay step, one EMA update;
+    returns the epoch's metrics record."""
+    t0 = time.perf_counter()
+    run.model.train()
+
+    def loss(b: int, _batch):
+        x, y = run.step.batch(run.gen)
+        return run.step.loss(ddp_model, x.to(dist.device), y.to(dist.device),
+                             seed=fire_seed(recipe.training.seed, epoch, b, dist.rank), generator=run.gen)
+
+    means = optimise_epoch(run.opt, range(batches), loss,
+                           diverged=f"Training diverged at epoch {epoch + 1} (loss is {{value}}); lower "
+                                    f"training.lr in {recipe.where}.")
+    run.sched.step()
+    run.ema.update(run.model)
+    run.epoch = epoch + 1
+    return {"epoch": run.epoch, "loss": dist.mean(means["loss"]), "lr": run.sched.get_last_lr()[0],
+            "epoch_seconds": time.perf_counter() - t0}
+
+
+def _keep_if_best(run: _Run, dice: float, run_dir: Path, recipe: Recipe, meta: dict) -> bool:
+    """Write ``best.pt`` and ``model.pt`` when ``dice`` improves on the best so far."""
+    if not dice > run.best:
+        return False
+    run.best = dice
+    for name in (BEST, MODEL):
+        _save_model(run_dir / name, run, recipe, meta | {"epoch": run.epoch, "val_dice": dice, "weights": "best"})
+    return True
+
+
+def _save_model(path: Path, run: _Run, recipe: Recipe, metadata: dict) -> None:
+    checkpoint.save_model(path, run.ema.shadow, recipe.to_dict(), metadata)
+
+
+def _progress_line(record: dict) -> str:
+    return (f"loss {record['loss']:.4f}" + (f"  dice {record['val_dice']:.3f}" if "val_dice" in record else "")
+            + f"  {record['epoch_seconds']:.1f} s/epoch")
+
+
+def _write_run_files(run_dir: Path, recipe: Recipe, ds_path: Path, epoch: int) -> None:
     """``recipe.yaml`` (the effective recipe, dataset path resolved) and the metrics of epochs
     ``<= epoch`` (a resumed run rewrites what came after)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = {k: v for k, v in recipe.items() if not k.startswith("_")}
-    resolved["data"] = dict(resolved["data"], dataset=str(ds_path.resolve()))
+    resolved = recipe.to_dict()
+    resolved["data"]["dataset"] = str(ds_path.resolve())
     with atomic_path(run_dir / RESOLVED) as tmp:
         tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
     path = run_dir / METRICS

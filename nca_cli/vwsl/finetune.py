@@ -38,7 +38,7 @@ from ..core.seeds import VWSL_STREAM, fire_seed
 SELECTION_STREAM = VWSL_STREAM + 101    # fire-mask seeds of the selection passes
 MIN_HOLDOUT_IMAGES = 5                  # fewer unlabeled images: selection on the training images
 from ..models import checkpoint
-from ..recipes import SCHEMA, load_recipe
+from ..recipes import Recipe, VwslSettings, load_recipe, stored_recipe
 from ..training.loop import optimise_epoch
 from .evaluation import evaluate, load_eval_cases
 from .inputs import load_unlabeled
@@ -58,13 +58,15 @@ def pass_seed(seed: int, epoch: int, batch: int, k: int) -> int:
     return fire_seed(seed, epoch, batch, VWSL_STREAM + 7 * k)
 
 
-def _settings(payload: dict, recipe_path: str | Path | None) -> tuple[dict, dict]:
-    """The vwsl settings (recipe defaults, then the recipe's ``vwsl`` section) and the recipe used:
-    ``recipe_path`` when given, else the one stored with the model."""
-    recipe = load_recipe(recipe_path) if recipe_path is not None else (payload.get("recipe") or {})
-    vwsl = {k: spec.default for k, spec in SCHEMA["vwsl"].items()}
-    vwsl.update(recipe.get("vwsl") or {})
-    return vwsl, recipe
+def _recipe(opts: FinetuneOptions, payload: dict) -> Recipe:
+    """The recipe used: ``opts.recipe`` when given, else the one stored with the model, with the
+    flags given (``--epochs``, ``--gamma``, ``--predictions``, ``--seed``) over its ``vwsl`` section."""
+    if opts.recipe is not None:
+        recipe = load_recipe(opts.recipe)
+    else:
+        recipe = stored_recipe(payload.get("recipe"), payload["model_config"], opts.model)
+    return recipe.with_flags("vwsl", epochs=opts.epochs, gamma=opts.gamma, predictions=opts.predictions,
+                             seed=opts.seed)
 
 
 def _check_output(output: Path, model_file: Path) -> None:
@@ -101,12 +103,7 @@ class _Job:
     opts: FinetuneOptions
     net: torch.nn.Module
     payload: dict
-    settings: dict              # the vwsl section in effect
-    recipe: dict
-    epochs: int
-    gamma: float
-    predictions: int
-    seed: int
+    recipe: Recipe              # its vwsl section: the settings in effect, flags applied
     patch: list | None
     crop_levels: int
     images: list
@@ -120,27 +117,22 @@ class _Job:
         model_file, output = Path(opts.model), Path(opts.output)
         net, payload = checkpoint.load_model(model_file, require_nca=True)
         _check_output(output, model_file)
-        vw, recipe = _settings(payload, opts.recipe)
-        epochs = int(opts.epochs if opts.epochs is not None else vw["epochs"])
-        gamma = float(opts.gamma if opts.gamma is not None else vw["gamma"])
-        predictions = int(opts.predictions if opts.predictions is not None else vw["predictions"])
-        seed = int(opts.seed if opts.seed is not None else vw["seed"])
-        if epochs < 1 or predictions < 2 or gamma < 0:
-            raise NCAError(f"Fine-tuning needs epochs >= 1, predictions >= 2 and gamma >= 0 (got {epochs}, "
-                           f"{predictions}, {gamma}); fix the options or the recipe's vwsl section.")
-        data = recipe.get("data") or {}
-        patch = data.get("crop")
+        recipe = _recipe(opts, payload)
+        patch = recipe.data.crop
         normalization = (payload.get("metadata") or {}).get("normalization")
         images = load_unlabeled(opts.unlabeled, net, normalization)
         eval_cases = load_eval_cases(opts.eval_dir, net, normalization) if opts.eval_dir is not None else None
         device = resolve_device(opts.device)
-        train_idx, select_idx = split_holdout(len(images), float(opts.holdout), seed)
-        return cls(opts, net.to(device), payload, vw, recipe, epochs, gamma, predictions, seed, patch,
-                   int(data.get("crop_levels") or 0) if patch else 0, images, train_idx, select_idx, eval_cases,
-                   device)
+        train_idx, select_idx = split_holdout(len(images), float(opts.holdout), recipe.vwsl.seed)
+        return cls(opts, net.to(device), payload, recipe, patch, recipe.data.crop_levels if patch else 0, images,
+                   train_idx, select_idx, eval_cases, device)
+
+    @property
+    def settings(self) -> VwslSettings:
+        return self.recipe.vwsl
 
     def evaluate(self) -> dict | None:
-        return evaluate(self.net, self.eval_cases, self.predictions, self.device) if self.eval_cases else None
+        return evaluate(self.net, self.eval_cases, self.settings.predictions, self.device) if self.eval_cases else None
 
 
 @torch.inference_mode()
@@ -150,13 +142,13 @@ def selection_score(job: _Job, targets) -> float:
     runs), the consistency term on the finest output."""
     from ..inference.octree import predict_logits
 
-    total = 0.0
+    vw, total = job.settings, 0.0
     for i in job.select_idx:
         x = job.images[i].image[None].to(job.device)
-        a = predict_logits(job.net, x, seed=fire_seed(job.seed, 0, i, SELECTION_STREAM), impl="auto").float()
-        b = predict_logits(job.net, x, seed=fire_seed(job.seed, 0, i, SELECTION_STREAM + 7), impl="auto").float()
+        a = predict_logits(job.net, x, seed=fire_seed(vw.seed, 0, i, SELECTION_STREAM), impl="auto").float()
+        b = predict_logits(job.net, x, seed=fire_seed(vw.seed, 0, i, SELECTION_STREAM + 7), impl="auto").float()
         parts = vwsl_loss(a, targets.mean[i][None].to(job.device), targets.var[i][None].to(job.device), [a], [b],
-                          gamma=job.gamma, focal_gamma=float(job.settings["focal_gamma"]))
+                          gamma=vw.gamma, focal_gamma=vw.focal_gamma)
         total += float(parts["loss"])
     return total / len(job.select_idx)
 
@@ -173,13 +165,12 @@ def _adapt(job: _Job, targets, progress: Progress) -> tuple[list[dict], int, flo
     groups: dict[tuple, list[int]] = {}
     for i in job.train_idx:
         groups.setdefault(tuple(job.images[i].image.shape), []).append(i)
-    gen = torch.Generator().manual_seed(job.seed)
-    betas = tuple((job.recipe.get("training") or {}).get("betas") or (0.9, 0.99))
-    opt = torch.optim.Adam(net.parameters(), lr=float(vw["lr"]), betas=betas)
+    gen = torch.Generator().manual_seed(vw.seed)
+    opt = torch.optim.Adam(net.parameters(), lr=vw.lr, betas=tuple(job.recipe.training.betas))
     records = []
-    task = progress.add("epoch", total=job.epochs)
+    task = progress.add("epoch", total=vw.epochs)
     net.train()
-    for epoch in range(job.epochs):
+    for epoch in range(vw.epochs):
         te = time.perf_counter()
 
         def loss(b: int, idx: list[int]) -> dict:
@@ -187,15 +178,15 @@ def _adapt(job: _Job, targets, progress: Progress) -> tuple[list[dict], int, flo
             mean = torch.stack([targets.mean[i] for i in idx]).to(job.device)
             var = torch.stack([targets.var[i] for i in idx]).to(job.device)
             crop = net.random_crop(x.shape[2:], job.patch, job.crop_levels, gen)
-            levels_a, region = net(x, seed=pass_seed(job.seed, epoch, b, 0), crop=crop, all_levels=True)
-            levels_b, _ = net(x, seed=pass_seed(job.seed, epoch, b, 1), crop=crop, all_levels=True)
+            levels_a, region = net(x, seed=pass_seed(vw.seed, epoch, b, 0), crop=crop, all_levels=True)
+            levels_b, _ = net(x, seed=pass_seed(vw.seed, epoch, b, 1), crop=crop, all_levels=True)
             if region is not None:
                 mean = mean[(slice(None), slice(None), *region)]
                 var = var[(slice(None), slice(None), *region)]
-            return vwsl_loss(levels_a[0], mean, var, levels_a, levels_b, gamma=job.gamma,
-                             focal_gamma=float(vw["focal_gamma"]))
+            return vwsl_loss(levels_a[0], mean, var, levels_a, levels_b, gamma=vw.gamma,
+                             focal_gamma=vw.focal_gamma)
 
-        means = optimise_epoch(opt, _epoch_batches(groups, int(vw["batch_size"]), gen), loss,
+        means = optimise_epoch(opt, _epoch_batches(groups, vw.batch_size, gen), loss,
                                diverged=f"Fine-tuning diverged at epoch {epoch + 1} (loss {{value}}); "
                                         f"lower vwsl.lr or --gamma.")
         record = {"epoch": epoch + 1, **means, "seconds": time.perf_counter() - te}
@@ -212,7 +203,7 @@ def _adapt(job: _Job, targets, progress: Progress) -> tuple[list[dict], int, flo
     if best:
         net.load_state_dict(best_state)
         return records, best_epoch, start_score
-    return records, job.epochs, None
+    return records, vw.epochs, None
 
 
 def finetune(opts: FinetuneOptions) -> dict:
@@ -223,22 +214,22 @@ def finetune(opts: FinetuneOptions) -> dict:
     """
     t0 = time.perf_counter()
     job = _Job.check(opts)
+    vw = job.settings
     model_file, output = Path(opts.model), Path(opts.output)
     cache = cache_dir_for(output)
     with Progress(opts.quiet) as progress:
-        task = progress.add("targets", total=len(job.images), info=f"{job.predictions} predictions per image")
-        key = cache_key(model_file, [u.path for u in job.images], job.predictions)
-        targets = load_or_compute(cache, key, job.net, [u.image for u in job.images], job.predictions, job.device,
+        task = progress.add("targets", total=len(job.images), info=f"{vw.predictions} predictions per image")
+        key = cache_key(model_file, [u.path for u in job.images], vw.predictions)
+        targets = load_or_compute(cache, key, job.net, [u.image for u in job.images], vw.predictions, job.device,
                                   on_image=lambda i: task.advance())
         task.update(completed=len(job.images), info="reused cache" if targets.reused else "computed")
         before = job.evaluate()
         records, kept, start_score = _adapt(job, targets, progress)
         after = job.evaluate()
-    vw = job.settings
     adaptation = {
-        "method": "vwsl", "gamma": job.gamma, "epochs": job.epochs, "predictions": job.predictions,
-        "focal_gamma": float(vw["focal_gamma"]), "lr": float(vw["lr"]), "batch_size": int(vw["batch_size"]),
-        "seed": job.seed, "crop": list(job.patch) if job.crop_levels else None, "crop_levels": job.crop_levels,
+        "method": "vwsl", "gamma": vw.gamma, "epochs": vw.epochs, "predictions": vw.predictions,
+        "focal_gamma": vw.focal_gamma, "lr": vw.lr, "batch_size": vw.batch_size,
+        "seed": vw.seed, "crop": list(job.patch) if job.crop_levels else None, "crop_levels": job.crop_levels,
         "source_checkpoint": str(model_file), "source_checkpoint_sha256": key["model_sha256"],
         "unlabeled": str(opts.unlabeled), "images": len(job.images), "final_loss": records[-1]["loss"],
         "select": opts.select, "selected_epoch": kept,
@@ -257,7 +248,8 @@ def finetune(opts: FinetuneOptions) -> dict:
     metrics = metrics_path_for(output)
     with atomic_path(metrics) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    checkpoint.save_model(output, job.net, job.payload.get("recipe") or (job.recipe or None), metadata)
+    given = job.recipe.to_dict() if opts.recipe is not None else None
+    checkpoint.save_model(output, job.net, job.payload.get("recipe") or given, metadata)
     return {
         "output": str(output), "metrics": str(metrics), "cache": str(cache), "cache_reused": targets.reused,
         "device": str(job.device), "output_sha256": sha256_file(output), "seconds": time.perf_counter() - t0,

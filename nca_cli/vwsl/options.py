@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.options import option
+from ..core.options import device_option, option
 
 
 @dataclass(kw_only=True)
@@ -27,6 +27,6 @@ class FinetuneOptions:
                               "last: the last epoch.")
     eval_dir: Path | None = option(None, "--eval-dir",
                                    help="Prepared dataset (or images/ + masks/) of labeled target data.")
-    device: str = option("auto", "--device", help="auto, cpu or cuda.")
+    device: str = device_option()
     seed: int | None = option(None, "--seed", help="Seed (default: the recipe's vwsl.seed).")
     quiet: bool = option(False, "-q", "--quiet", help="No progress display.")

@@ -11,7 +11,7 @@ from nca_cli.core.errors import NCAError
 from nca_cli.data.prepare import prepare
 from nca_cli.models import checkpoint
 from nca_cli.recipes import load_recipe
-from nca_cli.training.trainer import train
+from nca_cli.training.trainer import resumed_recipe, train
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["model.levels=3", "model.factors=[2,2]", "model.steps=[4,4,6]", "model.kernel_sizes=[3,3,3]", "model.hidden=16",
@@ -135,3 +135,24 @@ def test_dry_run_checks_the_dataset_against_the_model(tmp_path, dataset):
     assert big.returncode == 1 and "data.patch" in big.stderr and "larger than every case" in big.stderr
     grey = _cli("octree_pathology", "--dry-run", "--set", f"data.dataset={dataset}", "--set", "model.input_channels=1")
     assert grey.returncode == 1 and "set model.input_channels=3" in grey.stderr
+
+
+def test_epochs_from_python_are_recorded_as_the_flag_records_them(tmp_path, dataset):
+    """``train(epochs=N)`` wins over training.epochs and records N in recipe.yaml and model.pt, as
+    ``--epochs N`` does; on resume the change is recorded with the epoch it holds from."""
+    import yaml
+
+    r = recipe(dataset)
+    assert r.training.epochs == 1500
+    run = tmp_path / "run"
+    train(r, run, epochs=1, quiet=True, impl="torch")
+    expected = recipe(dataset, "training.epochs=1").to_dict()
+    expected["data"]["dataset"] = str(Path(dataset).resolve())
+    assert yaml.safe_load((run / "recipe.yaml").read_text()) == expected
+    assert checkpoint.load_model(run / "model.pt")[1]["recipe"]["training"]["epochs"] == 1
+    recorded, changes = resumed_recipe(run, [])
+    assert recorded.training.epochs == 1 and changes == {}
+    train(recorded, run, epochs=2, quiet=True, impl="torch", resume=True, changes=changes)
+    state = checkpoint.load(run / "last.pt")
+    assert state["epoch"] == 2 and state["resumes"] == [{"epoch": 1, "changes": {"training.epochs": [1, 2]}}]
+    assert yaml.safe_load((run / "recipe.yaml").read_text())["training"]["epochs"] == 2
