@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from ..io.normalize import Normalization, Normalizer
+from ..io.normalize import Normalization, Normalizer, band_bytes
 from ..models.pyramid import downsample, level_shapes
 
 BAND_CELLS = 1 << 22  # cells per band read from the file (~4 M)
@@ -24,6 +24,17 @@ def band_rows(shape: Sequence[int], multiple: int = 1, cells: int = BAND_CELLS) 
     per_row = max(1, math.prod(shape[1:]))
     rows = max(1, cells // per_row)
     return max(multiple, rows - rows % multiple)
+
+
+def read_bytes(cells: int, channels: int, itemsize: int, normalization: Normalization) -> int:
+    """Peak working memory of reading ``cells`` level-0 cells: one band at a time, raw and
+    normalised (``io.normalize.band_bytes``)."""
+    return band_bytes(min(cells, BAND_CELLS) * channels, itemsize, normalization)
+
+
+def pyramid_bytes(shapes: Sequence[Sequence[int]], channels: int, itemsize: int) -> list[int]:
+    """Bytes of every coarse input level a source keeps (levels 1, 2, ...; in the state's type)."""
+    return [math.prod(s) * channels * itemsize for s in shapes[1:]]
 
 
 class FileSource:

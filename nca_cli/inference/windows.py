@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import NCAError
+from ..models.baselines.meunet import Stage1Mean, Stage2Input  # noqa: F401 (the cascade's stages)
+from ..models.registry import architecture_of
 from .labels import logits_to_labels
 
 OVERLAP = 0.5
@@ -208,51 +210,26 @@ def blended_rows(model: nn.Module, read: Reader, spatial: Sequence[int], window:
             done = stop
 
 
-class Stage1Mean(nn.Module):
-    """A cascade's stage 1 as one network: the mean softmax of its stage-1 networks."""
-
-    def __init__(self, cascade: nn.Module):
-        super().__init__()
-        self.nets = cascade.stage1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sum(torch.softmax(net(x), dim=1) for net in self.nets) / len(self.nets)
-
-
-class Stage2Input(nn.Module):
-    """A cascade's stage 2 on ``[image | one-hot stage-1 labels]`` inputs."""
-
-    def __init__(self, cascade: nn.Module, image_channels: int):
-        super().__init__()
-        self.cascade = cascade
-        self.image_channels = image_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.image_channels
-        return self.cascade(x[:, :c], stage1_prediction=x[:, c:])
-
-
 @torch.inference_mode()
 def logit_rows(model: nn.Module, read: Reader, spatial: Sequence[int], window: Sequence[int], *, device=None,
                progress: Callable[[int, int], None] | None = None, folder: Path | None = None):
-    """``blended_rows`` of any baseline; a cascade first runs stage 1 over the whole image
-    (its labels kept in a uint8 array, memory-mapped in ``folder`` when large)."""
-    from ..models.baselines import MeUNetCascade
-
-    if not isinstance(model, MeUNetCascade):
+    """``blended_rows`` of any baseline; a cascade (its registry entry's ``cascade`` strategy)
+    first runs stage 1 over the whole image (its labels kept in a uint8 array, memory-mapped in
+    ``folder`` when large), then stage 2 fed them one-hot."""
+    cascade = architecture_of(model).cascade
+    if cascade is None:
         yield from blended_rows(model, read, spatial, window, device=device, progress=progress)
         return
     stage1 = label_array(spatial, folder)
-    for r0, r1, probs in blended_rows(Stage1Mean(model), read, spatial, window, device=device):
+    for r0, r1, probs in blended_rows(cascade.first(model), read, spatial, window, device=device):
         stage1[r0:r1] = probs.argmax(0).numpy()
-    k = model.num_classes
+    k = model.config.output_channels
 
     def read2(r0: int, r1: int) -> torch.Tensor:
         onehot = F.one_hot(torch.from_numpy(stage1[r0:r1].astype(np.int64)), k).movedim(-1, 0)[None].float()
         return torch.cat([read(r0, r1), onehot], dim=1)
 
-    yield from blended_rows(Stage2Input(model, model.config.input_channels), read2, spatial, window, device=device,
-                            progress=progress)
+    yield from blended_rows(cascade.second(model), read2, spatial, window, device=device, progress=progress)
 
 
 def rows_to_labels(logits: torch.Tensor, softmax: bool) -> np.ndarray:

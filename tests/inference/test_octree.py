@@ -3,13 +3,12 @@ import torch
 
 from nca_cli.inference.octree import (
     TensorSource,
-    _upsample_in_place,
     buffer_layout,
     drive,
     predict_logits,
 )
 from nca_cli.models import NCAConfig, OctreeNCA
-from nca_cli.models.pyramid import upsample
+from nca_cli.models.schedule import upsample, whole
 
 
 @pytest.mark.parametrize("shapes,factor", [
@@ -26,9 +25,9 @@ def test_in_place_upsample_equals_out_of_place(shapes, factor, chunk):
     buf = torch.full((total,), float("nan"))
     src = buf[offsets[1]:offsets[1] + sizes[1]].view(batch, *shapes[1], channels)
     src.copy_(torch.randn(src.shape))
-    expected = upsample(src.clone(), factor, shapes[0], channels_last=True)
+    expected = upsample(src.clone(), factor, whole(shapes[0]), channels_last=True)
     dst = buf[:sizes[0]].view(batch, *shapes[0], channels)
-    _upsample_in_place(src, dst, factor, chunk_bytes=chunk)
+    upsample(src, factor, whole(shapes[0]), channels_last=True, out=dst, chunk_bytes=chunk)
     assert torch.equal(dst, expected)
 
 

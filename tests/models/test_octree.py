@@ -3,7 +3,8 @@ import torch
 
 from nca_cli.inference.octree import predict_logits
 from nca_cli.models import NCAConfig, OctreeNCA
-from nca_cli.models.pyramid import downsample, level_shapes, upsample
+from nca_cli.models.pyramid import downsample, level_shapes
+from nca_cli.models.schedule import upsample
 
 
 def randomized(cfg, seed=0):
@@ -33,7 +34,7 @@ def test_pyramid_modes_and_block_upsample():
     for mode in ("average", "max", "nearest"):
         assert downsample(clip, (2, 2, 2), mode).shape[2:] == level_shapes((1, 2, 5), [[2, 2, 2]])[1]
     assert downsample(clip, (2, 2, 2), "average")[0, 0, 0].tolist() == [[3.0, 5.0, 6.5]]
-    up = upsample(torch.tensor([[[[1.0, 2.0, 3.0]]]]), (1, 2), (1, 5))
+    up = upsample(torch.tensor([[[[1.0, 2.0, 3.0]]]]), (1, 2), (slice(0, 1), slice(0, 5)))
     assert up[0, 0, 0].tolist() == [1, 1, 2, 2, 3]
 
 
