@@ -2,26 +2,32 @@
 
 A run goes through phases that do not overlap in time; its peak is the largest phase, on top
 of the process's resident memory when the input starts (``baseline``: libraries, model, the
-reader's own decoded copy of an image; videos are decoded a band of frames at a time):
+reader's own decoded copy of an image; videos are decoded a band of frames at a time). Each
+allocating component states its own bytes beside the code that allocates them, and this
+module adds them up:
 
 - **fit**: percentiles of the normalisation (``io.normalize.fit_bytes``);
-- **pyramid**: the coarse input levels (kept in the state's type) while one band of level 0 is
-  read and normalised;
-- **levels**: the one state buffer of all levels (on the CPU only its pages written so far),
-  the coarse inputs not yet used (all of them when they are kept), the perception a coarse
-  BatchNorm level keeps between the sweeps of a step (``octree.keeps_perception``), and the
-  largest transient of a level: reading a band of level-0 inputs, upsampling a chunk, the fused
-  kernel's per-thread planes, or a PyTorch reference step (its working memory per cell measured
+- **pyramid**: the coarse input levels (kept in the state's type: ``sources.pyramid_bytes``)
+  while one band of level 0 is read and normalised (``sources.read_bytes``);
+- **levels**: the one state buffer of all levels (``octree.buffer_bytes``; on the CPU only its
+  pages written so far), the coarse inputs not yet used (all of them when they are kept), the
+  perception a coarse BatchNorm level keeps between the sweeps of a step
+  (``octree.keeps_perception``), and the largest transient of a level: reading a band of
+  level-0 inputs, a band of an upsample (``models.schedule.upsample_bytes``), the fused kernel's
+  workspace (on the CPU what the launcher states: ``kernels.workspace_bytes``; on CUDA
+  :func:`cuda_step_bytes`), or a PyTorch reference step (its working memory per cell measured
   once per backbone in this process, since it depends on the library's convolution kernels);
 - **labels**: the state, the label map and one band of logits turned into labels (ensembles:
   every run's float16 logits, then their median);
 - **write**: the label map and what the writer copies (a PNG or NIfTI encoder holds a copy and
-  its compressed bytes; a video overlay re-reads the frames band by band).
+  its compressed bytes; a video's frames are read again: ``io.video.reread_bytes``).
 
-Sliding-window models measure one window's forward pass once (cold, in this process) and add
-the slab of input, the blended logits of a slab and the label map. ``tests/inference/
-test_memory.py`` checks every model family against measured peaks; ``benchmarks/memory_model.py``
-writes the table.
+Exact tiles hold the coarse levels' part of the buffer, then per tile two adjacent levels of
+its regions (``tiled.Tile.working_elements``). Sliding-window models measure one window's forward
+pass once (cold, in this process) and add the slab of input, the blended logits of a slab, the
+label map and, for a cascade, what its registry entry's strategy states (``held_bytes``).
+``tests/inference/test_memory.py`` checks every model family against measured peaks;
+``benchmarks/memory_model.py`` writes the table.
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ import torch
 from ..core.errors import NCAError
 from ..core.sizes import format_size
 from ..io.normalize import Normalization, band_bytes, fit_bytes
-from ..io.video import CHUNK_BYTES as VIDEO_CHUNK
+from ..io.video import reread_bytes
 from ..models.registry import architecture_of
 from ..models.schedule import LevelSchedule, upsample_bytes
 from .octree import CHUNK_BYTES, buffer_bytes, keeps_perception
@@ -173,15 +179,13 @@ def _label_bytes(cells: int, band: int, outputs: int, ensemble: int) -> tuple[in
 
 
 def _write_bytes(cells: int, cost: InputCost, ensemble_std: bool) -> int:
-    """What writing the outputs holds besides the label map: the encoder's copy and its bytes,
-    a float32 uncertainty map, a video overlay's frames."""
+    """What writing the outputs holds besides the label map: the encoder's copy and its encoded
+    bytes, a float32 uncertainty map, a video's frames read again (``io.video.reread_bytes``)."""
     extra = 2 * cells
     if ensemble_std:
         extra += 4 * cells
     if cost.kind == "video":
-        # the overlay re-reads the frames a band at a time (the reader keeps one); a preview's
-        # planes through time decode a chunk of whole frames at a time
-        extra += max(2 * min(cells, BAND_CELLS) * cost.channels, min(cells * cost.channels, VIDEO_CHUNK))
+        extra += reread_bytes(cells, cost.channels, BAND_CELLS)
     return extra
 
 
