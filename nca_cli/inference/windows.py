@@ -79,40 +79,13 @@ def sliding_window_predict(
     float32 array of the output shape (for instance a ``numpy.memmap``) to fill instead of
     allocating one; the returned tensor shares its memory.
     """
-    dims = image.dim() - 2
-    if dims not in (2, 3):
-        raise ValueError(f"Expected an image [B, C, H, W] or [B, C, D, H, W], got shape {tuple(image.shape)}.")
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    win = (window,) * dims if isinstance(window, int) else tuple(int(w) for w in window)
-    if len(win) != dims or min(win) < 1:
-        raise ValueError(f"window needs {dims} positive sizes, got {window}.")
+    win = _check_windows(image, window, overlap, batch_size)
     spatial = tuple(image.shape[2:])
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-
-    padded = tuple(max(s, w) for s, w in zip(spatial, win))
-    starts = [window_starts(p, w, overlap) for p, w in zip(padded, win)]
-    weights = [gaussian_weight(w, sigma_scale) for w in win]
-    totals = []
-    for p, w, g, axis_starts in zip(padded, win, weights, starts):
-        total = np.zeros(p)
-        for s in axis_starts:
-            total[s : s + w] += g
-        totals.append(total)
-
-    def factor(position: Sequence[int]) -> torch.Tensor:
-        """Per-voxel normalised weight of the window at ``position``."""
-        f = None
-        for axis, (s, w) in enumerate(zip(position, win)):
-            a = torch.from_numpy(weights[axis] / totals[axis][s : s + w]).float()
-            f = a if f is None else f.unsqueeze(-1) * a
-        return f
-
+    starts, factor = _window_grid(spatial, win, overlap, sigma_scale)
     tiles = [(b, pos) for b in range(image.shape[0]) for pos in itertools.product(*starts)]
     total_batches = math.ceil(len(tiles) / batch_size)
     result = None
@@ -125,14 +98,7 @@ def sliding_window_predict(
             ]
             logits = model(torch.stack(crops).to(device=device, dtype=dtype)).float().cpu()
             if result is None:
-                shape = (image.shape[0], logits.shape[1]) + spatial
-                if out is None:
-                    out = np.zeros(shape, dtype=np.float32)
-                elif tuple(out.shape) != shape or out.dtype != np.float32:
-                    raise ValueError(f"out must be a float32 array of shape {shape}, got {out.dtype} {tuple(out.shape)}.")
-                else:
-                    out[...] = 0
-                result = torch.from_numpy(out)
+                result = _zeroed_output((image.shape[0], logits.shape[1]) + spatial, out)
             for (b, pos), tile in zip(group, logits):
                 valid = tuple(slice(0, min(w, n - s)) for s, w, n in zip(pos, win, spatial))
                 target = (b, slice(None), *(slice(s, s + v.stop) for s, v in zip(pos, valid)))
@@ -140,6 +106,56 @@ def sliding_window_predict(
             if progress is not None:
                 progress(done, total_batches)
     return result
+
+
+def _check_windows(image: torch.Tensor, window: int | Sequence[int], overlap: float,
+                   batch_size: int) -> tuple[int, ...]:
+    """The window per axis, after checking the image, the window, the overlap and the batch size."""
+    dims = image.dim() - 2
+    if dims not in (2, 3):
+        raise ValueError(f"Expected an image [B, C, H, W] or [B, C, D, H, W], got shape {tuple(image.shape)}.")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    win = (window,) * dims if isinstance(window, int) else tuple(int(w) for w in window)
+    if len(win) != dims or min(win) < 1:
+        raise ValueError(f"window needs {dims} positive sizes, got {window}.")
+    return win
+
+
+def _window_grid(spatial: Sequence[int], win: Sequence[int], overlap: float, sigma_scale: float):
+    """The window starts per axis, and ``factor(position)``: the normalised weight of every cell
+    of the window at ``position`` (its Gaussian over the sum of all windows' at each cell)."""
+    padded = tuple(max(s, w) for s, w in zip(spatial, win))
+    starts = [window_starts(p, w, overlap) for p, w in zip(padded, win)]
+    weights = [gaussian_weight(w, sigma_scale) for w in win]
+    totals = []
+    for p, w, g, axis_starts in zip(padded, win, weights, starts):
+        total = np.zeros(p)
+        for s in axis_starts:
+            total[s : s + w] += g
+        totals.append(total)
+
+    def factor(position: Sequence[int]) -> torch.Tensor:
+        f = None
+        for axis, (s, w) in enumerate(zip(position, win)):
+            a = torch.from_numpy(weights[axis] / totals[axis][s : s + w]).float()
+            f = a if f is None else f.unsqueeze(-1) * a
+        return f
+
+    return starts, factor
+
+
+def _zeroed_output(shape: tuple[int, ...], out: np.ndarray | None) -> torch.Tensor:
+    """The float32 output of ``shape``: ``out`` zeroed (checked), or a new array."""
+    if out is None:
+        out = np.zeros(shape, dtype=np.float32)
+    elif tuple(out.shape) != shape or out.dtype != np.float32:
+        raise ValueError(f"out must be a float32 array of shape {shape}, got {out.dtype} {tuple(out.shape)}.")
+    else:
+        out[...] = 0
+    return torch.from_numpy(out)
 
 
 def _pad_to(crop: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
