@@ -8,7 +8,7 @@ module adds them up:
 
 - **fit**: percentiles of the normalisation (``io.normalize.fit_bytes``);
 - **pyramid**: the coarse input levels (kept in the state's type: ``sources.pyramid_bytes``)
-  while one band of level 0 is read and normalised (``sources.read_bytes``);
+  while one band of level 0 is read, normalised and pooled (``sources.build_bytes``);
 - **levels**: the one state buffer of all levels (``octree.buffer_bytes``; on the CPU only its
   pages written so far), the coarse inputs not yet used (all of them when they are kept), the
   perception a coarse BatchNorm level keeps between the sweeps of a step
@@ -44,7 +44,7 @@ from ..io.video import reread_bytes
 from ..models.registry import architecture_of
 from ..models.schedule import LevelSchedule, upsample_bytes
 from .octree import CHUNK_BYTES, buffer_bytes, keeps_perception
-from .sources import BAND_CELLS, pyramid_bytes, read_bytes
+from .sources import BAND_CELLS, build_bytes, pyramid_bytes, read_bytes
 from .tiled import Tile, tile_at
 
 
@@ -193,6 +193,14 @@ def _read_bytes(cells: int, cost: InputCost) -> int:
     return read_bytes(cells, cost.channels, cost.itemsize, cost.normalization)
 
 
+def _build_bytes(model, cells0: int, cost: InputCost, dtype_bytes: int) -> int:
+    """Building the input pyramid's first coarse level (``sources.build_bytes``)."""
+    c = model.config
+    if c.levels < 2:
+        return _read_bytes(cells0, cost)
+    return build_bytes(cells0, cost.channels, cost.itemsize, cost.normalization, c.factors[0], c.pyramid, dtype_bytes)
+
+
 def _kept_bytes(model, shapes, dtype_bytes: int, impl: str, device_type: str) -> list[int]:
     """Per level, the perception a fused BatchNorm level keeps in the shared buffer (0: none)."""
     if impl == "torch":
@@ -224,7 +232,7 @@ def single_pass_phases(model, shape, *, dtype, impl: str, cost: InputCost, ensem
     runs = kept if ensemble > 1 else 0
     return {
         "fit": fit_bytes(cells0, cost.channels, cost.itemsize, cost.normalization),
-        "pyramid": sum(inputs) + _read_bytes(cells0, cost) + runs,
+        "pyramid": sum(inputs) + _build_bytes(model, cells0, cost, b),   # before the labels exist
         "levels": held + transient + runs,
         "labels": buffer_bytes(shapes, c.factors, c.channels, b) + kept + band,
         "write": kept + _write_bytes(cells0, cost, want_std),
@@ -276,7 +284,7 @@ def tiled_phases(model, shape, *, split: int, tile, dtype, impl: str, cost: Inpu
     kept, band = _label_bytes(cells0, math.prod(tile), c.output_channels, ensemble)
     phases = {
         "fit": fit_bytes(cells0, cost.channels, cost.itemsize, cost.normalization),
-        "pyramid": pyramid + _read_bytes(cells0, cost) + kept,
+        "pyramid": pyramid + _build_bytes(model, cells0, cost, b),
         "levels": coarse + pyramid + kept + states + transient + band,
         "write": kept + _write_bytes(cells0, cost, want_std),
     }

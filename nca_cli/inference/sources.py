@@ -37,6 +37,21 @@ def pyramid_bytes(shapes: Sequence[Sequence[int]], channels: int, itemsize: int)
     return [math.prod(s) * channels * itemsize for s in shapes[1:]]
 
 
+def build_bytes(cells: int, channels: int, itemsize: int, normalization: Normalization, factor: Sequence[int],
+                mode: str, state_itemsize: int) -> int:
+    """Peak working memory of building level 1 from a level 0 of ``cells`` (``FileSource._build``),
+    besides the levels kept, the largest of its steps: one band read and normalised
+    (:func:`read_bytes`); the float32 band, the contiguous copy a pooling makes of it when it is
+    channels-last with several channels, and the pooled band; the pooled band cast to the
+    state's type (coarser levels are built from far smaller bands)."""
+    band = min(cells, BAND_CELLS) * channels
+    copy = band * 4 if mode != "nearest" and channels > 1 else 0
+    pooled = -(-band // math.prod(factor))
+    return max(read_bytes(cells, channels, itemsize, normalization),     # raw and normalised
+               band * 4 + copy + pooled * 4,                              # the pooling
+               band * 4 + pooled * (4 + state_itemsize))                  # its cast to the state's type
+
+
 class FileSource:
     """Pyramid source over an opened ``nca_cli.io`` input (batch 1).
 

@@ -213,3 +213,18 @@ def test_tiled_prediction_adds_the_coarse_levels_the_pyramid_two_tile_levels_and
     assert count == 16
     assert phases["levels"] == coarse + pyramid + labels + states + band
     assert phases["write"] == labels + 2 * labels
+
+
+def test_building_the_pyramid_states_its_largest_step():
+    """1000 x 1000 cells, 8-bit values divided by 255, pooled 2 x 2 into a float16 level: reading
+    holds raw and float32 values (5 bytes per value); pooling a channels-last RGB band holds the
+    float32 band, the contiguous copy the pooling makes and the pooled quarter; one channel (or
+    nearest picking) needs no copy, and the cast of the pooled quarter is then the largest step."""
+    from nca_cli.inference.sources import build_bytes
+    from nca_cli.io.normalize import Normalization
+
+    divide = Normalization("none", divide_by=255.0)
+    rgb = 3 * 10 ** 6
+    assert build_bytes(10 ** 6, 3, 1, divide, (2, 2), "average", 2) == rgb * 4 + rgb * 4 + rgb // 4 * 4
+    assert build_bytes(10 ** 6, 3, 1, divide, (2, 2), "nearest", 2) == rgb * 4 + rgb // 4 * 6
+    assert build_bytes(10 ** 6, 1, 1, divide, (2, 2), "average", 2) == 10 ** 6 * 4 + 10 ** 6 // 4 * 6
