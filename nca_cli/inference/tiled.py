@@ -25,8 +25,8 @@ from .octree import CHUNK_BYTES, PyramidSource, drive, step_runner
 
 @dataclass
 class Tile:
-    core: list[slice]                # level-0 cells this tile produces
-    regions: dict[int, tuple[slice, ...]]  # level -> cells computed (levels < split); split -> nodes read
+    core: list[slice]                       # level-0 cells this tile produces
+    regions: dict[int, tuple[slice, ...]]   # level -> cells computed (levels < split); split -> nodes read
 
     def working_elements(self, batch: int, channels: int, split: int) -> int:
         """Largest state (elements) the tile holds at once: two adjacent levels."""
