@@ -7,6 +7,8 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <chrono>
+#include <map>
+#include <string>
 #include <new>
 #include <utility>
 
@@ -62,6 +64,20 @@ int storage_code(const at::Tensor& t) {
         default: TORCH_CHECK(false, "state must be float32, float16 or bfloat16, got ", t.scalar_type());
     }
     return -1;
+}
+
+// Statistics groups of one batch item of a BatchNorm step (stats_group_planes).
+int64_t statistics_groups(int64_t nouter, int64_t plane_cells) {
+    const int64_t planes = nca_cpu::stats_group_planes(nouter, plane_cells);
+    return (nouter + planes - 1) / planes;
+}
+
+int64_t strip_rows(int64_t rows, int64_t row_bytes, int64_t radius) {
+    return nca_cpu::strip_rows(rows, row_bytes, static_cast<int>(radius));
+}
+
+int64_t keep_floats(int64_t nouter, int64_t rows, int64_t width, int64_t nconv_channels) {
+    return nca_cpu::keep_floats(nouter, rows, width, static_cast<int>(nconv_channels));
 }
 
 nca_cpu::Key make_key(int64_t dims, int64_t channels, int64_t hidden, int64_t in, int64_t kernel, int64_t perception,
@@ -138,6 +154,46 @@ void run(at::Tensor state, at::Tensor weights, int64_t dims, int64_t channels, i
     }
 }
 
+// What run() allocates beside the state, in bytes, derived from the same constants and
+// helpers as the allocations themselves (nca_cpu.h: Band's constructor and run()): per thread
+// (one band of the outer axis each) the ring of 2P + 1 float32 strips of blocked rows, the 2P
+// raw halo planes and, when planes are swept in strips, P saved raw rows per plane of its band;
+// with BatchNorm each thread's moment buffers (features, float products, W0 in double) and, per
+// statistics group of the batch, its sums (2 HIDDEN doubles) and record (GROUP_DOUBLES). The
+// kept perception is not included: see keep_floats.
+int64_t workspace_bytes(int64_t dims, int64_t channels, int64_t hidden, int64_t kernel, int64_t perception,
+                        int64_t normalization, int64_t storage_bytes, int64_t batch, std::vector<int64_t> size,
+                        int64_t threads) {
+    TORCH_CHECK(static_cast<int64_t>(size.size()) == dims, "size needs one entry per spatial axis");
+    using nca_cpu::LANES;
+    const int64_t p = kernel / 2, ring_planes = 2 * p + 1;
+    const int64_t nouter = size[0], rows = dims == 3 ? size[1] : 1, width = size[dims - 1];
+    const int64_t nblk = (width + LANES - 1) / LANES;
+    const int64_t row_floats = (nblk + 2) * channels * LANES;
+    const int64_t strip = dims == 3 ? nca_cpu::strip_rows(rows, 4 * row_floats, static_cast<int>(p)) : 1;
+    const int64_t plane_floats = std::min<int64_t>(rows, strip + 2 * p) * row_floats;
+    const int64_t raw_row = width * channels, raw_plane = rows * raw_row;
+    const int64_t ring = 4 * plane_floats * ring_planes;
+    const int64_t halo = (storage_bytes * raw_plane * 2 * p + 63) / 64 * 64;
+    const bool bn = normalization == nca::BATCH_NORM;
+    const int64_t feat = (perception == nca::FULL2 ? 3 : 2) * channels, featp = (feat + 3) / 4 * 4;
+    const int64_t moments = bn ? ((4 * (256 / LANES * featp + featp * featp) * LANES + 8 * (feat * hidden + hidden)
+                                   + 63) / 64 * 64) : 0;
+    const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, nouter));
+    int64_t total = 0;
+    for (int64_t t = 0; t < nt; ++t) {
+        const int64_t band = nouter * (t + 1) / nt - nouter * t / nt;
+        const int64_t saved = strip < rows ? storage_bytes * raw_row * p * band : 0;
+        total += ring + halo + saved + 64 + moments;
+    }
+    if (bn) {
+        const int64_t plane_cells = dims == 3 ? size[1] * size[2] : size[1];
+        const int64_t groups = batch * statistics_groups(nouter, plane_cells);
+        total += groups * (2 * hidden + 2 * featp + featp * featp + 2) * 8 + 2 * hidden * 4;
+    }
+    return total;
+}
+
 std::vector<std::vector<int64_t>> instances() {
     std::vector<std::vector<int64_t>> out;
     for (const auto& kv : nca_cpu::registry()) out.emplace_back(kv.first.begin(), kv.first.end());
@@ -160,4 +216,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("weight_count", &weight_count, "Packed float32 weights of a model shape.");
     m.def("fma_peak", &fma_peak, "Float32 FMA throughput probe: (FLOPs done, wall seconds).");
     m.def("lanes", []() { return nca_cpu::LANES; }, "Cells per SIMD vector.");
+    m.def("constants", []() {
+        return std::map<std::string, int64_t>{{"lanes", nca_cpu::LANES},
+                                              {"stats_group_cells", nca_cpu::STATS_GROUP_CELLS},
+                                              {"stats_max_groups", nca_cpu::STATS_MAX_GROUPS},
+                                              {"strip_bytes", nca_cpu::STRIP_BYTES}};
+    }, "The launcher's sizes: SIMD lanes, statistics-group cells and count limit, strip bytes.");
+    m.def("statistics_groups", &statistics_groups,
+          "Statistics groups per batch item of a BatchNorm step: (planes of the outer axis, cells per plane).");
+    m.def("strip_rows", &strip_rows, "Rows per strip of the 3D sweep: (rows, float32 ring row bytes, radius).");
+    m.def("keep_floats", &keep_floats,
+          "Floats of one batch item's kept perception: (outer planes, rows, width, convs x channels).");
+    m.def("workspace_bytes", &workspace_bytes,
+          "Bytes run() allocates beside the state: (dims, channels, hidden, kernel, perception, normalization, "
+          "storage bytes, batch, spatial size, threads).");
 }

@@ -2,26 +2,32 @@
 
 A run goes through phases that do not overlap in time; its peak is the largest phase, on top
 of the process's resident memory when the input starts (``baseline``: libraries, model, the
-reader's own decoded copy of an image; videos are decoded a band of frames at a time):
+reader's own decoded copy of an image; videos are decoded a band of frames at a time). Each
+allocating component states its own bytes beside the code that allocates them, and this
+module adds them up:
 
 - **fit**: percentiles of the normalisation (``io.normalize.fit_bytes``);
-- **pyramid**: the coarse input levels (kept in the state's type) while one band of level 0 is
-  read and normalised;
-- **levels**: the one state buffer of all levels (on the CPU only its pages written so far),
-  the coarse inputs not yet used (all of them when they are kept), the perception a coarse
-  BatchNorm level keeps between the sweeps of a step (``octree.keeps_perception``), and the
-  largest transient of a level: reading a band of level-0 inputs, upsampling a chunk, the fused
-  kernel's per-thread planes, or a PyTorch reference step (its working memory per cell measured
+- **pyramid**: the coarse input levels (kept in the state's type: ``sources.pyramid_bytes``)
+  while one band of level 0 is read, normalised and pooled (``sources.build_bytes``);
+- **levels**: the one state buffer of all levels (``octree.buffer_bytes``; on the CPU only its
+  pages written so far), the coarse inputs not yet used (all of them when they are kept), the
+  perception a coarse BatchNorm level keeps between the sweeps of a step
+  (``octree.keeps_perception``), and the largest transient of a level: reading a band of
+  level-0 inputs, a band of an upsample (``models.schedule.upsample_bytes``), the fused kernel's
+  workspace (on the CPU what the launcher states: ``kernels.workspace_bytes``; on CUDA
+  :func:`cuda_step_bytes`), or a PyTorch reference step (its working memory per cell measured
   once per backbone in this process, since it depends on the library's convolution kernels);
 - **labels**: the state, the label map and one band of logits turned into labels (ensembles:
   every run's float16 logits, then their median);
 - **write**: the label map and what the writer copies (a PNG or NIfTI encoder holds a copy and
-  its compressed bytes; a video overlay re-reads the frames band by band).
+  its compressed bytes; a video's frames are read again: ``io.video.reread_bytes``).
 
-Sliding-window models measure one window's forward pass once (cold, in this process) and add
-the slab of input, the blended logits of a slab and the label map. ``tests/inference/
-test_memory.py`` checks every model family against measured peaks; ``benchmarks/memory_model.py``
-writes the table.
+Exact tiles hold the coarse levels' part of the buffer, then per tile two adjacent levels of
+its regions (``tiled.Tile.working_elements``). Sliding-window models measure one window's forward
+pass once (cold, in this process) and add the slab of input, the blended logits of a slab, the
+label map and, for a cascade, what its registry entry's strategy states (``held_bytes``).
+``tests/inference/test_memory.py`` checks every model family against measured peaks;
+``benchmarks/memory_model.py`` writes the table.
 """
 from __future__ import annotations
 
@@ -34,13 +40,12 @@ import torch
 from ..core.errors import NCAError
 from ..core.sizes import format_size
 from ..io.normalize import Normalization, band_bytes, fit_bytes
-from ..io.video import CHUNK_BYTES as VIDEO_CHUNK
-from .octree import buffer_layout, keeps_perception
-from .sources import BAND_CELLS
-from .tiled import Tile, tile_regions, tile_working_elements
-
-CHUNK = 1 << 23             # bytes per upsampling chunk (inference.octree, inference.tiled)
-KERNEL_LANES = 16           # widest SIMD block of the CPU kernel (one row of padding each side)
+from ..io.video import reread_bytes
+from ..models.registry import architecture_of
+from ..models.schedule import LevelSchedule, upsample_bytes
+from .octree import CHUNK_BYTES, buffer_bytes, keeps_perception
+from .sources import BAND_CELLS, build_bytes, pyramid_bytes, read_bytes
+from .tiled import Tile, tile_at
 
 
 @dataclass(frozen=True)
@@ -130,42 +135,35 @@ def forward_peak_bytes(model, window: Sequence[int], channels: int, device="cpu"
 
 # -- NCAs --------------------------------------------------------------------------------------
 
-def _kernel_thread_bytes(model, shapes, dtype_bytes: int, threads: int) -> int:
-    """The fused CPU kernel's planes per thread: 2P+1 float planes of the cells around the one
-    being updated (3D: strips of their rows, with P rows each side, and the P original rows per
-    plane of the band that a strip saves for the next), and 2P raw planes of the band's
-    borders (a plane is a row in 2D); with BatchNorm also the statistics groups' sums and
-    moments, and each thread's buffered features and float products."""
-    from ..kernels import statistics_groups, strip_rows
+def cuda_step_bytes(model, shapes, dtype_bytes: int) -> int:
+    """The CUDA launcher's own memory: the second state of the double-buffered step (the
+    largest level's)."""
+    return max(math.prod(s) * model.config.channels * dtype_bytes for s in shapes)
 
-    worst = 0
-    for level, bb in enumerate(model.backbones):
-        shape = shapes[level]
-        p = bb.kernel_size // 2
-        plane = math.prod(shape[1:-1]) if len(shape) == 3 else 1
-        width = -(-shape[-1] // KERNEL_LANES) * KERNEL_LANES + 2 * KERNEL_LANES
-        row_bytes = width * bb.channels * 4
-        bands = max(1, min(threads, shape[0]))
-        band = -(-shape[0] // bands)
-        ring_rows, saved = plane, 0
-        if len(shape) == 3:
-            strip = strip_rows(plane, row_bytes, p)
-            ring_rows = min(plane, strip + 2 * p)
-            if strip < plane:
-                saved = p * band * shape[-1] * bb.channels * dtype_bytes
-        per_thread = ((2 * p + 1) * ring_rows * row_bytes + 2 * p * plane * shape[-1] * bb.channels * dtype_bytes
-                      + saved)
-        sums = 0
-        if bb.normalization == "batch":
-            # each group's double sums of z and z^2 per hidden unit and its moments (sums,
-            # products, reference, two counters); per thread the buffered features (256
-            # cells), the float products, W0 in double
-            feat = (3 if bb.perception == "full2" else 2) * bb.channels
-            featp = -(-feat // 4) * 4
-            sums = statistics_groups(shape) * (2 * bb.hidden + 2 * featp + featp * featp + 2) * 8
-            per_thread += 256 * featp * 4 + featp * featp * 4 * KERNEL_LANES + feat * bb.hidden * 8
-        worst = max(worst, per_thread * bands + sums)
-    return worst
+
+def _fused_step_bytes(model, shapes, dtype_bytes: int, device_type: str) -> int:
+    """The fused step's own memory over the levels (``shapes`` per backbone): what the CPU
+    launcher allocates beside the state (``kernels.workspace_bytes``), or the CUDA term."""
+    if device_type == "cuda":
+        return cuda_step_bytes(model, shapes, dtype_bytes)
+    from ..kernels import workspace_bytes
+
+    return max(workspace_bytes(bb, shape, 1, dtype_bytes) for bb, shape in zip(model.backbones, shapes))
+
+
+def _step_bytes(model, shapes, dtype_bytes: int, impl: str, device_type: str) -> int:
+    """The largest transient of a step over the levels (``shapes`` per backbone): the fused
+    launcher's workspace, or a PyTorch reference step with its channels-first float32 copy."""
+    if impl != "torch":
+        return _fused_step_bytes(model, shapes, dtype_bytes, device_type)
+    return int(max(torch_step_bytes(bb, math.prod(s)) + math.prod(s) * model.config.channels * 4 * (dtype_bytes != 4)
+                   for s, bb in zip(shapes, model.backbones)))
+
+
+def _upsample_bytes(schedule: LevelSchedule, sizes, channels: int, dtype_bytes: int) -> int:
+    """The largest band an upsample into the levels below the top of ``sizes`` holds."""
+    return max((upsample_bytes(sizes[level], channels, dtype_bytes, schedule.factors[level], CHUNK_BYTES)
+                for level in range(len(sizes) - 1)), default=0)
 
 
 def _label_bytes(cells: int, band: int, outputs: int, ensemble: int) -> tuple[int, int]:
@@ -181,63 +179,62 @@ def _label_bytes(cells: int, band: int, outputs: int, ensemble: int) -> tuple[in
 
 
 def _write_bytes(cells: int, cost: InputCost, ensemble_std: bool) -> int:
-    """What writing the outputs holds besides the label map: the encoder's copy and its bytes,
-    a float32 uncertainty map, a video overlay's frames."""
+    """What writing the outputs holds besides the label map: the encoder's copy and its encoded
+    bytes, a float32 uncertainty map, a video's frames read again (``io.video.reread_bytes``)."""
     extra = 2 * cells
     if ensemble_std:
         extra += 4 * cells
     if cost.kind == "video":
-        # the overlay re-reads the frames a band at a time (the reader keeps one); a preview's
-        # planes through time decode a chunk of whole frames at a time
-        extra += max(2 * min(cells, BAND_CELLS) * cost.channels, min(cells * cost.channels, VIDEO_CHUNK))
+        extra += reread_bytes(cells, cost.channels, BAND_CELLS)
     return extra
 
 
-def _inputs_bytes(cells0: int, cost: InputCost) -> int:
-    band = min(cells0, BAND_CELLS) * cost.channels
-    return band_bytes(band, cost.itemsize, cost.normalization)
+def _read_bytes(cells: int, cost: InputCost) -> int:
+    return read_bytes(cells, cost.channels, cost.itemsize, cost.normalization)
 
 
-def _fused_step_bytes(model, shapes, dtype_bytes: int, device_type: str) -> int:
-    """The fused step's own memory: per-thread planes on the CPU; on CUDA the second state of
-    the double-buffered launcher (the largest level's)."""
-    if device_type == "cuda":
-        return max(math.prod(s) * model.config.channels * dtype_bytes for s in shapes)
-    return _kernel_thread_bytes(model, shapes, dtype_bytes, torch.get_num_threads())
+def _build_bytes(model, cells0: int, cost: InputCost, dtype_bytes: int) -> int:
+    """Building the input pyramid's first coarse level (``sources.build_bytes``)."""
+    c = model.config
+    if c.levels < 2:
+        return _read_bytes(cells0, cost)
+    return build_bytes(cells0, cost.channels, cost.itemsize, cost.normalization, c.factors[0], c.pyramid, dtype_bytes)
+
+
+def _kept_bytes(model, shapes, dtype_bytes: int, impl: str, device_type: str) -> list[int]:
+    """Per level, the perception a fused BatchNorm level keeps in the shared buffer (0: none)."""
+    if impl == "torch":
+        return [0] * len(shapes)
+    return [keeps_perception(model, shapes, level, 0, 1, dtype_bytes, device_type) for level in range(len(shapes))]
 
 
 def single_pass_phases(model, shape, *, dtype, impl: str, cost: InputCost, ensemble: int = 1,
                        want_std: bool = False, device_type: str = "cpu") -> dict[str, int]:
     """Bytes of every phase of a single pass (see the module docstring)."""
     c = model.config
-    shapes = model.level_shapes(shape)
-    offsets, _, total = buffer_layout(shapes, c.factors, 1, c.channels)
+    schedule = LevelSchedule.of(model, shape)
+    shapes = schedule.shapes
     b = _bytes(dtype)
     cells0 = math.prod(shapes[0])
-    inputs = [math.prod(s) * c.input_channels * b for s in shapes[1:]]   # coarse levels 1, 2, ...
-    pyramid = sum(inputs)
+    inputs = pyramid_bytes(shapes, c.input_channels, b)   # coarse levels 1, 2, ...
+    kept_perception = _kept_bytes(model, shapes, b, impl, device_type)
     if device_type == "cpu" and ensemble == 1:
         # One pass drops each coarse input once written, and of the state buffer only the pages a
-        # level has touched are resident (the OS commits them on first write): while level l runs,
-        # the buffer from its offset on and the inputs of levels 1 .. l.
-        held = max((total - offsets[level]) * b + sum(inputs[:level])
-                   + keeps_perception(model, shapes, level, 0, 1, b, device_type) for level in range(len(shapes)))
+        # level has touched are resident: while level l runs, the buffer from its offset on and
+        # the inputs of levels 1 .. l.
+        held = max(buffer_bytes(shapes, c.factors, c.channels, b, level) + sum(inputs[:level]) + kept_perception[level]
+                   for level in range(len(shapes)))
     else:
-        held = total * b + pyramid + max(keeps_perception(model, shapes, level, 0, 1, b, device_type)
-                                         for level in range(len(shapes)))
-    read = _inputs_bytes(cells0, cost)
-    if impl == "torch":
-        largest = max(torch_step_bytes(bb, math.prod(s)) + math.prod(s) * c.channels * 4 * (b != 4)
-                      for s, bb in zip(shapes, model.backbones))
-    else:
-        largest = _fused_step_bytes(model, shapes, b, device_type)
-    transient = max(read, 3 * CHUNK, int(largest))
+        held = buffer_bytes(shapes, c.factors, c.channels, b) + sum(inputs) + max(kept_perception)
+    transient = max(_read_bytes(cells0, cost), _upsample_bytes(schedule, shapes, c.channels, b),
+                    _step_bytes(model, shapes, b, impl, device_type))
     kept, band = _label_bytes(cells0, min(cells0, BAND_CELLS), c.output_channels, ensemble)
+    runs = kept if ensemble > 1 else 0
     return {
         "fit": fit_bytes(cells0, cost.channels, cost.itemsize, cost.normalization),
-        "pyramid": pyramid + read + (kept if ensemble > 1 else 0),
-        "levels": held + transient + (kept if ensemble > 1 else 0),
-        "labels": total * b + kept + band,
+        "pyramid": sum(inputs) + _build_bytes(model, cells0, cost, b),   # before the labels exist
+        "levels": held + transient + runs,
+        "labels": buffer_bytes(shapes, c.factors, c.channels, b) + kept + band,
         "write": kept + _write_bytes(cells0, cost, want_std),
     }
 
@@ -249,39 +246,49 @@ def single_pass_bytes(model, shape, *, dtype, impl: str, cost: InputCost | None 
                                   want_std=want_std, device_type=device_type).values())
 
 
+def _sample_tiles(schedule: LevelSchedule, split: int, tile) -> tuple[list[Tile], int]:
+    """The first, a middle and the last tile (the largest regions a tile may have), and the count."""
+    grid = [math.ceil(n / t) for n, t in zip(schedule.shapes[0], tile)]
+    sample = [tile_at(schedule, [pick(g) * t for g, t in zip(grid, tile)], tile, split)
+              for pick in (lambda g: 0, lambda g: g // 2, lambda g: g - 1)]
+    return sample, math.prod(grid)
+
+
+def _tile_transient(model, schedule: LevelSchedule, sample: list[Tile], split: int, b: int, impl: str,
+                    cost: InputCost, device_type: str) -> int:
+    """The largest transient of a tile: reading its level-0 inputs, an upsample band, a step."""
+    c = model.config
+    sizes = [[[r.stop - r.start for r in t.regions[level]] for level in range(split + 1)] for t in sample]
+    region0 = max(math.prod(s[0]) for s in sizes)
+    if impl == "torch":
+        step = max(_step_bytes(model, s[:split], b, impl, device_type) for s in sizes)
+    else:
+        step = _fused_step_bytes(model, sizes[1][:split] + schedule.shapes[split:], b, device_type)
+    upsampled = max(_upsample_bytes(schedule, s, c.channels, b) for s in sizes)
+    return max(_read_bytes(region0, cost), upsampled, int(step))
+
+
 def tiled_phases(model, shape, *, split: int, tile, dtype, impl: str, cost: InputCost, ensemble: int = 1,
                  want_std: bool = False, device_type: str = "cpu") -> tuple[dict[str, int], int]:
     """Bytes of every phase of an exact tiled run, and the number of tiles."""
     c = model.config
-    shapes = model.level_shapes(shape)
-    offsets, sizes, total = buffer_layout(shapes, c.factors, 1, c.channels)
+    schedule = LevelSchedule.of(model, shape)
+    shapes = schedule.shapes
     b = _bytes(dtype)
-    coarse = (total - offsets[split]) * b
-    pyramid = sum(math.prod(s) * c.input_channels for s in shapes[1:]) * b
+    coarse = buffer_bytes(shapes, c.factors, c.channels, b, split)
+    pyramid = sum(pyramid_bytes(shapes, c.input_channels, b))
     cells0 = math.prod(shapes[0])
-    grid = [math.ceil(n / t) for n, t in zip(shapes[0], tile)]
-    sample = []
-    for pick in (lambda g: 0, lambda g: g // 2, lambda g: g - 1):   # border, interior, border tiles
-        core = [slice(pick(g) * t, min(pick(g) * t + t, n)) for g, t, n in zip(grid, tile, shapes[0])]
-        sample.append(Tile(core, tile_regions(core, shapes, c.factors, c.steps, c.kernel_sizes, split)))
-    states = max(tile_working_elements(t, 1, c.channels, split) for t in sample) * b
-    region0 = max(math.prod(r.stop - r.start for r in t.regions[0]) for t in sample)
-    read = _inputs_bytes(region0, cost)
-    if impl == "torch":
-        step = max(torch_step_bytes(model.backbones[level], math.prod(r.stop - r.start for r in t.regions[level]))
-                   for t in sample for level in range(split))
-    else:
-        tile_shapes = [[r.stop - r.start for r in sample[1].regions[level]] for level in range(split)]
-        step = _fused_step_bytes(model, tile_shapes + shapes[split:], b, device_type)
+    sample, count = _sample_tiles(schedule, split, tile)
+    states = max(t.working_elements(1, c.channels, split) for t in sample) * b
+    transient = _tile_transient(model, schedule, sample, split, b, impl, cost, device_type)
     kept, band = _label_bytes(cells0, math.prod(tile), c.output_channels, ensemble)
-    coarse_run = single_pass_phases(model, shape, dtype=dtype, impl=impl, cost=cost, device_type=device_type)
     phases = {
-        "fit": coarse_run["fit"],
-        "pyramid": pyramid + _inputs_bytes(min(cells0, BAND_CELLS), cost) + kept,
-        "levels": coarse + pyramid + kept + states + max(read, 2 * CHUNK, int(step)) + band,
+        "fit": fit_bytes(cells0, cost.channels, cost.itemsize, cost.normalization),
+        "pyramid": pyramid + _build_bytes(model, cells0, cost, b),
+        "levels": coarse + pyramid + kept + states + transient + band,
         "write": kept + _write_bytes(cells0, cost, want_std),
     }
-    return phases, math.prod(grid)
+    return phases, count
 
 
 def tiled_bytes(model, shape, *, split: int, tile, dtype, impl: str, cost: InputCost | None = None,
@@ -322,53 +329,58 @@ def _fitting(fits: Sequence[int] | None, baseline: int) -> str:
 def plan_run(model, shape, *, dtype, impl: str, budget: int, tiling: str = "auto", tile_size: int | None = None,
              ensemble: int = 1, baseline: int = 0, name: str = "the input", cost: InputCost | None = None,
              want_std: bool = False, device_type: str = "cpu") -> Plan:
-    """Single pass when it fits (or ``tiling == "off"``), else the cheapest tiling that fits; a run
-    that cannot fit is refused in one sentence naming the size that would."""
+    """Single pass when it fits (or ``tiling == "off"``), else the cheapest tiling that fits
+    (``"force"``: the fewest tiles over every split); a run that cannot fit is refused in one
+    sentence naming the size that would."""
     cost = cost or InputCost(model.config.input_channels)
-    where = {"cost": cost, "ensemble": ensemble, "want_std": want_std, "device_type": device_type}
-    phases = single_pass_phases(model, shape, dtype=dtype, impl=impl, **where)
+    where = {"dtype": dtype, "impl": impl, "cost": cost, "ensemble": ensemble, "want_std": want_std,
+             "device_type": device_type}
+    phases = single_pass_phases(model, shape, **where)
     single = max(phases.values()) + baseline
 
-    def single_need(s):
-        return single_pass_bytes(model, s, dtype=dtype, impl=impl, **where) + baseline
+    def fits_in_one_pass() -> str:
+        need = lambda s: single_pass_bytes(model, s, **where) + baseline   # noqa: E731
+        return _fitting(largest_fitting_shape(need, shape, budget), baseline)
 
     if tiling == "off" or (tiling == "auto" and single <= budget):
         if single > budget:
-            fits = largest_fitting_shape(single_need, shape, budget)
             raise NCAError(f"Segmenting {name} in one pass needs about {format_size(single)} but the budget is "
                            f"{format_size(budget)}; the largest input of its proportions that fits in one pass is "
-                           f"{_fitting(fits, baseline)}, so allow tiling (--tiling auto), use --state-dtype "
+                           f"{fits_in_one_pass()}, so allow tiling (--tiling auto), use --state-dtype "
                            f"float16, or raise --memory-budget.")
         return Plan("single", single, phases=phases)
-    c = model.config
-    if c.levels < 2 or any(bb.normalization == "batch" for bb in model.backbones):
-        fits = largest_fitting_shape(single_need, shape, budget)
+    splits = LevelSchedule.of(model, shape).splits()
+    if not splits:
         raise NCAError(f"Segmenting {name} needs about {format_size(single)} (budget {format_size(budget)}) and this "
                        f"model cannot be tiled exactly (its BatchNorm uses statistics of whole levels); the largest "
-                       f"input of its proportions that fits in one pass is {_fitting(fits, baseline)}, "
+                       f"input of its proportions that fits in one pass is {fits_in_one_pass()}, "
                        f"so segment a smaller region or raise --memory-budget.")
-    dims = len(shape)
-    best = None
-    for split in range(1, c.levels):
-        sides = [tile_size] if tile_size else [2 ** k for k in range(15, 5, -1)]
-        for side in sides:
-            tile = [min(side, n) for n in shape]
-            if dims == 3 and tile_size is None:
-                tile[0] = shape[0] if shape[0] <= side else side
-            tphases, count = tiled_phases(model, shape, split=split, tile=tile, dtype=dtype, impl=impl, **where)
-            need = max(tphases.values()) + baseline
-            if need <= budget:
-                cand = Plan("tiled", need, split, tile, count, tphases)
-                if best is None or cand.tiles < best.tiles:
-                    best = cand
-                break
-        if best is not None and tiling != "force":
-            break
+    best = _best_tiling(model, shape, splits, tile_size, budget - baseline, fewest=tiling == "force", **where)
     if best is None:
-        smallest = tiled_bytes(model, shape, split=c.levels - 1, tile=[min(64, n) for n in shape], dtype=dtype,
-                               impl=impl, **where)[0] + baseline
+        smallest = tiled_bytes(model, shape, split=splits[-1], tile=[min(64, n) for n in shape], **where)[0]
         raise NCAError(f"The memory budget {format_size(budget)} is too small to segment {name} even in tiles "
-                       f"(at least {format_size(smallest)} needed); raise --memory-budget.")
+                       f"(at least {format_size(smallest + baseline)} needed); raise --memory-budget.")
+    best.predicted_bytes += baseline
+    return best
+
+
+def _best_tiling(model, shape, splits: Sequence[int], tile_size: int | None, budget: int, *, fewest: bool,
+                 **where) -> Plan | None:
+    """Per split (finest first), the largest tile side (``tile_size``, or powers of two from
+    32768 down to 64) whose run fits ``budget``; the first split that fits, or with ``fewest`` the
+    one with the fewest tiles. None when nothing fits."""
+    best = None
+    for split in splits:
+        for side in [tile_size] if tile_size else [2 ** k for k in range(15, 5, -1)]:
+            tile = [min(side, n) for n in shape]
+            phases, count = tiled_phases(model, shape, split=split, tile=tile, **where)
+            need = max(phases.values())
+            if need <= budget:
+                if best is None or count < best.tiles:
+                    best = Plan("tiled", need, split, tile, count, phases)
+                break
+        if best is not None and not fewest:
+            break
     return best
 
 
@@ -384,12 +396,12 @@ def window_phases(model, shape: Sequence[int], window: Sequence[int], *, cost: I
     cells = math.prod(shape)
     slab = window[0] * math.prod(shape[1:])
     k = c.output_channels
-    cascade = hasattr(model, "stage1")
+    cascade = architecture_of(model).cascade
     if forward is None:
         forward = forward_peak_bytes(model, window, c.input_channels, device)
     slab_in = band_bytes(slab * c.input_channels, cost.itemsize, cost.normalization)
     slab_out = slab * k * 4 * 4
-    stage1 = (cells + slab * (2 * k + c.input_channels) * 4) if cascade else 0
+    stage1 = cascade.held_bytes(model, cells, slab) if cascade is not None else 0
     return {
         "fit": fit_bytes(cells, cost.channels, cost.itemsize, cost.normalization),
         "windows": cells + forward + slab_in + slab_out + stage1,

@@ -2,7 +2,8 @@
 
 All levels' states live in ONE buffer of (about) the finest state's size. Level l+1's state
 lies at the tail of the region level l will occupy; upsampling walks the coarse state slab by
-slab from the front, so every slab is read before it is overwritten (``_upsample_in_place``).
+slab from the front, so every slab is read before it is overwritten (``models.schedule.upsample``
+into the shared buffer). The levels are those of the model's ``models.schedule.LevelSchedule``.
 No level ever has two copies of its state, and each level's state is gone the moment the
 next one exists. The step itself is pluggable: the fused kernel works in place on the
 channels-last view; the PyTorch reference step runs on a channels-first copy.
@@ -19,10 +20,12 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
-from ..models.pyramid import image_pyramid, level_shapes, upsample
+from ..models.pyramid import image_pyramid, level_shapes
+from ..models.schedule import LevelSchedule
 
 LevelCallback = Callable[[int, float], None]
 Region = Sequence[slice]
+CHUNK_BYTES = 1 << 23   # largest band of a state upsampled at once (models.schedule.upsample)
 
 
 class PyramidSource(Protocol):
@@ -88,6 +91,15 @@ def buffer_layout(shapes: Sequence[Sequence[int]], factors: Sequence[Sequence[in
     return offsets, sizes, total
 
 
+def buffer_bytes(shapes: Sequence[Sequence[int]], factors: Sequence[Sequence[int]], channels: int, itemsize: int,
+                 from_level: int = 0, batch: int = 1) -> int:
+    """Bytes of the shared state buffer from level ``from_level``'s offset on: what ``drive``
+    allocates for a run down to ``from_level``; on the CPU, where the system commits a page on
+    its first write, also what is resident of a longer run while ``from_level`` runs."""
+    offsets, _, total = buffer_layout(shapes, factors, batch, channels)
+    return (total - offsets[from_level]) * itemsize
+
+
 def keeps_perception(model, shapes: Sequence[Sequence[int]], level: int, stop_level: int, batch: int,
                      itemsize: int, device_type: str) -> int:
     """Bytes level ``level`` keeps of its perception in a run down to ``stop_level`` (0: it keeps
@@ -101,24 +113,6 @@ def keeps_perception(model, shapes: Sequence[Sequence[int]], level: int, stop_le
     offsets, _, _ = buffer_layout(shapes, model.config.factors, batch, model.config.channels)
     free = (offsets[level] - offsets[stop_level]) * itemsize
     return kept if 0 < kept <= free else 0
-
-
-def _upsample_in_place(src: torch.Tensor, dst: torch.Tensor, factor: Sequence[int], chunk_bytes: int = 1 << 23) -> None:
-    """Nearest-upsample channels-last ``src`` into ``dst``. Both may view one buffer with ``src``
-    at the tail of the region ``dst`` grows into. Walking the first axis forward, the output of
-    source rows ``[0, k)`` ends before source row ``k`` begins (``buffer_layout`` guarantees it),
-    so copying a chunk of source rows out before writing their output is always safe."""
-    f0, n0 = factor[0], dst.shape[1]
-    row_bytes = max(1, src[0, :1].numel() * src.element_size())
-    rows = max(1, chunk_bytes // (row_bytes * math.prod(factor)))   # the upsampled chunk stays within chunk_bytes
-    for b in range(src.shape[0]):
-        for y in range(0, src.shape[1], rows):
-            y1 = min(y + rows, src.shape[1])
-            o0, o1 = y * f0, min(y1 * f0, n0)
-            if o0 >= o1:
-                continue
-            chunk = src[b, y:y1].clone()
-            dst[b, o0:o1] = upsample(chunk.unsqueeze(0), factor, (o1 - o0, *dst.shape[2:-1]), channels_last=True)[0]
 
 
 @torch.inference_mode()
@@ -137,30 +131,31 @@ def drive(
     ``[B, *shape, C]`` (a view into the shared buffer)."""
     c = model.config
     run = step_runner(impl)
-    shapes = source.shapes
-    offsets, sizes, total = buffer_layout(shapes, c.factors, source.batch, c.channels)
+    schedule = LevelSchedule.of(model, source.shapes[0])
+    offsets, sizes, total = buffer_layout(schedule.shapes, c.factors, source.batch, c.channels)
     base = offsets[stop_level]
     buf = torch.empty(total - base, dtype=state_dtype, device=device)
-    prev = None
-    for level in range(c.levels - 1, stop_level - 1, -1):
+    on_cuda = torch.device(device).type == "cuda"
+    prev, coarse = None, None
+    for level in schedule.walk(stop=stop_level):
         t0 = time.perf_counter()
-        start = offsets[level] - base
-        view = buf[start: start + sizes[level]].view(source.batch, *shapes[level], c.channels)
+        start = offsets[level.index] - base
+        view = buf[start: start + sizes[level.index]].view(source.batch, *level.shape, c.channels)
         if prev is None:
             view.zero_()
         else:
-            _upsample_in_place(prev, view, c.factors[level])
-        source.write_inputs(level, view)
-        keep = keeps_perception(model, shapes, level, stop_level, source.batch, buf.element_size(),
-                                torch.device(device).type)
+            schedule.to_finer(prev, coarse, level, channels_last=True, out=view, chunk_bytes=CHUNK_BYTES)
+        source.write_inputs(level.index, view)
+        keep = keeps_perception(model, schedule.shapes, level.index, stop_level, source.batch, buf.element_size(),
+                                torch.device(device).type) if impl == "fused" else 0
         kept = buf[:start].view(torch.uint8)[:keep].view(torch.float32) if keep else None
-        run(model.backbones[level], view, c.steps[level], seed, level, kept=kept)
+        run(model.backbones[level.index], view, level.steps, seed, level.index, kept=kept)
         kept = None
-        prev = view
-        if torch.device(device).type == "cuda":
+        prev, coarse = view, level
+        if on_cuda:
             torch.cuda.synchronize()
         if on_level is not None:
-            on_level(level, time.perf_counter() - t0)
+            on_level(level.index, time.perf_counter() - t0)
     return prev
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from ..io.normalize import Normalization, Normalizer
+from ..io.normalize import Normalization, Normalizer, band_bytes
 from ..models.pyramid import downsample, level_shapes
 
 BAND_CELLS = 1 << 22  # cells per band read from the file (~4 M)
@@ -24,6 +24,32 @@ def band_rows(shape: Sequence[int], multiple: int = 1, cells: int = BAND_CELLS) 
     per_row = max(1, math.prod(shape[1:]))
     rows = max(1, cells // per_row)
     return max(multiple, rows - rows % multiple)
+
+
+def read_bytes(cells: int, channels: int, itemsize: int, normalization: Normalization) -> int:
+    """Peak working memory of reading ``cells`` level-0 cells: one band at a time, raw and
+    normalised (``io.normalize.band_bytes``)."""
+    return band_bytes(min(cells, BAND_CELLS) * channels, itemsize, normalization)
+
+
+def pyramid_bytes(shapes: Sequence[Sequence[int]], channels: int, itemsize: int) -> list[int]:
+    """Bytes of every coarse input level a source keeps (levels 1, 2, ...; in the state's type)."""
+    return [math.prod(s) * channels * itemsize for s in shapes[1:]]
+
+
+def build_bytes(cells: int, channels: int, itemsize: int, normalization: Normalization, factor: Sequence[int],
+                mode: str, state_itemsize: int) -> int:
+    """Peak working memory of building level 1 from a level 0 of ``cells`` (``FileSource._build``),
+    besides the levels kept, the largest of its steps: one band read and normalised
+    (:func:`read_bytes`); the float32 band, the contiguous copy a pooling makes of it when it is
+    channels-last with several channels, and the pooled band; the pooled band cast to the
+    state's type (coarser levels are built from far smaller bands)."""
+    band = min(cells, BAND_CELLS) * channels
+    copy = band * 4 if mode != "nearest" and channels > 1 else 0
+    pooled = -(-band // math.prod(factor))
+    return max(read_bytes(cells, channels, itemsize, normalization),     # raw and normalised
+               band * 4 + copy + pooled * 4,                              # the pooling
+               band * 4 + pooled * (4 + state_itemsize))                  # its cast to the state's type
 
 
 class FileSource:

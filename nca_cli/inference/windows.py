@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import NCAError
+from ..models.baselines.meunet import Stage1Mean, Stage2Input  # noqa: F401 (the cascade's stages)
+from ..models.registry import architecture_of
 from .labels import logits_to_labels
 
 OVERLAP = 0.5
@@ -77,40 +79,13 @@ def sliding_window_predict(
     float32 array of the output shape (for instance a ``numpy.memmap``) to fill instead of
     allocating one; the returned tensor shares its memory.
     """
-    dims = image.dim() - 2
-    if dims not in (2, 3):
-        raise ValueError(f"Expected an image [B, C, H, W] or [B, C, D, H, W], got shape {tuple(image.shape)}.")
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    win = (window,) * dims if isinstance(window, int) else tuple(int(w) for w in window)
-    if len(win) != dims or min(win) < 1:
-        raise ValueError(f"window needs {dims} positive sizes, got {window}.")
+    win = _check_windows(image, window, overlap, batch_size)
     spatial = tuple(image.shape[2:])
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-
-    padded = tuple(max(s, w) for s, w in zip(spatial, win))
-    starts = [window_starts(p, w, overlap) for p, w in zip(padded, win)]
-    weights = [gaussian_weight(w, sigma_scale) for w in win]
-    totals = []
-    for p, w, g, axis_starts in zip(padded, win, weights, starts):
-        total = np.zeros(p)
-        for s in axis_starts:
-            total[s : s + w] += g
-        totals.append(total)
-
-    def factor(position: Sequence[int]) -> torch.Tensor:
-        """Per-voxel normalised weight of the window at ``position``."""
-        f = None
-        for axis, (s, w) in enumerate(zip(position, win)):
-            a = torch.from_numpy(weights[axis] / totals[axis][s : s + w]).float()
-            f = a if f is None else f.unsqueeze(-1) * a
-        return f
-
+    starts, factor = _window_grid(spatial, win, overlap, sigma_scale)
     tiles = [(b, pos) for b in range(image.shape[0]) for pos in itertools.product(*starts)]
     total_batches = math.ceil(len(tiles) / batch_size)
     result = None
@@ -123,14 +98,7 @@ def sliding_window_predict(
             ]
             logits = model(torch.stack(crops).to(device=device, dtype=dtype)).float().cpu()
             if result is None:
-                shape = (image.shape[0], logits.shape[1]) + spatial
-                if out is None:
-                    out = np.zeros(shape, dtype=np.float32)
-                elif tuple(out.shape) != shape or out.dtype != np.float32:
-                    raise ValueError(f"out must be a float32 array of shape {shape}, got {out.dtype} {tuple(out.shape)}.")
-                else:
-                    out[...] = 0
-                result = torch.from_numpy(out)
+                result = _zeroed_output((image.shape[0], logits.shape[1]) + spatial, out)
             for (b, pos), tile in zip(group, logits):
                 valid = tuple(slice(0, min(w, n - s)) for s, w, n in zip(pos, win, spatial))
                 target = (b, slice(None), *(slice(s, s + v.stop) for s, v in zip(pos, valid)))
@@ -138,6 +106,56 @@ def sliding_window_predict(
             if progress is not None:
                 progress(done, total_batches)
     return result
+
+
+def _check_windows(image: torch.Tensor, window: int | Sequence[int], overlap: float,
+                   batch_size: int) -> tuple[int, ...]:
+    """The window per axis, after checking the image, the window, the overlap and the batch size."""
+    dims = image.dim() - 2
+    if dims not in (2, 3):
+        raise ValueError(f"Expected an image [B, C, H, W] or [B, C, D, H, W], got shape {tuple(image.shape)}.")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    win = (window,) * dims if isinstance(window, int) else tuple(int(w) for w in window)
+    if len(win) != dims or min(win) < 1:
+        raise ValueError(f"window needs {dims} positive sizes, got {window}.")
+    return win
+
+
+def _window_grid(spatial: Sequence[int], win: Sequence[int], overlap: float, sigma_scale: float):
+    """The window starts per axis, and ``factor(position)``: the normalised weight of every cell
+    of the window at ``position`` (its Gaussian over the sum of all windows' at each cell)."""
+    padded = tuple(max(s, w) for s, w in zip(spatial, win))
+    starts = [window_starts(p, w, overlap) for p, w in zip(padded, win)]
+    weights = [gaussian_weight(w, sigma_scale) for w in win]
+    totals = []
+    for p, w, g, axis_starts in zip(padded, win, weights, starts):
+        total = np.zeros(p)
+        for s in axis_starts:
+            total[s : s + w] += g
+        totals.append(total)
+
+    def factor(position: Sequence[int]) -> torch.Tensor:
+        f = None
+        for axis, (s, w) in enumerate(zip(position, win)):
+            a = torch.from_numpy(weights[axis] / totals[axis][s : s + w]).float()
+            f = a if f is None else f.unsqueeze(-1) * a
+        return f
+
+    return starts, factor
+
+
+def _zeroed_output(shape: tuple[int, ...], out: np.ndarray | None) -> torch.Tensor:
+    """The float32 output of ``shape``: ``out`` zeroed (checked), or a new array."""
+    if out is None:
+        out = np.zeros(shape, dtype=np.float32)
+    elif tuple(out.shape) != shape or out.dtype != np.float32:
+        raise ValueError(f"out must be a float32 array of shape {shape}, got {out.dtype} {tuple(out.shape)}.")
+    else:
+        out[...] = 0
+    return torch.from_numpy(out)
 
 
 def _pad_to(crop: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -208,51 +226,26 @@ def blended_rows(model: nn.Module, read: Reader, spatial: Sequence[int], window:
             done = stop
 
 
-class Stage1Mean(nn.Module):
-    """A cascade's stage 1 as one network: the mean softmax of its stage-1 networks."""
-
-    def __init__(self, cascade: nn.Module):
-        super().__init__()
-        self.nets = cascade.stage1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sum(torch.softmax(net(x), dim=1) for net in self.nets) / len(self.nets)
-
-
-class Stage2Input(nn.Module):
-    """A cascade's stage 2 on ``[image | one-hot stage-1 labels]`` inputs."""
-
-    def __init__(self, cascade: nn.Module, image_channels: int):
-        super().__init__()
-        self.cascade = cascade
-        self.image_channels = image_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.image_channels
-        return self.cascade(x[:, :c], stage1_prediction=x[:, c:])
-
-
 @torch.inference_mode()
 def logit_rows(model: nn.Module, read: Reader, spatial: Sequence[int], window: Sequence[int], *, device=None,
                progress: Callable[[int, int], None] | None = None, folder: Path | None = None):
-    """``blended_rows`` of any baseline; a cascade first runs stage 1 over the whole image
-    (its labels kept in a uint8 array, memory-mapped in ``folder`` when large)."""
-    from ..models.baselines import MeUNetCascade
-
-    if not isinstance(model, MeUNetCascade):
+    """``blended_rows`` of any baseline; a cascade (its registry entry's ``cascade`` strategy)
+    first runs stage 1 over the whole image (its labels kept in a uint8 array, memory-mapped in
+    ``folder`` when large), then stage 2 fed them one-hot."""
+    cascade = architecture_of(model).cascade
+    if cascade is None:
         yield from blended_rows(model, read, spatial, window, device=device, progress=progress)
         return
     stage1 = label_array(spatial, folder)
-    for r0, r1, probs in blended_rows(Stage1Mean(model), read, spatial, window, device=device):
+    for r0, r1, probs in blended_rows(cascade.first(model), read, spatial, window, device=device):
         stage1[r0:r1] = probs.argmax(0).numpy()
-    k = model.num_classes
+    k = model.config.output_channels
 
     def read2(r0: int, r1: int) -> torch.Tensor:
         onehot = F.one_hot(torch.from_numpy(stage1[r0:r1].astype(np.int64)), k).movedim(-1, 0)[None].float()
         return torch.cat([read(r0, r1), onehot], dim=1)
 
-    yield from blended_rows(Stage2Input(model, model.config.input_channels), read2, spatial, window, device=device,
-                            progress=progress)
+    yield from blended_rows(cascade.second(model), read2, spatial, window, device=device, progress=progress)
 
 
 def rows_to_labels(logits: torch.Tensor, softmax: bool) -> np.ndarray:

@@ -182,6 +182,13 @@ def open_video(
     )
 
 
+def reread_bytes(cells: int, channels: int, band_cells: int) -> int:
+    """What writing an overlay or a preview of a video of ``cells`` holds of its frames: the
+    overlay re-reads them a band of ``band_cells`` at a time (decoded, then shown as uint8); a
+    preview's planes through time decode a chunk of whole frames (at most CHUNK_BYTES) at a time."""
+    return max(2 * min(cells, band_cells) * channels, min(cells * channels, CHUNK_BYTES))
+
+
 def write_label_volume(path: str | Path, labels: np.ndarray, meta: dict[str, Any]) -> Path:
     """Write per-frame labels ``[T, H, W]`` uint8 as NIfTI or ``.npz``, atomically.
 

@@ -36,7 +36,6 @@ variant stays within 4 units with over 90 % bit-identical.
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from typing import Iterable, Sequence
 
@@ -145,46 +144,53 @@ def pack_weights(backbone: BackboneNCA, device: torch.device | str) -> torch.Ten
     return flat.contiguous()
 
 
-# BatchNorm statistics groups of the CPU launcher (cuda/nca_cpu.h, stats_group_planes).
-STATS_GROUP_CELLS = 1 << 15
-STATS_MAX_GROUPS = 1024
+# -- what the CPU launcher allocates: its own sizes, exported by cuda/nca_cpu.cpp ---------------
+
+def cpu_launcher():
+    """The default CPU library, whose ``constants()``, ``statistics_groups``, ``strip_rows``,
+    ``keep_floats`` and ``workspace_bytes`` give the launcher's sizes (cuda/nca_cpu.h);
+    KernelBuildError when the kernels cannot be built (then nothing runs fused)."""
+    return kernel_module("cpu")
 
 
 def statistics_groups(shape: Sequence[int]) -> int:
     """Statistics groups per batch item of a BatchNorm step on the CPU for a spatial ``shape``
     (each holds 2 x hidden double sums between the two sweeps of a step)."""
-    nouter, plane = int(shape[0]), max(1, math.prod(int(n) for n in shape[1:]))
-    per_group = max(-(-STATS_GROUP_CELLS // plane), -(-nouter // STATS_MAX_GROUPS))
-    per_group = max(1, min(nouter, per_group))
-    return -(-nouter // per_group)
-
-
-# 3D planes are swept in strips of rows when their ring would pass this (cuda/nca_cpu.h).
-STRIP_BYTES = 1 << 20
+    return cpu_launcher().statistics_groups(int(shape[0]), max(1, math.prod(int(n) for n in shape[1:])))
 
 
 def strip_rows(rows: int, row_bytes: int, radius: int) -> int:
     """Rows per strip of the CPU launcher's 3D sweep (``rows`` when a plane is swept whole), for
     float32 ring rows of ``row_bytes`` and a kernel of radius ``radius``."""
-    ring = (2 * radius + 1) * row_bytes
-    s = -(-max(STRIP_BYTES // max(1, ring) - 2 * radius, 4 * radius, 8) // 8) * 8   # whole groups of 8 rows
-    env = os.environ.get("NCA_CPU_STRIP_ROWS")
-    if env:
-        s = max(int(env), 4 * radius, 1)
-    return rows if s >= rows else s
+    return cpu_launcher().strip_rows(int(rows), int(row_bytes), int(radius))
+
+
+def _outer_rows_width(shape: Sequence[int]) -> tuple[int, int, int]:
+    """(planes of the outer axis, rows per plane, cells per row) of a spatial ``shape``."""
+    shape = [int(n) for n in shape]
+    return shape[0], (shape[1] if len(shape) == 3 else 1), shape[-1]
 
 
 def kept_perception_bytes(backbone: BackboneNCA, shape: Sequence[int], batch: int = 1) -> int:
     """Bytes of the kept perception of ``fused_run(..., keep_perception=True)`` on a state of
     spatial ``shape`` (cuda/nca_cpu.h, keep_floats): the float32 conv outputs of every cell,
-    rows padded to whole blocks of 16 cells (the widest SIMD block); 0 without BatchNorm.
-    Without a ``keep_buffer`` the launcher allocates it in whole 2 MiB pages (alloc_large)."""
+    rows padded to whole SIMD blocks; 0 without BatchNorm. Without a ``keep_buffer`` the
+    launcher allocates it in whole 2 MiB pages (alloc_large)."""
     if backbone.normalization != "batch":
         return 0
     convs = 2 if backbone.perception == "full2" else 1
-    *outer, width = (int(n) for n in shape)
-    padded = -(-width // 16) * 16
-    return 4 * batch * math.prod(outer) * padded * convs * backbone.channels
+    return 4 * batch * cpu_launcher().keep_floats(*_outer_rows_width(shape), convs * backbone.channels)
+
+
+def workspace_bytes(backbone: BackboneNCA, shape: Sequence[int], batch: int, storage_bytes: int,
+                    threads: int | None = None) -> int:
+    """Bytes one ``fused_run`` of ``backbone`` on the CPU allocates beside a state of spatial
+    ``shape`` (cuda/nca_cpu.cpp, workspace_bytes: every thread's ring, halo and saved rows, and
+    BatchNorm's moment buffers and group sums), the kept perception excepted."""
+    sh = backbone_shape(backbone)
+    return cpu_launcher().workspace_bytes(sh.dims, sh.channels, sh.hidden, sh.kernel_size, sh.perception,
+                                          sh.normalization, int(storage_bytes), int(batch),
+                                          [int(n) for n in shape], int(threads or torch.get_num_threads()))
 
 
 def to_channels_last(state: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Forward (finest level = 0): seed the coarsest level with zeros and the image resized to it,
 run that level's NCA, upsample the whole state to the next finer level (nearest), overwrite
-its input channels with the image at that level, run, and repeat down to level 0. The logits
+its input channels with the image at that level, run, and repeat down to level 0; the levels,
+their regions and the upsampling are those of the one level schedule (``models.schedule``). The logits
 are channels ``IN .. IN+OUT-1`` of the final state; the mask is ``logit > 0``.
 
 This forward is the differentiable reference used for training. Inference on inputs of any
@@ -20,8 +21,9 @@ from torch import nn
 from ..core.schema import check_fields, setting
 from .backbone import NORMALIZATIONS, PERCEPTIONS, BackboneNCA
 from .config import ModelConfig
-from .pyramid import PYRAMID_MODES, image_pyramid, level_shapes, upsample
+from .pyramid import PYRAMID_MODES, image_pyramid, level_shapes
 from .registry import register_model
+from .schedule import LevelSchedule
 
 NCA_ARCHITECTURES = ("octree_nca", "med_nca", "m3d_nca")
 
@@ -116,6 +118,10 @@ class OctreeNCA(nn.Module):
     def level_shapes(self, spatial_shape: Sequence[int]) -> list[tuple[int, ...]]:
         return level_shapes(spatial_shape, self.config.factors)
 
+    def schedule(self, spatial_shape: Sequence[int]) -> LevelSchedule:
+        """The levels of a pass over an input of ``spatial_shape`` (``models.schedule``)."""
+        return LevelSchedule.of(self, spatial_shape)
+
     def check_image(self, image: torch.Tensor) -> None:
         c = self.config
         if image.dim() != c.dims + 2:
@@ -131,12 +137,9 @@ class OctreeNCA(nn.Module):
         if not patch or not crop_levels:
             return None
         level = crop_levels - 1
-        shapes = self.level_shapes(spatial_shape)
-        scale = [1] * self.config.dims
-        for f in self.config.factors[:level]:
-            scale = [a * b for a, b in zip(scale, f)]
+        schedule = self.schedule(spatial_shape)
         region = []
-        for n, p, s in zip(shapes[level], patch, scale):
+        for n, p, s in zip(schedule.shapes[level], patch, schedule.scale(level)):
             size = min(n, max(1, math.ceil(p / s)))
             hi = n - size
             start = int(torch.randint(0, hi + 1, (1,), generator=generator).item()) if hi > 0 else 0
@@ -162,36 +165,26 @@ class OctreeNCA(nn.Module):
         """
         self.check_image(image)
         c = self.config
-        shapes = self.level_shapes(image.shape[2:])
+        schedule = self.schedule(image.shape[2:])
         pyramid = image_pyramid(image, c.factors, c.pyramid)
         out_ch = slice(c.input_channels, c.input_channels + c.output_channels)
-        top = c.levels - 1
+        regions = schedule.crop_regions(crop.level, crop.region) if crop is not None else None
         outputs: list[torch.Tensor | None] = [None] * c.levels
-        region: list[slice] | None = None
-        state = None
-        for level in range(top, -1, -1):
-            inp = pyramid[level]
-            if level == top:
-                state = inp.new_zeros((inp.shape[0], c.channels, *shapes[level]))
+        state, coarse = None, None
+        for level in schedule.walk(regions=regions):
+            inp = pyramid[level.index][(slice(None), slice(None), *level.region)]
+            if coarse is None:
+                state = inp.new_zeros((inp.shape[0], c.channels, *level.size))
             else:
-                size = [s.stop - s.start for s in region] if region is not None else shapes[level]
-                state = upsample(state, c.factors[level], size)
-            if crop is not None and level == crop.level:
-                region = list(crop.region)
-                state = state[(slice(None), slice(None), *region)]
-            if region is not None:
-                inp = inp[(slice(None), slice(None), *region)]
+                state = schedule.to_finer(state, coarse, level)
             state = torch.cat([inp.to(state.dtype), state[:, c.input_channels:]], dim=1)
-            origin = [s.start for s in region] if region is not None else None
-            state = self.backbones[level].run(state, c.steps[level], seed=seed, level=level, origin=origin,
-                                              state_dtype=state_dtype)
+            state = self.backbones[level.index].run(state, level.steps, seed=seed, level=level.index,
+                                                    origin=level.origin, state_dtype=state_dtype)
             if all_levels:
-                outputs[level] = state[:, out_ch]
-            if level > 0 and region is not None:
-                f = c.factors[level - 1]
-                region = [slice(s.start * k, min(s.stop * k, n)) for s, k, n in zip(region, f, shapes[level - 1])]
+                outputs[level.index] = state[:, out_ch]
+            coarse = level
             del inp
-        covered = tuple(region) if region is not None else None
+        covered = coarse.region if crop is not None else None
         return (outputs if all_levels else state[:, out_ch]), covered
 
 

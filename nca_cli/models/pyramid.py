@@ -1,10 +1,11 @@
-"""The octree: level shapes, input pyramid and state upsampling.
+"""The octree: level shapes and the input pyramid.
 
 A level is ``factor`` times coarser than the one below it on each axis (a per-axis factor,
 so depth can stop halving). Sizes that do not divide round up: a node covers a block of
 ``factor`` cells, the last block of an axis may be partial. Downsampling averages, takes the
-maximum of, or picks the first cell of each block; upsampling copies a node into every cell
-of its block (nearest). The same block rule is used by every implementation.
+maximum of, or picks the first cell of each block; upsampling (``models.schedule.upsample``)
+copies a node into every cell of its block (nearest). The same block rule is used by every
+implementation.
 """
 from __future__ import annotations
 
@@ -44,21 +45,6 @@ def downsample(x: torch.Tensor, factor: Sequence[int], mode: str) -> torch.Tenso
         pool = F.max_pool2d if dims == 2 else F.max_pool3d
         return pool(x, kernel, stride=factor, ceil_mode=True)
     raise ValueError(f"pyramid mode must be one of {PYRAMID_MODES}, got {mode!r}")
-
-
-def upsample(x: torch.Tensor, factor: Sequence[int], shape: Sequence[int], channels_last: bool = False) -> torch.Tensor:
-    """Nearest upsampling by whole blocks to ``shape`` (cell i reads node i // factor).
-
-    ``x`` is ``[B, C, *spatial]`` or, with ``channels_last``, ``[B, *spatial, C]``.
-    """
-    first = 1 if channels_last else 2
-    for k, (f, n) in enumerate(zip(factor, shape)):
-        axis = first + k
-        if f == 1 and x.shape[axis] == n:
-            continue
-        index = torch.div(torch.arange(n, device=x.device), f, rounding_mode="floor")
-        x = x.index_select(axis, index)
-    return x
 
 
 def image_pyramid(image: torch.Tensor, factors: Sequence[Sequence[int]], mode: str) -> list[torch.Tensor]:

@@ -10,11 +10,13 @@ architecture is one file and one registration; :func:`build_model` looks the nam
   ``"softmax"`` (classes including the background as class 0; loss Dice + weighted CE).
 - ``predictor``: ``"octree"`` (multi-level NCA: the lean single-pass driver, exact tiles,
   ensembles) or ``"window"`` (overlapping windows of a patch-wise network).
+- ``cascade``: for a two-stage window model, the strategy that gives its stages and what
+  holding stage 1's labels costs (:class:`Cascade`); None for one stage.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 from torch import nn
 
@@ -24,6 +26,20 @@ OUTPUTS = ("sigmoid", "softmax")
 PREDICTORS = ("octree", "window")
 
 
+class Cascade(Protocol):
+    """A two-stage window model: stage 1 runs over the whole image first, stage 2 is fed its labels."""
+
+    def first(self, model: nn.Module) -> nn.Module:
+        """Stage 1 as one network (class probabilities)."""
+
+    def second(self, model: nn.Module) -> nn.Module:
+        """Stage 2 on ``[image | one-hot stage-1 labels]``."""
+
+    def held_bytes(self, model: nn.Module, cells: int, slab: int) -> int:
+        """Bytes the two stages hold besides one stage's pass (``cells`` in the image, ``slab``
+        per slab)."""
+
+
 @dataclass(frozen=True)
 class Architecture:
     name: str
@@ -31,6 +47,7 @@ class Architecture:
     build: Callable[[ModelConfig], nn.Module]
     output: str
     predictor: str
+    cascade: Cascade | None = None
 
     @property
     def softmax(self) -> bool:
@@ -55,13 +72,13 @@ class Architecture:
 _REGISTRY: dict[str, Architecture] = {}
 
 
-def register_model(name: str, *, config: type, output: str, predictor: str):
+def register_model(name: str, *, config: type, output: str, predictor: str, cascade: Cascade | None = None):
     """Decorator registering ``builder(config) -> nn.Module`` under ``name``."""
     if output not in OUTPUTS or predictor not in PREDICTORS:
         raise ValueError(f"output must be one of {OUTPUTS} and predictor one of {PREDICTORS}")
 
     def wrap(builder):
-        _REGISTRY[name] = Architecture(name, config, builder, output, predictor)
+        _REGISTRY[name] = Architecture(name, config, builder, output, predictor, cascade)
         return builder
 
     return wrap

@@ -66,19 +66,16 @@ def test_batch_norm_case_runs_fused(cpu_kernels):
 def test_kept_perception_costs_what_the_memory_model_says(cpu_kernels):
     """The peak of one step in a fresh process with the perception kept: at least the kept
     buffer (kept_perception_bytes, pages of 2 MiB), at most that and the launcher's per-thread
-    planes as the memory model counts them (the update sweep then reads no border planes, so
+    planes as the launcher states them (the update sweep then reads no border planes, so
     those pages stay untouched)."""
-    from types import SimpleNamespace
-
-    from nca_cli.inference.memory import _kernel_thread_bytes
-    from nca_cli.kernels import kept_perception_bytes
+    from nca_cli.kernels import kept_perception_bytes, workspace_bytes
     from nca_cli.kernels.bench import _measure_memory
 
     shape = (24, 64, 64)
     m = make_backbone("m3d_radiology_k7", 0.5)
     kept = kept_perception_bytes(m, shape)
     assert kept == 24 * 64 * 64 * 16 * 4
-    planes = _kernel_thread_bytes(SimpleNamespace(backbones=[m]), [shape], 4, 2)
+    planes = workspace_bytes(m, shape, 1, 4, 2)
     measured = _measure_memory("fused", "m3d_radiology_k7", shape, 0.5, 2, keep=True)["extra_bytes"]
     assert measured is not None
     assert kept <= measured <= 1.02 * (kept + planes), (measured, kept, planes)

@@ -131,3 +131,42 @@ def test_rejects_wrong_inputs(cpu_kernels):
         fused_run(m, torch.randn(1, 8, 8, 16), 1, origin=(1, 2, 3))
     with pytest.raises(ValueError, match="not fusable"):
         fused_run(make_backbone(2, 3, 0.5, kernel_size=11), torch.randn(1, 8, 8, 16), 1)
+
+
+def test_the_launcher_states_its_sizes(cpu_kernels):
+    """The sizes Python plans with come from the launcher itself (cuda/nca_cpu.cpp exports them)."""
+    from nca_cli.kernels import statistics_groups, strip_rows, workspace_bytes
+
+    k = cpu_kernels.constants()
+    lanes = k["lanes"]
+    assert lanes == cpu_kernels.lanes() and lanes in (4, 8, 16)
+    assert (k["stats_group_cells"], k["stats_max_groups"], k["strip_bytes"]) == (1 << 15, 1024, 1 << 20)
+    # groups of whole planes of at least 32 K cells, at most 1024 groups per item
+    assert statistics_groups((64, 128, 128)) == 32          # 2 planes of 16 K cells per group
+    assert statistics_groups((3000, 8)) == 1                 # 4096 rows of 8 cells would be needed
+    assert statistics_groups((100000, 64)) == 196            # 512 rows per group
+    # 3D strips: rows whose float32 ring (3 rows of 18 blocks of 16 x 16 floats) fits 1 MiB, in
+    # whole groups of 8 rows
+    assert strip_rows(256, 18 * 16 * 16 * 4, 1) == 16
+    assert strip_rows(12, 18 * 16 * 16 * 4, 1) == 12         # a plane smaller than a strip is swept whole
+    # per thread: a ring of 3 blocked float32 rows (one block of padding each side), 2 raw halo
+    # rows, 64 bytes of alignment; the 2D plane is one row
+    row_floats = (-(-37 // lanes) + 2) * lanes * 16
+    m = make_backbone(2, 1, 0.5)
+    assert workspace_bytes(m, (100, 37), 1, 2, threads=2) == 2 * (3 * row_floats * 4 + 2 * 37 * 16 * 2 + 64)
+    assert workspace_bytes(m, (100, 37), 1, 2, threads=1) == 3 * row_floats * 4 + 2 * 37 * 16 * 2 + 64
+    # 3D: planes of 256 x 256 swept in strips; the ring holds strip + 2 rows per plane, and each
+    # thread saves 1 original row per plane of its band (2 planes each)
+    m3 = make_backbone(3, 1, 0.5)
+    row_floats = (-(-256 // lanes) + 2) * lanes * 16
+    strip = strip_rows(256, row_floats * 4, 1)
+    per_thread = 3 * (strip + 2) * row_floats * 4 + 2 * 256 * 256 * 16 * 4 + 256 * 16 * 4 * 2 + 64
+    assert workspace_bytes(m3, (4, 256, 256), 1, 4, threads=2) == 2 * per_thread
+    # BatchNorm adds per thread the moment buffers (256 cells of 32 features, the 32 x 32 float
+    # products per lane, W0 and a scratch row in double) and per statistics group (one here) its
+    # sums (2 x 64), its record (2 x 32 + 32 x 32 + 2) in double, and alpha, beta in float
+    bn = make_backbone(2, 1, 0.5, normalization="batch")
+    row_floats = (-(-64 // lanes) + 2) * lanes * 16
+    moments = 4 * (256 * 32 + 32 * 32 * lanes) + 8 * (32 * 64 + 64)
+    groups = (2 * 64 + 2 * 32 + 32 * 32 + 2) * 8 + 2 * 64 * 4
+    assert workspace_bytes(bn, (64, 64), 1, 4, threads=1) == 3 * row_floats * 4 + 2 * 64 * 16 * 4 + 64 + moments + groups

@@ -3,7 +3,8 @@ import torch
 
 from nca_cli.inference.octree import predict_logits
 from nca_cli.models import NCAConfig, OctreeNCA
-from nca_cli.models.pyramid import downsample, level_shapes, upsample
+from nca_cli.models.pyramid import downsample, level_shapes
+from nca_cli.models.schedule import upsample
 
 
 def randomized(cfg, seed=0):
@@ -33,18 +34,68 @@ def test_pyramid_modes_and_block_upsample():
     for mode in ("average", "max", "nearest"):
         assert downsample(clip, (2, 2, 2), mode).shape[2:] == level_shapes((1, 2, 5), [[2, 2, 2]])[1]
     assert downsample(clip, (2, 2, 2), "average")[0, 0, 0].tolist() == [[3.0, 5.0, 6.5]]
-    up = upsample(torch.tensor([[[[1.0, 2.0, 3.0]]]]), (1, 2), (1, 5))
+    up = upsample(torch.tensor([[[[1.0, 2.0, 3.0]]]]), (1, 2), (slice(0, 1), slice(0, 5)))
     assert up[0, 0, 0].tolist() == [1, 1, 2, 2, 3]
 
 
-def test_forward_shapes_any_size_and_mask():
-    cfg = NCAConfig(dims=2, input_channels=3, output_channels=2, levels=3, steps=[2, 2, 3])
-    m = randomized(cfg)
-    for shape in [(32, 32), (37, 23), (5, 3)]:
-        x = torch.rand(2, 3, *shape)
-        logits = predict_logits(m, x, impl="torch")
-        assert logits.shape == (2, 2, *shape)
-        assert torch.equal((predict_logits(m, x, impl="torch") > 0), logits > 0)
+def _counting_model(levels, steps, fire_rate=0.5):
+    """Every fired step adds exactly 1 to the first logit (a hidden unit that is always 1, read by
+    fc1 into that channel only), so the logit of a cell counts the steps that fired on it and on
+    its ancestors at every coarser level."""
+    cfg = NCAConfig(dims=2, input_channels=3, output_channels=2, levels=levels, steps=steps, fire_rate=fire_rate)
+    m = OctreeNCA(cfg)
+    with torch.no_grad():
+        for bb in m.backbones:
+            for p in bb.parameters():
+                p.zero_()
+            bb.fc0.bias[0] = 1.0
+            bb.fc1.weight[0, 0] = 1.0      # fc1 row 0 updates channel IN (the first logit)
+    return m
+
+
+def _fired_counts(shape, steps, seed):
+    """Independently of the model: per level-0 cell, how many steps fired on it or on its
+    ancestor at each level (factor 2: the ancestor of cell (y, x) at level l is (y >> l, x >> l))."""
+    from nca_cli.core.firemask import fire_mask
+
+    ys, xs = torch.meshgrid(torch.arange(shape[0]), torch.arange(shape[1]), indexing="ij")
+    total = torch.zeros(shape)
+    for level, n in enumerate(steps):
+        level_shape = ((ys >> level).max().item() + 1, (xs >> level).max().item() + 1)
+        for t in range(n):
+            mask = fire_mask(level_shape, seed=seed, level=level, step=t, fire_rate=0.5)
+            total += mask[ys >> level, xs >> level].float()
+    return total
+
+
+@pytest.mark.parametrize("shape", [(100, 37), (37, 23), (5, 3)])
+def test_forward_logits_count_the_fired_steps_of_every_ancestor(shape):
+    m = _counting_model(3, [2, 3, 4])
+    x = torch.rand(2, 3, *shape)
+    logits, region = m(x, seed=7)
+    assert region is None and logits.shape == (2, 2, *shape)
+    expected = _fired_counts(shape, [2, 3, 4], seed=7)
+    assert expected.max() > expected.min()              # the fire masks differ between cells
+    assert torch.equal(logits[:, 0], expected.expand(2, *shape))
+    assert torch.equal(logits[:, 1], torch.zeros(2, *shape))
+    assert torch.equal(predict_logits(m, x, seed=7, impl="torch"), logits)
+    from nca_cli.kernels import fused_available
+
+    if fused_available("cpu"):       # the single pass with the shared buffer walks the same levels
+        assert torch.equal(predict_logits(m, x, seed=7, impl="fused"), logits)
+
+
+def test_a_training_crop_computes_its_cells_at_their_absolute_coordinates():
+    m = _counting_model(3, [2, 3, 4])
+    x = torch.rand(1, 3, 100, 37)
+    crop = m.random_crop((100, 37), (16, 12), 2, torch.Generator().manual_seed(1))
+    logits, region = m(x, seed=7, crop=crop)
+    assert [s.stop - s.start for s in region] == [16, 12] and region[0].start > 0
+    assert torch.equal(logits[0, 0], _fired_counts((100, 37), [2, 3, 4], seed=7)[region])
+
+
+def test_forward_refuses_a_wrong_image():
+    m = _counting_model(3, [2, 2, 3])
     with pytest.raises(ValueError, match="input channel"):
         predict_logits(m, torch.rand(1, 1, 8, 8), impl="torch")
     with pytest.raises(ValueError, match="2D model"):

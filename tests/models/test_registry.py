@@ -38,3 +38,28 @@ def test_config_checks_share_one_rule():
         NCAConfig(dims=2, input_channels=3, output_channels=1, hidden=0)
     with pytest.raises(ValueError, match="widths"):
         build_model({"architecture": "segresnet", "dims": 3, "input_channels": 1, "output_channels": 2, "widths": [4]})
+
+
+def test_the_cascade_is_a_strategy_of_its_registry_entry():
+    """meU-net's cascade supplies its two stages and what holding stage 1's labels costs; the
+    memory model adds exactly that to one stage's sliding-window pass."""
+    from nca_cli.inference.memory import InputCost, window_phases
+    from nca_cli.models import architecture, build_model
+
+    assert architecture("meunet").cascade is None and architecture("unet").cascade is None
+    strategy = architecture("meunet_cascade").cascade
+    spec = {"dims": 3, "input_channels": 1, "output_channels": 3}
+    cascade = build_model({"architecture": "meunet_cascade", **spec}).eval()
+    assert strategy.held_bytes(cascade, 1000, 100) == 1000 + 100 * (2 * 3 + 1) * 4
+    first, second = strategy.first(cascade), strategy.second(cascade)
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        probs = first(x)
+        assert torch.allclose(probs.sum(1), torch.ones(1, 16, 16, 16))
+        onehot = torch.nn.functional.one_hot(probs.argmax(1), 3).movedim(-1, 1).float()
+        assert torch.equal(second(torch.cat([x, onehot], 1)), cascade(x, stage1_prediction=onehot))
+    single = build_model({"architecture": "meunet", **spec})
+    shape, window, cost = (40, 32, 32), (16, 16, 16), InputCost(1)
+    two = window_phases(cascade, shape, window, cost=cost, forward=10 ** 6)["windows"]
+    one = window_phases(single, shape, window, cost=cost, forward=10 ** 6)["windows"]
+    assert two - one == strategy.held_bytes(cascade, 40 * 32 * 32, 16 * 32 * 32)

@@ -299,6 +299,52 @@ class MeUNetCascade(nn.Module):
         return self.stage2(torch.cat([x, pred], dim=1))
 
 
+class Stage1Mean(nn.Module):
+    """A cascade's stage 1 as one network: the mean softmax of its stage-1 networks."""
+
+    def __init__(self, cascade: nn.Module):
+        super().__init__()
+        self.nets = cascade.stage1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(torch.softmax(net(x), dim=1) for net in self.nets) / len(self.nets)
+
+
+class Stage2Input(nn.Module):
+    """A cascade's stage 2 on ``[image | one-hot stage-1 labels]`` inputs."""
+
+    def __init__(self, cascade: nn.Module, image_channels: int):
+        super().__init__()
+        self.cascade = cascade
+        self.image_channels = image_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.image_channels
+        return self.cascade(x[:, :c], stage1_prediction=x[:, c:])
+
+
+class CascadeWindows:
+    """How the cascade predicts window by window (the ``cascade`` strategy of its registry
+    entry, run by ``inference.windows.logit_rows``): stage 1 (``first``) over the whole image,
+    its labels kept, one byte per cell; then stage 2 (``second``) on the image and those labels
+    one-hot, slab by slab."""
+
+    @staticmethod
+    def first(model: nn.Module) -> nn.Module:
+        return Stage1Mean(model)
+
+    @staticmethod
+    def second(model: nn.Module) -> nn.Module:
+        return Stage2Input(model, model.config.input_channels)
+
+    @staticmethod
+    def held_bytes(model: nn.Module, cells: int, slab: int) -> int:
+        """What the two stages hold besides one stage's pass: the stage-1 label map and, per slab
+        of ``slab`` cells, the float32 one-hot labels and the joined input."""
+        c = model.config
+        return cells + slab * (2 * c.output_channels + c.input_channels) * 4
+
+
 @dataclass
 class MeUNetConfig(ModelConfig):
     """meU-net: softmax classes (background included)."""
@@ -321,7 +367,8 @@ def build_meunet(cfg: MeUNetConfig) -> nn.Module:
     return MeUNet(cfg.input_channels, cfg.output_channels, dims=cfg.dims)
 
 
-@register_model("meunet_cascade", config=MeUNetCascadeConfig, output="softmax", predictor="window")
+@register_model("meunet_cascade", config=MeUNetCascadeConfig, output="softmax", predictor="window",
+                cascade=CascadeWindows())
 def build_meunet_cascade(cfg: MeUNetCascadeConfig) -> nn.Module:
     """An untrained stage 1 inside the cascade; training copies ``stage1``'s weights into it."""
     stage1 = MeUNet(cfg.input_channels, cfg.output_channels, dims=cfg.dims)
