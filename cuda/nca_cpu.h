@@ -94,8 +94,8 @@ typedef float vfh __attribute__((vector_size(DLANES * sizeof(float))));
 typedef double vd __attribute__((vector_size(DLANES * sizeof(double))));
 typedef uint16_t lanemask;  // bit i: lane i
 
-// BatchNorm statistics groups (see the top of this file); mirrored by
-// nca_cli.kernels.statistics_groups.
+// BatchNorm statistics groups (see the top of this file); exported to Python by nca_cpu.cpp
+// (constants, statistics_groups, workspace_bytes).
 constexpr int64_t STATS_GROUP_CELLS = int64_t(1) << 15;
 constexpr int64_t STATS_MAX_GROUPS = 1024;
 
@@ -107,8 +107,9 @@ inline int64_t stats_group_planes(int64_t nouter, int64_t plane_cells) {
     return std::max<int64_t>(1, std::min<int64_t>(nouter, std::max(by_cells, by_count)));
 }
 
-// Ring size above which 3D planes are swept in strips of rows; mirrored by
-// nca_cli.kernels.strip_rows. NCA_CPU_STRIP_ROWS overrides the strip height (tests).
+// Ring size above which 3D planes are swept in strips of rows; exported to Python by
+// nca_cpu.cpp (constants, strip_rows, workspace_bytes). NCA_CPU_STRIP_ROWS overrides the
+// strip height (tests).
 constexpr int64_t STRIP_BYTES = int64_t(1) << 20;
 
 // Rows per strip for ring rows of `row_bytes` and kernel radius `p` (`rows`: whole planes).
@@ -316,6 +317,7 @@ class Band {
         raw_plane_ = rows_ * W_ * C;
         raw_row_ = W_ * C;
         const int64_t saved_rows = strip_ < rows_ ? P * std::max<int64_t>(0, a1_ - a0_) : 0;
+        // What this constructor and run() allocate is stated by workspace_bytes (nca_cpu.cpp).
         size_t ring_bytes = sizeof(float) * plane_floats_ * R;
         size_t halo_bytes = (sizeof(raw) * raw_plane_ * 2 * P + 63) / 64 * 64;
         size_t saved_bytes = sizeof(raw) * raw_row_ * saved_rows;

@@ -338,9 +338,11 @@ def plan_run(model, shape, *, dtype, impl: str, budget: int, tiling: str = "auto
     phases = single_pass_phases(model, shape, **where)
     single = max(phases.values()) + baseline
 
+    def one_pass_need(s) -> int:
+        return single_pass_bytes(model, s, **where) + baseline
+
     def fits_in_one_pass() -> str:
-        need = lambda s: single_pass_bytes(model, s, **where) + baseline   # noqa: E731
-        return _fitting(largest_fitting_shape(need, shape, budget), baseline)
+        return _fitting(largest_fitting_shape(one_pass_need, shape, budget), baseline)
 
     if tiling == "off" or (tiling == "auto" and single <= budget):
         if single > budget:
