@@ -76,31 +76,13 @@ def sliding_window_predict(
     float32 array of the output shape (for instance a ``numpy.memmap``) to fill instead of
     allocating one; the returned tensor shares its memory.
     """
-    dims = image.dim() - 2
-    if dims not in (2, 3):
-        raise ValueError(f"Expected an image [B, C, H, W] or [B, C, D, H, W], got shape {tuple(image.shape)}.")
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    win = (window,) * dims if isinstance(window, int) else tuple(int(w) for w in window)
-    if len(win) != dims or min(win) < 1:
-        raise ValueError(f"window needs {dims} positive sizes, got {window}.")
+    win = _check_arguments(image, window, overlap, batch_size)
     spatial = tuple(image.shape[2:])
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-
-    padded = tuple(max(s, w) for s, w in zip(spatial, win))
-    starts = [window_starts(p, w, overlap) for p, w in zip(padded, win)]
-    weights = [gaussian_weight(w, sigma_scale) for w in win]
-    totals = []
-    for p, w, g, axis_starts in zip(padded, win, weights, starts):
-        total = np.zeros(p)
-        for s in axis_starts:
-            total[s : s + w] += g
-        totals.append(total)
+    starts, weights, totals = _axis_weights(spatial, win, overlap, sigma_scale)
 
     def factor(position: Sequence[int]) -> torch.Tensor:
         """Per-voxel normalised weight of the window at ``position``."""
@@ -137,6 +119,36 @@ def sliding_window_predict(
             if progress is not None:
                 progress(done, total_batches)
     return result
+
+
+def _check_arguments(image: torch.Tensor, window, overlap: float, batch_size: int) -> tuple[int, ...]:
+    """The window per axis of ``sliding_window_predict``'s arguments, or ``ValueError``."""
+    dims = image.dim() - 2
+    if dims not in (2, 3):
+        raise ValueError(f"Expected an image [B, C, H, W] or [B, C, D, H, W], got shape {tuple(image.shape)}.")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    win = (window,) * dims if isinstance(window, int) else tuple(int(w) for w in window)
+    if len(win) != dims or min(win) < 1:
+        raise ValueError(f"window needs {dims} positive sizes, got {window}.")
+    return win
+
+
+def _axis_weights(spatial, win, overlap: float, sigma_scale: float):
+    """Per axis: the window starts, the Gaussian weight of a window and the total weight of
+    all windows at each position (over the image padded to the window)."""
+    padded = tuple(max(s, w) for s, w in zip(spatial, win))
+    starts = [window_starts(p, w, overlap) for p, w in zip(padded, win)]
+    weights = [gaussian_weight(w, sigma_scale) for w in win]
+    totals = []
+    for p, w, g, axis_starts in zip(padded, win, weights, starts):
+        total = np.zeros(p)
+        for s in axis_starts:
+            total[s : s + w] += g
+        totals.append(total)
+    return starts, weights, totals
 
 
 def _pad_to(crop: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
