@@ -23,20 +23,21 @@ def held_out_dice(model_path: Path, dataset: Path, impl: str = "auto") -> tuple[
     import torch
 
     from .data.dataset import PreparedDataset
+    from .inference.outputs import mean_dice, whole
     from .inference.predictors import predictor_for
     from .models.checkpoint import load_model
-    from .training.losses import dice_score
 
     model, _ = load_model(model_path)
     predictor = predictor_for(model, impl=impl, state_dtype="float16")
     test = PreparedDataset(dataset, "test")
-    scores = []
-    for i in range(len(test)):
+
+    def case(i: int):
         x = torch.from_numpy(test.to_float(np.asarray(test.image(i)))).movedim(-1, 0)[None]
         y = torch.from_numpy(np.ascontiguousarray(test.to_masks(np.asarray(test.label(i))), dtype=np.float32))
-        masks = predictor.masks(predictor.logits(x))
-        scores.append(dice_score(masks, y.movedim(-1, 0)[None]).mean().item())
-    return float(sum(scores) / max(1, len(scores))), len(scores)
+        return x, y.movedim(-1, 0)[None]
+
+    cases = (case(i) for i in range(len(test)))
+    return mean_dice(cases, whole(lambda x: predictor.masks(predictor.logits(x)))), len(test)
 
 
 def main(argv=None) -> int:

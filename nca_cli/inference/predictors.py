@@ -22,14 +22,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core.choices import torch_dtype
 from ..core.errors import NCAError
 from ..io.normalize import Normalization, Normalizer
 from ..models.registry import architecture_of
-from .labels import EnsembleAccumulator, logits_to_labels
 from .memory import (
     InputCost,
     Plan,
@@ -38,12 +36,11 @@ from .memory import (
     torch_step_cost,
     window_plan,
 )
+from .outputs import Ensemble, finish_segmentation, labels_of, masks_of
 from .windows import (
     OVERLAP,
     label_array,
     logit_rows,
-    rows_to_labels,
-    rows_to_masks,
     window_size,
 )
 
@@ -89,9 +86,7 @@ class Predictor:
 
     def masks(self, logits: torch.Tensor) -> torch.Tensor:
         """``[B, OUT, *spatial]`` logits -> boolean foreground masks ``[B, K, *spatial]``."""
-        if self.arch.softmax:
-            return F.one_hot(logits.argmax(1), logits.shape[1]).movedim(-1, 1)[:, 1:].bool()
-        return logits > 0
+        return masks_of(logits, self.arch.softmax, axis=1)
 
     def normalizer(self, image, normalization: Normalization | None) -> Normalizer:
         norm = normalization or Normalization.for_dtype(image.dtype)
@@ -123,9 +118,11 @@ class OctreePredictor(Predictor):
         """Median over ``ensemble`` stochastic runs (seeds ``seed ..``) of the logits."""
         from .octree import predict_logits
 
-        runs = [predict_logits(self.model, image.to(self.device), seed=seed + k, impl=self.impl,
-                               state_dtype=self.dtype) for k in range(ensemble)]
-        return runs[0] if ensemble == 1 else torch.stack(runs).median(dim=0).values
+        image = image.to(self.device)
+        runs = Ensemble(ensemble, (image.shape[0], self.config.output_channels, *image.shape[2:]))
+        for k in range(ensemble):
+            runs.add(k, (), predict_logits(self.model, image, seed=seed + k, impl=self.impl, state_dtype=self.dtype))
+        return runs.whole().median()
 
     def prepare(self, image) -> None:
         if self.impl == "torch":
@@ -153,7 +150,7 @@ class OctreePredictor(Predictor):
         source = FileSource(image, c.factors, c.pyramid, self.dtype, self.device,
                             keep=plan.mode != "single" or ensemble > 1, normalizer=self.normalizer(image, normalization))
         labels = label_array(shape, scratch)
-        acc = EnsembleAccumulator(ensemble, shape, c.output_channels) if ensemble > 1 else None
+        acc = Ensemble(ensemble, (*shape, c.output_channels), dtype=torch.float16, device="cpu") if ensemble > 1 else None
         level_times: dict[int, float] = {}
         out_ch = slice(c.input_channels, c.input_channels + c.output_channels)
 
@@ -166,7 +163,7 @@ class OctreePredictor(Predictor):
             if acc is not None:
                 acc.add(run, region, logits)
             else:
-                labels[tuple(region)] = logits_to_labels(logits).cpu().numpy()
+                labels[tuple(region)] = labels_of(logits).cpu().numpy()
 
         for run in range(ensemble):
             if on_run is not None:
@@ -188,7 +185,7 @@ class OctreePredictor(Predictor):
         del source
         std, nqm = None, None
         if acc is not None:
-            std, nqm = acc.finish(labels, want_std=want_std)
+            std, nqm = finish_segmentation(acc, labels, want_std=want_std)
             del acc
         return Prediction(labels, std, {
             "impl": self.impl, "state_dtype": self.dtype_name, "mode": plan.mode, "split_level": plan.split,
@@ -219,7 +216,7 @@ class WindowPredictor(Predictor):
         return torch.stack(out)
 
     def masks(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.stack([rows_to_masks(lg, self.arch.softmax) for lg in logits])
+        return masks_of(logits, self.arch.softmax, axis=1)
 
     def prepare(self, image) -> None:
         forward_peak_bytes(self.model, self._window(image.spatial_shape), self.config.input_channels, self.device)
@@ -251,7 +248,7 @@ class WindowPredictor(Predictor):
 
         for r0, r1, logits in logit_rows(self.model, read, shape, win, device=self.device, progress=tick,
                                          folder=scratch):
-            labels[r0:r1] = rows_to_labels(logits, self.arch.softmax)
+            labels[r0:r1] = labels_of(logits, self.arch.softmax, axis=0).numpy()
         return Prediction(labels, None, {
             "architecture": self.config.architecture, "impl": "sliding-window", "state_dtype": "float32",
             "mode": "sliding-window", "split_level": None, "tile": list(win), "tiles": windows[0], "overlap": OVERLAP,

@@ -34,7 +34,6 @@ from torch import nn
 from ..core.errors import NCAError
 from ..models.baselines.meunet import Stage1Mean, Stage2Input  # noqa: F401 (the cascade's stages)
 from ..models.registry import architecture_of
-from .labels import logits_to_labels
 
 OVERLAP = 0.5
 DEFAULT_WINDOW = {2: 512, 3: 128}
@@ -247,17 +246,3 @@ def logit_rows(model: nn.Module, read: Reader, spatial: Sequence[int], window: S
 
     yield from blended_rows(cascade.second(model), read2, spatial, window, device=device, progress=progress)
 
-
-def rows_to_labels(logits: torch.Tensor, softmax: bool) -> np.ndarray:
-    """``[K, *band]`` logits -> uint8 labels (0 = background, k = class k)."""
-    if softmax:
-        return logits.argmax(0).to(torch.uint8).numpy()
-    return logits_to_labels(logits.movedim(0, -1)).numpy()
-
-
-def rows_to_masks(logits: torch.Tensor, softmax: bool) -> torch.Tensor:
-    """``[K, *band]`` logits -> boolean foreground masks ``[classes, *band]`` (as the NCAs are
-    validated: ``logit > 0`` per class for sigmoid models)."""
-    if softmax:
-        return F.one_hot(logits.argmax(0), logits.shape[0]).movedim(-1, 0)[1:].bool()
-    return logits > 0

@@ -18,14 +18,3 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float
     bce = F.binary_cross_entropy_with_logits(logits, target)
     dice = 1.0 - soft_dice(torch.sigmoid(logits), target)
     return (2.0 - dice_weight) * bce + dice_weight * dice
-
-
-def dice_score(mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Hard Dice per class of boolean ``[B, K, *spatial]`` masks, averaged over the batch.
-
-    A class absent from both prediction and target scores 1."""
-    dims = (0,) + tuple(range(2, mask.dim()))
-    m, t = mask.bool(), target.bool()
-    inter = (m & t).sum(dims).double()
-    denom = (m.sum(dims) + t.sum(dims)).double()
-    return torch.where(denom > 0, 2 * inter / denom.clamp(min=1), torch.ones_like(denom))

@@ -36,11 +36,12 @@ from torch import nn
 
 from ..core.errors import NCAError
 from ..data.dataset import as_numpy_generator
+from ..inference.outputs import masks_of, mean_dice, whole
 from ..models.registry import architecture_of
 from ..recipes import Recipe, resolve_path
 from .augment import augment
 from .batches import BatchSampler, validation_cases
-from .losses import bce_dice_loss, dice_score
+from .losses import bce_dice_loss
 
 
 def masks_to_labels(masks: torch.Tensor) -> torch.Tensor:
@@ -124,11 +125,8 @@ class NCAStep:
         """Mean Dice over cases of the median of ``ensemble`` stochastic runs' logits."""
         from ..inference.predictors import OctreePredictor
 
-        if not cases:
-            return float("nan")
         predictor = OctreePredictor(model, device=next(model.parameters()).device, impl=impl, state_dtype="float32")
-        scores = [dice_score(predictor.masks(predictor.logits(x, ensemble=ensemble)), y).mean().item() for x, y in cases]
-        return float(sum(scores) / len(scores))
+        return mean_dice(cases, whole(lambda x: predictor.masks(predictor.logits(x, ensemble=ensemble))))
 
 
 class PatchStep:
@@ -163,26 +161,21 @@ class PatchStep:
 
     def validate(self, model: nn.Module, cases, **_) -> float:
         """Mean over cases of the mean foreground-class Dice of sliding-window predictions."""
-        from ..inference.windows import logit_rows, rows_to_masks, window_size
+        return mean_dice(cases, lambda case: self._bands(model, *case))
 
-        scores = []
-        for dataset, i in cases:
-            image, label = dataset.image(i), dataset.label(i)
-            spatial = label.shape
+    def _bands(self, model: nn.Module, dataset, i: int):
+        """``(predicted masks, target masks)`` ``[1, K, rows, *rest]`` of case ``i``, band by band."""
+        from ..inference.windows import logit_rows, window_size
 
-            def read(r0: int, r1: int, image=image, dataset=dataset) -> torch.Tensor:
-                return torch.from_numpy(dataset.to_float(image[r0:r1])).movedim(-1, 0)[None]
+        image, label = dataset.image(i), dataset.label(i)
+        spatial = label.shape
 
-            inter = total = 0
-            for r0, r1, logits in logit_rows(model, read, spatial, window_size(model, spatial, self.patch)):
-                mask = rows_to_masks(logits, self.softmax)
-                target = torch.from_numpy(dataset.to_masks(np.asarray(label[r0:r1]))).movedim(-1, 0).bool()
-                axes = tuple(range(1, mask.dim()))
-                inter = inter + (mask & target).sum(axes).double()
-                total = total + (mask.sum(axes) + target.sum(axes)).double()
-            dice = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
-            scores.append(dice.mean().item())
-        return float(sum(scores) / len(scores))
+        def read(r0: int, r1: int) -> torch.Tensor:
+            return torch.from_numpy(dataset.to_float(image[r0:r1])).movedim(-1, 0)[None]
+
+        for r0, r1, logits in logit_rows(model, read, spatial, window_size(model, spatial, self.patch)):
+            target = torch.from_numpy(dataset.to_masks(np.asarray(label[r0:r1]))).movedim(-1, 0).bool()
+            yield masks_of(logits, self.softmax, axis=0)[None], target[None]
 
 
 class MeUNetStep(PatchStep):

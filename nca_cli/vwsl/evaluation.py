@@ -14,8 +14,8 @@ import torch
 
 from .. import io
 from ..core.errors import NCAError
+from ..inference.outputs import Ensemble, masks_of, mean_dice, whole
 from ..io.formats import strip_suffix
-from ..training.losses import dice_score
 from .inputs import list_images, read_input
 
 Case = tuple[torch.Tensor, torch.Tensor]   # image [1, IN, *spatial], target [1, K, *spatial]
@@ -79,10 +79,15 @@ def evaluate(model, cases: list[Case], predictions: int, device: torch.device | 
     (``> 0``), and the mean per-pixel variance of those runs' sigmoid probabilities."""
     from ..inference.octree import predict_logits
 
-    dices, variances = [], []
-    for x, y in cases:
-        runs = torch.stack([predict_logits(model, x.to(device), seed=s, impl="auto").float().cpu()
-                            for s in range(predictions)])
-        dices.append(dice_score(runs.median(dim=0).values > 0, y).mean().item())
-        variances.append(torch.sigmoid(runs).var(dim=0, unbiased=False).mean().item())
-    return {"dice": float(np.mean(dices)), "mean_variance": float(np.mean(variances)), "cases": len(cases)}
+    variances = []
+
+    def masks(x: torch.Tensor) -> torch.Tensor:
+        runs = Ensemble(predictions, (x.shape[0], model.config.output_channels, *x.shape[2:]), device="cpu")
+        for seed in range(predictions):
+            runs.add(seed, (), predict_logits(model, x.to(device), seed=seed, impl="auto").float())
+        stats = runs.whole()
+        variances.append(stats.var().mean().item())
+        return masks_of(stats.median())
+
+    dice = mean_dice(cases, whole(masks))
+    return {"dice": dice, "mean_variance": float(np.mean(variances)), "cases": len(cases)}

@@ -3,7 +3,7 @@ predictions, computed once and cached beside the adapted checkpoint.
 
 For every image, ``predictions`` forward passes with fire-mask seeds ``0 .. predictions−1``
 (the seeds ``nca segment --ensemble`` uses) give sigmoid probabilities; their mean is the
-target and their population variance the weight map. The cache folder
+target and their population variance the weight map (``inference.outputs.Ensemble``). The cache folder
 ``<output stem>.vwsl-cache/`` holds ``key.json`` and one ``NNNN.npz`` (``mean``, ``var``,
 float32 ``[OUT, *spatial]``) per image. It is reused while the key matches: the model file's
 SHA-256, every image's resolved path, size and modification time, and ``predictions``.
@@ -51,21 +51,17 @@ def cache_key(model_file: str | Path, image_paths: Sequence[Path], predictions: 
 
 @torch.inference_mode()
 def predict_stats(model, image: torch.Tensor, predictions: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and variance over ``predictions`` stochastic runs of the sigmoid of a
-    ``[1, IN, *spatial]`` image's logits; each ``[OUT, *spatial]``. The runs go through the
-    lean inference driver (fused kernels where they run), float32 state."""
+    """Mean and population variance over ``predictions`` stochastic runs (seeds ``0 ..``) of the
+    sigmoid of a ``[1, IN, *spatial]`` image's logits; each ``[OUT, *spatial]``. The runs go
+    through the lean inference driver (fused kernels where they run), float32 state."""
     from ..inference.octree import predict_logits
+    from ..inference.outputs import Ensemble
 
-    mean = var = None
-    for seed in range(predictions):   # Welford: one run held at a time
-        p = torch.sigmoid(predict_logits(model, image, seed=seed, impl="auto")[0].float())
-        if mean is None:
-            mean, var = p.clone(), torch.zeros_like(p)
-            continue
-        delta = p - mean
-        mean += delta / (seed + 1)
-        var += delta * (p - mean)
-    return mean, (var / predictions).clamp_(min=0.0)
+    runs = Ensemble(predictions, (model.config.output_channels, *image.shape[2:]))
+    for seed in range(predictions):
+        runs.add(seed, (), predict_logits(model, image, seed=seed, impl="auto")[0].float())
+    stats = runs.whole()
+    return stats.mean(), stats.var()
 
 
 def _read_cache(folder: Path, key: dict, count: int) -> Targets | None:

@@ -125,14 +125,6 @@ def test_window_rounds_to_divisor_and_image():
     assert windows.window_size(M(), (20, 30, 500), None) == (32, 32, 128)
 
 
-def test_labels_from_sigmoid_and_softmax_logits():
-    logits = torch.tensor([[-1.0, 2.0, 0.5], [-2.0, 1.0, 3.0]])  # [K=2, 3 voxels]
-    assert windows.rows_to_labels(logits, softmax=False).tolist() == [0, 1, 2]
-    assert windows.rows_to_labels(logits, softmax=True).tolist() == [0, 0, 1]
-    masks = windows.rows_to_masks(logits, softmax=True)
-    assert masks.tolist() == [[False, False, True]]
-
-
 def test_large_label_arrays_are_memory_mapped(tmp_path, monkeypatch):
     monkeypatch.setattr(windows, "LARGE_BYTES", 100)
     big = windows.label_array((20, 20), tmp_path)

@@ -122,13 +122,33 @@ def test_tiled_equals_single_pass_3d(tmp_path, models, impl):
 
 
 def test_ensemble_uncertainty_and_nqm(tmp_path, models, rgb_image):
+    """Median labels, std map and NQM of a 3-run ensemble against the three runs computed on
+    their own (seeds 0, 1, 2, float16 state as `segment`) and their statistics taken in numpy."""
+    import torch
+
+    from nca_cli.inference.octree import predict_logits
+    from nca_cli.models import checkpoint
+
     src = tmp_path / "a.png"
     Image.fromarray(rgb_image).save(src)
     run([src], tmp_path / "m.png", models["rgb2d"], ensemble=3, uncertainty=tmp_path / "std.tif")
+    model, _ = checkpoint.load_model(models["rgb2d"])
+    x = torch.from_numpy(rgb_image.astype(np.float32) / 255.0).movedim(-1, 0)[None]
+    runs = np.stack([predict_logits(model, x, seed=s, state_dtype=torch.float16)[0, 0].numpy() for s in range(3)])
+    runs = runs.astype(np.float64)
+    median = np.sort(runs, axis=0)[1]
+    prob = 1 / (1 + np.exp(-runs))
+    std_expected = np.sqrt(((prob - prob.mean(0)) ** 2).mean(0))
+    mask = np.array(Image.open(tmp_path / "m.png"))
+    sure = np.abs(median) > 1e-3              # the file path and the in-memory path round alike but for a few ulps
+    assert np.array_equal(mask[sure], (median[sure] > 0).astype(np.uint8)) and sure.mean() > 0.99
+    assert 0.05 < mask.mean() < 0.95                                  # both classes present
     std = tifffile.imread(tmp_path / "std.tif")
-    assert std.shape == rgb_image.shape[:2] and std.max() > 0
+    assert std.shape == rgb_image.shape[:2]
+    assert np.abs(std - std_expected).max() < 1e-3 and std.max() > 0.05   # float16 logits kept
+    fg = median > 0
     meta = json.loads((tmp_path / "m.run_metadata.json").read_text())
-    assert meta["nqm"] is not None and meta["nqm"] >= 0
+    assert meta["nqm"] == pytest.approx(std_expected[fg].sum() / prob.mean(0)[fg].sum(), rel=1e-3)
 
 
 def test_many_inputs_parts_and_continue(tmp_path, models, rgb_image):

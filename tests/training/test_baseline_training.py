@@ -107,12 +107,17 @@ def test_cascade_uses_the_trained_stage1(meunet_run, microct, tmp_path):
         train(missing, tmp_path / "nostage1", epochs=1, quiet=True)
 
 
-def test_unet_trains_with_sigmoid_classes(microct, tmp_path):
+def test_unet_learns_sigmoid_classes(tmp_path_factory, tmp_path):
+    """An easy task (synthetic micro-CT, 3 classes, 32^3): 20 epochs of a tiny UNet reach a
+    validation Dice far above the untrained model's (0.0 to 0.25 here)."""
+    data = prepare("synthetic", None, tmp_path_factory.mktemp("microct32") / "data", kind="microct", cases=5,
+                   size=32, seed=0)
     r = load_recipe(ROOT / "recipes" / "unet_radiology.yaml",
-                    [f"data.dataset={microct}", *QUICK, "model.output_channels=3",
-                     "model.num_encoding_blocks=2", "model.out_channels_first_layer=4"])
-    record = train(r, tmp_path / "run", epochs=1, quiet=True)
-    assert np.isfinite(record["loss"]) and 0 <= record["val_dice"] <= 1
+                    [f"data.dataset={data}", "data.patch=[16,16,16]", "data.batch_size=2", "data.batches_per_epoch=4",
+                     "training.validate_every=10", "training.lr=1e-2", "training.augmentation={}",
+                     "model.output_channels=3", "model.num_encoding_blocks=2", "model.out_channels_first_layer=4"])
+    record = train(r, tmp_path / "run", epochs=20, quiet=True)
+    assert record["val_dice"] > 0.45, record
     model, payload = checkpoint.load_model(tmp_path / "run" / "model.pt")
     assert payload["model_config"]["out_channels_first_layer"] == 4 and model.divisor == 2
     with torch.no_grad():

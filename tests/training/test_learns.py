@@ -2,7 +2,8 @@ import torch
 
 from nca_cli.inference.octree import predict_logits
 from nca_cli.models import NCAConfig, OctreeNCA
-from nca_cli.training.losses import bce_dice_loss, dice_score
+from nca_cli.inference.outputs import dice_score
+from nca_cli.training.losses import bce_dice_loss
 
 
 def disks(n, size, g):
