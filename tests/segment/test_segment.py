@@ -219,3 +219,14 @@ def test_sigterm_keeps_only_complete_files_and_continue_finishes(tmp_path, model
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["img0_mask.png", "img0_mask.run_metadata.json",
                                                      "img1_mask.png", "img1_mask.run_metadata.json"]
+
+
+def test_negative_spacing_nifti_is_segmented_in_its_own_geometry(tmp_path, models):
+    from tests.io.test_volume import write_negative_spacing_nifti
+
+    vol = (np.random.default_rng(0).random((8, 24, 20)) * 1000).astype(np.int16)
+    src = tmp_path / "neg.nii"
+    write_negative_spacing_nifti(src, vol)
+    run([src], tmp_path / "neg_mask.nii.gz", models["gray3d"])
+    got = sitk.ReadImage(str(tmp_path / "neg_mask.nii.gz"))
+    assert_same_geometry(got, sitk.ReadImage(str(src)))
