@@ -86,6 +86,9 @@ def prepare(
     test_cases: Optional[str] = typer.Option(None, "--test-cases",
                                              help="Comma-separated case ids to hold out for testing (instead of "
                                                   "--test-fraction)."),
+    skip_unlabeled: bool = typer.Option(False, "--skip-unlabeled",
+                                        help="generic only: leave out images without a mask (named in a note) "
+                                             "instead of refusing them."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress display."),
 ):
@@ -98,6 +101,8 @@ def prepare(
         options["test_cases"] = [c.strip() for c in test_cases.split(",") if c.strip()]
     if binary:
         options["binary"] = True
+    if skip_unlabeled:
+        options["skip_unlabeled"] = True
     if kind == "synthetic":
         options.update(kind=synthetic_kind, cases=cases, shifted=shifted)
         if size:
