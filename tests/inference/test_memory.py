@@ -115,3 +115,23 @@ def test_a_video_is_read_within_the_prediction(tmp_path, impl):
     predicted, measured = meta["predicted_peak_bytes"], meta["peak_memory_bytes"]
     assert measured <= 1.05 * predicted + SLACK, (predicted / MIB, measured / MIB, meta["predicted_phases_bytes"])
     assert np.load(out)["labels"].shape == (96, 96, 160)
+
+
+@pytest.mark.memory
+def test_a_tight_budget_bounds_the_whole_process(tmp_path):
+    """The budget bounds the whole process's measured peak, also when tiling makes the run's
+    prediction nearly equal to the budget: such a run keeps its budget, or is refused before it
+    starts."""
+    model, _ = _model(tmp_path, NCAS["octree_nca 2D"])
+    image = tmp_path / "large.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (1536, 1280, 3), dtype=np.uint8)).save(image)
+    proc, meta = _segment(model, image, tmp_path / "a.png", "--memory-budget", 3 * 2 ** 30)
+    assert proc.returncode == 0, proc.stderr
+    base, single = meta["baseline_rss_bytes"], meta["predicted_peak_bytes"]
+    for k, budget in enumerate([base + 0.4 * (single - base), single - MIB]):   # 30 tiles / a few tiles
+        proc, meta = _segment(model, image, tmp_path / f"b{k}.png", "--memory-budget", int(budget))
+        if proc.returncode == 1 and k == 0:
+            assert len(proc.stderr.strip().splitlines()) == 1 and "too small" in proc.stderr, proc.stderr
+            continue
+        assert proc.returncode == 0, proc.stderr
+        assert meta["tiles"] > 1 and meta["peak_memory_bytes"] <= budget, (meta["peak_memory_bytes"] / MIB, budget / MIB)
