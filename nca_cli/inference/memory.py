@@ -301,18 +301,23 @@ def usable_budget(budget: int) -> int:
     return budget - max(int(budget * BUDGET_MARGIN), BUDGET_FLOOR)
 
 
+def budget_for(need: int) -> int:
+    """The smallest budget whose usable part holds ``need`` bytes."""
+    return max(math.ceil(need / (1.0 - BUDGET_MARGIN)), need + BUDGET_FLOOR)
+
+
 def check_budget(budget: int, baseline: int) -> None:
     """Refuse, in the one sentence every command uses, a budget that the process holds already
     before any input (``baseline``: Python, its libraries, the model)."""
     if usable_budget(budget) <= baseline:
-        least = max(math.ceil(baseline / (1.0 - BUDGET_MARGIN)), baseline + BUDGET_FLOOR)
+        least = budget_for(baseline)
         raise NCAError(f"The memory budget {format_size(budget)} is below what nca itself takes before any input "
                        f"(about {format_size(baseline)}: Python, its libraries and the model) with the memory "
                        f"model's margin; raise --memory-budget above {format_size(least)}.")
 
 
 def _budget_text(budget: int) -> str:
-    return f"{format_size(budget)} ({format_size(usable_budget(budget))} of it for predictions)"
+    return f"{format_size(budget)}, {format_size(usable_budget(budget))} of it for predictions"
 
 
 def largest_fitting_shape(need, shape: Sequence[int], budget: int) -> tuple[int, ...] | None:
@@ -392,8 +397,9 @@ def plan_run(model, shape, *, dtype, impl: str, budget: int, tiling: str = "auto
     if best is None:
         smallest = tiled_bytes(model, shape, split=c.levels - 1, tile=[min(64, n) for n in shape], dtype=dtype,
                                impl=impl, **where)[0] + baseline
-        raise NCAError(f"The memory budget {_budget_text(given)} is too small to segment {name} even in tiles "
-                       f"(at least {format_size(smallest)} needed); raise --memory-budget.")
+        raise NCAError(f"The memory budget {format_size(given)} ({format_size(budget)} of it for predictions) is too "
+                       f"small to segment {name} even in tiles "
+                       f"(at least {format_size(budget_for(smallest))} needed); raise --memory-budget.")
     return best
 
 

@@ -248,6 +248,31 @@ def _preemptible(dist: Distributed):
     return signals.deferred() if dist.world == 1 else contextlib.nullcontext()
 
 
+def _optimise(run: _Run, ddp_model, dist: Distributed, recipe: dict, epoch: int, per_epoch: int, last: Path) -> dict:
+    """The batches of ``epoch`` from ``run.batch`` on; returns the means of the loss terms. A
+    signal stops it between two batches, with ``last`` saved to resume from the next one."""
+    tr = recipe["training"]
+    run.model.train()
+
+    def loss(_index: int, b: int):
+        if signals.pending():     # a safe point: batches < b are done, b not begun
+            raise _Preempted(b)
+        x, y = run.step.batch(run.gen)
+        return run.step.loss(ddp_model, x.to(dist.device), y.to(dist.device),
+                             seed=fire_seed(tr["seed"], epoch, b, dist.rank), generator=run.gen)
+
+    try:
+        means = optimise_epoch(run.opt, range(run.batch, per_epoch), loss,
+                               diverged=f"Training diverged at epoch {epoch + 1} (loss is {{value}}); lower "
+                                        f"training.lr in {recipe.get('_source', 'the recipe')}.")
+    except _Preempted as stop:
+        run.batch = stop.batch
+        run.save_last(last, [run.gen.get_state()])
+        raise signals.stopped() from None
+    run.batch = 0
+    return means
+
+
 def _append_metrics(path: Path, record: dict) -> None:
     try:
         with open(path, "a") as f:
@@ -288,24 +313,7 @@ def train(recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False, dev
             task = progress.add("epoch", total=total_epochs, completed=run.epoch)
             for epoch in range(run.epoch, total_epochs):
                 t0 = time.perf_counter()
-                run.model.train()
-
-                def loss(_index: int, b: int):
-                    if signals.pending():     # a safe point: batches < b are done, b not begun
-                        raise _Preempted(b)
-                    x, y = run.step.batch(run.gen)
-                    return run.step.loss(ddp_model, x.to(dist.device), y.to(dist.device),
-                                         seed=fire_seed(tr["seed"], epoch, b, dist.rank), generator=run.gen)
-
-                try:
-                    means = optimise_epoch(run.opt, range(run.batch, per_epoch), loss,
-                                           diverged=f"Training diverged at epoch {epoch + 1} (loss is {{value}}); "
-                                                    f"lower training.lr in {recipe.get('_source', 'the recipe')}.")
-                except _Preempted as stop:
-                    run.batch = stop.batch
-                    run.save_last(run_dir / LAST, [run.gen.get_state()])
-                    raise signals.stopped() from None
-                run.batch = 0
+                means = _optimise(run, ddp_model, dist, recipe, epoch, per_epoch, run_dir / LAST)
                 run.sched.step()
                 run.ema.update(run.model)
                 run.epoch = epoch + 1

@@ -84,9 +84,9 @@ def test_measured_peak_within_the_prediction_and_the_budget(tmp_path, inputs, na
 @pytest.mark.memory
 def test_a_run_that_cannot_fit_is_refused_before_it_starts(tmp_path, inputs):
     model, _ = _model(tmp_path, NCAS["med_nca 2D"])            # BatchNorm: cannot be tiled exactly
-    image = tmp_path.parent / "large.png"                      # ~2 MP: about 90 MiB above nca's own
+    image = tmp_path.parent / "large.png"                      # ~2 MP: about 90 MiB above nca's own (~365 MiB)
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (1536, 1280, 3), dtype=np.uint8)).save(image)
-    proc, _ = _segment(model, image, tmp_path / "m.png", "--memory-budget", "400MiB")
+    proc, _ = _segment(model, image, tmp_path / "m.png", "--memory-budget", "440MiB")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "largest input of its proportions that fits" in proc.stderr and " MP)" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -135,3 +135,17 @@ def test_a_tight_budget_bounds_the_whole_process(tmp_path):
             continue
         assert proc.returncode == 0, proc.stderr
         assert meta["tiles"] > 1 and meta["peak_memory_bytes"] <= budget, (meta["peak_memory_bytes"] / MIB, budget / MIB)
+
+
+def test_the_margin_and_the_budget_below_nca_itself():
+    from nca_cli.core.errors import NCAError
+    from nca_cli.inference.memory import BUDGET_FLOOR, budget_for, check_budget, usable_budget
+
+    assert usable_budget(376 * MIB) == 376 * MIB - BUDGET_FLOOR          # small budgets: the floor
+    assert usable_budget(24 * 2 ** 30) == pytest.approx(0.96 * 24 * 2 ** 30, abs=1)   # large ones: 4 %
+    with pytest.raises(NCAError, match=r"^The memory budget 64.0 MiB is below what nca itself takes before any "
+                                       r"input \(about 300.0 MiB.*raise --memory-budget above 332.0 MiB\.$"):
+        check_budget(64 * MIB, 300 * MIB)
+    check_budget(budget_for(300 * MIB) + 1, 300 * MIB)
+    with pytest.raises(NCAError):
+        check_budget(budget_for(300 * MIB) - 1, 300 * MIB)
