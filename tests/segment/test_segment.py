@@ -163,7 +163,7 @@ def test_bad_inputs_one_sentence_and_nothing_written(tmp_path, models, rgb_image
         run([tmp_path / "empty"], tmp_path / "o", models["rgb2d"])
     src = tmp_path / "a.png"
     Image.fromarray(rgb_image).save(src)
-    with pytest.raises(NCAError, match=r"The memory budget 1 KiB is below what nca itself takes before any input"):
+    with pytest.raises(NCAError, match=r"The memory budget 1.0 KiB is below what nca itself takes before any input"):
         run([src], tmp_path / "o3.png", models["rgb2d"], memory_budget="1KiB")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["g.png", "v.nii.gz", "nan.mha", "empty", "a.png"])
 
