@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from . import signals
 from .errors import NCAError
 
 PARTIAL = ".partial"
@@ -151,27 +152,26 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     folder = _folder(target)
     if suffix is None:
         suffix = "".join(target.suffixes) or ""
+    tmp_path = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.{owner_tag()}.", suffix=PARTIAL + suffix, dir=folder)
-    except OSError as exc:
-        raise write_failure(target, exc) from None
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
+        with signals.deferred():      # a signal meanwhile stops once tmp_path is known
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.{owner_tag()}.", suffix=PARTIAL + suffix, dir=folder)
+            os.close(fd)
+            tmp_path = Path(tmp)
         yield tmp_path
         _test_pause(target)
         if tmp_path.exists():
             os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
     except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        if exc.errno in _WRITE_ERRNOS:
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
+        if tmp_path is None or exc.errno in _WRITE_ERRNOS:
             raise write_failure(target, exc) from None
         raise
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
         raise
 
 

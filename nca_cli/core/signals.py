@@ -9,6 +9,8 @@ runs for them too, and the CLI ends in one line with exit code ``128 + signal``.
 Work that must not be cut in the middle (an optimiser step) runs inside :func:`deferred`:
 there a signal is only recorded, the work polls :func:`pending` at a safe point, saves what
 it needs and raises :func:`stopped`. A second signal while deferred stops at once.
+Creating a temporary inside :func:`deferred` means a signal never leaves it behind unnamed. A stop that Python had to swallow (a signal landing in a finaliser, where
+exceptions are ignored) still ends the command in the same line (:func:`message`).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Iterator
 
 HANDLED = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)
 
-_state = {"deferring": 0, "pending": None}
+_state = {"deferring": 0, "pending": None, "received": None}
 
 
 class Stopped(KeyboardInterrupt):
@@ -39,6 +41,7 @@ class Stopped(KeyboardInterrupt):
 
 
 def _handler(signum, _frame) -> None:
+    _state["received"] = signum
     if _state["deferring"] and _state["pending"] is None:
         _state["pending"] = signum
         return
@@ -94,6 +97,8 @@ def message(exc: BaseException) -> tuple[str, int] | None:
     """The one line the CLI prints when ``exc`` comes from an interruption, and the exit code
     (``128 + signal``); None when it does not."""
     stop = interruption(exc)
+    if stop is None and _state["received"] is not None:
+        stop = Stopped(_state["received"])          # raised where Python ignores exceptions
     if stop is None:
         return None
     if not isinstance(stop, Stopped):

@@ -53,7 +53,8 @@ def test_a_second_signal_inside_deferred_stops_at_once(handlers):
     signals.stopped()   # leave no pending signal behind
 
 
-def test_ctrl_c_through_typer_is_one_line_with_code_130():
+def test_ctrl_c_through_typer_is_one_line_with_code_130(monkeypatch):
+    monkeypatch.setitem(signals._state, "received", None)
     try:
         try:
             raise KeyboardInterrupt
@@ -65,3 +66,8 @@ def test_ctrl_c_through_typer_is_one_line_with_code_130():
         except SystemExit as exc:
             assert signals.message(exc) == ("stopped by SIGINT; nothing half-written was kept", 130)
     assert signals.message(SystemExit(0)) is None
+
+
+def test_a_stop_that_a_library_swallowed_is_still_reported(monkeypatch):
+    monkeypatch.setitem(signals._state, "received", signal.SIGTERM)   # the handler ran, its exception was lost
+    assert signals.message(SystemExit(0)) == ("stopped by SIGTERM; nothing half-written was kept", 143)
