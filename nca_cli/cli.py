@@ -135,14 +135,19 @@ _register()
 def main(argv: Optional[list] = None) -> None:
     """Entry point: user errors end in one sentence on stderr and exit code 1."""
     from .core.errors import NCAError
+    from .core import signals
     from .core.machine import return_freed_memory
 
     return_freed_memory()
+    signals.install()
     try:
         app(args=argv)
     except NCAError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+    except (KeyboardInterrupt, SystemExit) as exc:   # typer turns Ctrl-C into SystemExit(130)
+        if (said := signals.message(exc)) is None:
+            raise
+        line, code = said
+        typer.echo(line, err=True)
+        sys.exit(code)

@@ -66,7 +66,8 @@ def comparisons(task: str, rows: list[dict], budget: int) -> list[str]:
 def run_benchmarks(opts: BenchmarkOptions) -> dict:
     """Run the chosen benchmarks, print tables (unless ``quiet``), write JSON/CSV/PNG.
 
-    ``memory_budget``: bytes one pass may add (default: the device's available memory);
+    ``memory_budget``: the whole process's peak for ``--max-size``, as in ``segment`` (the
+    ``--curve`` still bounds the pass alone; default: the device's available memory);
     smaller than the machine simulates a smaller device. ``verify_seconds``: the longest
     pass run to verify a limit; beyond it (or beyond this machine's memory) the limit is
     extrapolated and labelled so.

@@ -15,6 +15,14 @@
    with it and report the limit as extrapolated.
 5. A pass that crashes (not out of memory) bounds the answer too: the search bisects
    between the largest size that ran and the size that crashed, and reports both.
+
+The budget bounds the whole process, as in ``nca segment``: a pass may add what the memory
+model's ``usable_budget`` leaves above the measuring process's own baseline (Python, its
+libraries, the model; the largest seen, rounded up to ``BASELINE_STEP`` so that a few MiB of
+noise do not move the answer). A budget below that baseline is refused with ``segment``'s
+sentence (``inference.memory.check_budget``). For fused NCAs, the passes ``segment`` runs, the
+limit is the memory model's (the largest input ``segment`` would run in one pass), which does
+not depend on noisy measurements; the runs verify it.
 """
 from __future__ import annotations
 
@@ -23,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..inference.memory import format_size
+from ..inference.memory import check_budget, format_size, usable_budget
 from .fit import LinearFit, fit_line, largest_size
 from .geometry import GEOMETRIES, Geometry
 from .measure import make_spec, run_measurement
@@ -35,7 +43,7 @@ Log = Callable[[str], None]
 
 @dataclass
 class SearchSettings:
-    budget: int                     # bytes a pass may add to the process (the memory budget)
+    budget: int                     # bytes the whole measuring process may peak at (the memory budget)
     machine_bytes: int              # bytes this machine can give one measuring process
     device: str = "cpu"
     ladder_seconds: float = 10.0    # longest ladder pass
@@ -108,6 +116,9 @@ class MaxSizeResult:
         }
 
 
+BASELINE_STEP = 8 << 20     # the measured baseline is rounded up to this
+
+
 def _gib(n: float) -> str:
     return format_size(n)
 
@@ -130,6 +141,7 @@ class _Search:
         self.result = MaxSizeResult(task, subject, settings.budget)
         self.points: list[dict] = []    # successful runs in the search's mode (probe or full)
         self.full: list[dict] = []      # successful full passes (for the time)
+        self.baseline = 0               # the measuring process's own memory (see the module doc)
 
     # -- sizes --------------------------------------------------------------------------
     def up(self, size: float) -> int:
@@ -151,6 +163,9 @@ class _Search:
         r["role"] = role
         self.result.measurements.append(r)
         kind = "probe" if probe else "full"
+        if r.get("ok") and r.get("baseline_bytes") is not None:
+            self.baseline = max(self.baseline, math.ceil(r["baseline_bytes"] / BASELINE_STEP) * BASELINE_STEP)
+            check_budget(self.s.budget, self.baseline)
         if r.get("ok"):
             if probe == self.probe:
                 self.points.append(r)
@@ -179,6 +194,11 @@ class _Search:
     def biggest(self) -> dict:
         return max(self.points, key=lambda p: p["pixels"])
 
+    @property
+    def pass_budget(self) -> float:
+        """What one pass may add to the process within the budget."""
+        return usable_budget(self.s.budget) - self.baseline
+
     # -- 1. ladder ------------------------------------------------------------------------
     def ladder(self) -> bool:
         size = self.up(self.g.start)
@@ -199,7 +219,7 @@ class _Search:
             if len(self.points) >= self.s.max_points:
                 break
             big = self.biggest()
-            cap = 0.5 * min(self.s.budget, room)
+            cap = 0.5 * min(self.pass_budget, room)
             nxt = None
             for growth in (4, 2):
                 cand = max(self.up(self.size_for(big["pixels"] * growth)), big["size"] + self.q)
@@ -286,17 +306,17 @@ class _Search:
         res, budget = self.result, self.s.budget
         if not self.ladder():
             return
-        limit = largest_size(self.fit(), budget, self.px, quantum=self.q)
+        limit = largest_size(self.fit(), self.pass_budget, self.px, quantum=self.q)
         room = self.s.machine_bytes - max(p["baseline_bytes"] for p in self.points)
         if limit is None:
             res.fit = self.fit()
             res.verification = "does-not-fit"
             res.verified_text = (f"even the smallest input needs about {_gib(res.fit.predict(self.px(self.q)))} "
-                                 f"> budget {_gib(budget)}")
+                                 f"above nca's own {_gib(self.baseline)} > budget {_gib(budget)}")
             return
         self.timing(limit, room)
-        self.allowed = budget / self.probe_factor if self.probe else budget
-        limit = largest_size(self.fit(), self.allowed, self.px, quantum=self.q)
+        self.allowed = self.pass_budget / self.probe_factor if self.probe else self.pass_budget
+        limit = self._model_limit() or largest_size(self.fit(), self.allowed, self.px, quantum=self.q)
         cap_mem = largest_size(self.fit(), room, self.px, quantum=self.q) or self.q
         cap_time = self.down(self.size_for(self.biggest()["pixels"] * self.s.verify_seconds
                                            / max(self.biggest()["seconds"], 1e-3)))
@@ -318,8 +338,9 @@ class _Search:
             if r.get("ok") and r["peak_bytes"] <= self.allowed:
                 res.size, res.memory_limit = target, target
                 res.verification = "measured"
-                res.peak_at_size = int(r["peak_bytes"] * (self.probe_factor if self.probe else 1.0))
-                res.verified_text = f"measured at limit: {self._peak_text(r)} <= budget {_gib(self.s.budget)}"
+                res.peak_at_size = self._whole(r["peak_bytes"] * (self.probe_factor if self.probe else 1.0))
+                res.verified_text = (f"measured at limit: {self._peak_text(r)} + nca's own {_gib(self.baseline)} "
+                                     f"<= budget {_gib(self.s.budget)}")
                 res.verified_short = f"measured: {_gib(res.peak_at_size)}"
                 return
             if _crashed(r):
@@ -356,7 +377,8 @@ class _Search:
         res.size = res.memory_limit = largest_size(fit, self.allowed, self.px, quantum=self.q)
         res.verification = "extrapolated"
         big = self.biggest()
-        res.peak_at_size = int(fit.predict(self.px(res.size)) * self.s.budget / self.allowed) if res.size else None
+        res.peak_at_size = (self._whole(fit.predict(self.px(res.size)) * self.pass_budget / self.allowed)
+                            if res.size else None)
         res.verified_text = (f"extrapolated from {len(self.points)} runs up to {self.g.describe(big['size'])} "
                              f"(peak {self._peak_text(big)}; {why}); fit residual "
                              f"<= {100 * fit.max_rel_residual:.1f}% over the larger half of the runs")
@@ -383,7 +405,7 @@ class _Search:
         res.memory_limit = largest_size(self.fit(), self.allowed, self.px, quantum=self.q) or memory_limit
         res.size = lo
         res.verification = "crash-limited"
-        res.peak_at_size = int(ran["peak_bytes"] * (self.probe_factor if self.probe else 1.0))
+        res.peak_at_size = self._whole(ran["peak_bytes"] * (self.probe_factor if self.probe else 1.0))
         allows = (f"; memory alone would allow {self.g.describe(res.memory_limit)} ({how})"
                   if res.memory_limit else "")
         res.verified_text = (f"the pass crashes at {self.g.describe(hi)} ({error}); largest size that ran: "
@@ -398,6 +420,39 @@ class _Search:
         res.seconds_at_size = self.predict_seconds(res.size, self.full)
         res.time_text = ("measured at the limit" if ref["size"] == res.size else
                          f"scaled from a full pass on {self.g.describe(ref['size'])}")
+
+    def _whole(self, pass_bytes: float) -> int:
+        """The whole process's peak for a pass adding ``pass_bytes``."""
+        return int(pass_bytes + self.baseline)
+
+    def _model_limit(self) -> int | None:
+        """For a fused NCA (the pass ``segment`` runs): the largest size whose single pass the
+        memory model predicts within ``pass_budget``; None for other subjects."""
+        if not (self.subject.is_nca and self.subject.impl == "fused"):
+            return None
+        import torch
+
+        from ..inference.memory import InputCost, single_pass_bytes
+        from .measure import DTYPES
+        from .subjects import build_subject_model
+
+        model = build_subject_model(self.subject, seed=self.s.seed)
+        cost = InputCost(model.config.input_channels)
+        device_type = torch.device(self.s.device).type
+
+        def fits(size: int) -> bool:
+            return single_pass_bytes(model, self.g.spatial_shape(size), dtype=DTYPES[self.subject.state_dtype],
+                                     impl="fused", cost=cost, device_type=device_type) <= self.pass_budget
+
+        if not fits(self.q):
+            return None
+        lo, hi = self.q, self.q
+        while fits(hi):
+            lo, hi = hi, hi * 2
+        while hi - lo > self.q:
+            mid = self.down((lo + hi) / 2)
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return lo
 
     def _peak_text(self, run: dict) -> str:
         if not run["probe"]:

@@ -1,21 +1,29 @@
 """Atomic file output: write to a temporary name beside the target, rename when complete.
 
-A killed run can leave only ``.<stem>.<random>.partial<suffix>`` files (or folders, for
-outputs that are folders), never a truncated output under the real name;
-:func:`remove_partials` clears those of one output.
+A killed run can leave only ``.<stem>.<host>-<pid>.<random>.partial<suffix>`` files (or
+folders, for outputs that are folders), never a
+truncated output under the real name. The name records the process that owns the file, so
+:func:`remove_partials` clears only stale ones (their process is gone) and never the file a
+concurrent run on the same outputs is writing; a file of another host is left alone.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
+from . import signals
 from .errors import NCAError
 
 PARTIAL = ".partial"
@@ -59,22 +67,79 @@ def check_writable(path: str | os.PathLike) -> None:
     os.unlink(tmp)
 
 
+def owner_tag() -> str:
+    """``<host>-<pid>`` of this process, as written into its temporary names."""
+    host = re.sub(r"[^A-Za-z0-9]+", "_", socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+_MIDDLE = re.compile(r"(?:(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.)?[a-z0-9_]{8}")
+
+
+def _owner(partial: Path, target: Path) -> tuple[str, int] | None | bool:
+    """(host, pid) of a temporary name of ``target``; None for an unowned (older) name; False
+    when ``partial`` is not a temporary name of ``target`` at all."""
+    suffix = PARTIAL + "".join(target.suffixes)
+    head = f".{target.stem}."
+    name = partial.name
+    if not (name.startswith(head) and name.endswith(suffix)):
+        return False
+    match = _MIDDLE.fullmatch(name[len(head):len(name) - len(suffix)])
+    if match is None:
+        return False
+    return (match["host"], int(match["pid"])) if match["pid"] else None
+
+
+def is_stale(partial: Path, target: Path) -> bool:
+    """Whether ``partial`` is a temporary file of ``target`` left by a process that is gone
+    (on this host; a name without an owner comes from a version that did not record one)."""
+    owner = _owner(partial, target)
+    if owner is False:
+        return False
+    if owner is None:
+        return True
+    host, pid = owner
+    return host == owner_tag().rpartition("-")[0] and pid != os.getpid() and not _alive(pid)
+
+
 def partial_pattern(target: Path) -> str:
-    """Glob of the temporary names :func:`atomic_path` gives ``target`` (8 random characters)."""
-    return f".{target.stem}.{'?' * 8}{PARTIAL}{''.join(target.suffixes) or ''}"
+    """Glob of the temporary names :func:`atomic_path` gives ``target`` (and a few others:
+    :func:`is_stale` tells them apart)."""
+    return f".{glob.escape(target.stem)}.*{PARTIAL}{glob.escape(''.join(target.suffixes))}"
 
 
 def remove_partials(path: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files (and folders) a killed run left for ``path``; returns them."""
+    """Remove the temporary files (and folders) that processes now gone left for ``path``;
+    returns them."""
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     removed = []
     if folder.is_dir():
-        for p in folder.glob(partial_pattern(target)):
-            with contextlib.suppress(OSError):
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-                removed.append(p)
+        for p in sorted(folder.glob(partial_pattern(target))):
+            if is_stale(p, target):
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                    removed.append(p)
     return removed
+
+
+_PAUSE_ENV = "NCA_TEST_PAUSE_BEFORE_RENAME"   # "<name pattern>[:seconds]": tests catch a process mid-write
+
+
+def _test_pause(target: Path) -> None:
+    pattern, _, seconds = os.environ.get(_PAUSE_ENV, "").partition(":")
+    if pattern and fnmatch.fnmatch(target.name, pattern):
+        time.sleep(float(seconds or 60))
 
 
 @contextlib.contextmanager
@@ -90,26 +155,26 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     folder = _folder(target)
     if suffix is None:
         suffix = "".join(target.suffixes) or ""
+    tmp_path = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=PARTIAL + suffix, dir=folder)
-    except OSError as exc:
-        raise write_failure(target, exc) from None
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
+        with signals.deferred():      # a signal meanwhile stops once tmp_path is known
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.{owner_tag()}.", suffix=PARTIAL + suffix, dir=folder)
+            os.close(fd)
+            tmp_path = Path(tmp)
         yield tmp_path
+        _test_pause(target)
         if tmp_path.exists():
             os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
     except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        if exc.errno in _WRITE_ERRNOS:
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
+        if tmp_path is None or exc.errno in _WRITE_ERRNOS:
             raise write_failure(target, exc) from None
         raise
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
         raise
 
 
@@ -125,7 +190,8 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     folder = _folder(target)
     suffix = "".join(target.suffixes)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.stem}.", suffix=PARTIAL + suffix, dir=folder))
+        with signals.deferred():      # a signal meanwhile stops once tmp is known
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.stem}.{owner_tag()}.", suffix=PARTIAL + suffix, dir=folder))
     except OSError as exc:
         raise write_failure(target, exc) from None
     try:
@@ -133,7 +199,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp, 0o777 & ~_umask())
         old = None
         if target.is_dir() and not target.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.stem}.", suffix=PARTIAL + suffix, dir=folder))
+            old = Path(tempfile.mkdtemp(prefix=f".{target.stem}.{owner_tag()}.", suffix=PARTIAL + suffix, dir=folder))
             os.replace(target, old)
         os.replace(tmp, target)
         if old is not None:

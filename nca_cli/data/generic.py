@@ -8,7 +8,8 @@ Layouts (checked in this order):
   without suffix.
 
 2D files: PNG/JPG/BMP/TIFF/DICOM; 3D files: NIfTI/MHA/NRRD (4D files become channels). Every
-label needs its image(s); images without a label are ignored. Sizes are kept unless
+label needs its image(s); images without a label are refused, naming them, unless
+``skip_unlabeled`` (then they are left out and a note names them). Sizes are kept unless
 ``resize`` (spatial shape, storage order) is given.
 
 Classes: with ``classes`` (names) label value k is class k and any value above
@@ -126,8 +127,9 @@ class _Normalise:
         return Normalization("none", divide_by=1.0).entry("float32")
 
 
-def _pairs(images_dir: Path, labels_dir: Path) -> list[tuple[Path, list[Path]]]:
-    """Every label with its image file(s) (several channel files in nnU-Net naming)."""
+def _pairs(images_dir: Path, labels_dir: Path) -> tuple[list[tuple[Path, list[Path]]], list[Path]]:
+    """Every label with its image file(s) (several channel files in nnU-Net naming), and the
+    image files no label uses."""
     labels = [p for p in visible_files(labels_dir) if is_image_file(p) or is_volume_file(p)]
     if not labels:
         raise NCAError(f"{labels_dir} holds no label files; pass a folder laid out as {LAYOUT}.")
@@ -144,7 +146,19 @@ def _pairs(images_dir: Path, labels_dir: Path) -> list[tuple[Path, list[Path]]]:
             raise NCAError(f"The image {images[0]} and its label {label_path} are not both 2D or both 3D files; pair "
                            f"like with like.")
         pairs.append((label_path, images))
-    return pairs
+    used = {p for _, images in pairs for p in images}
+    return pairs, sorted(set(plain_index.values()) - used)
+
+
+def _unlabeled(images: list[Path], labels_dir: Path, skip: bool, writer: DatasetWriter) -> None:
+    """Refuse images without a label in one sentence naming them, or with ``skip`` note them."""
+    if not images:
+        return
+    shown = ", ".join(p.name for p in images[:5]) + (f" and {len(images) - 5} more" if len(images) > 5 else "")
+    if not skip:
+        raise NCAError(f"{len(images)} image(s) have no mask in {labels_dir}: {shown}; add their masks or pass "
+                       f"--skip-unlabeled to leave them out.")
+    writer.notes.append(f"{len(images)} image(s) without a mask in {labels_dir} left out: {shown}")
 
 
 def _read_case(label_path: Path, image_paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list | None]:
@@ -205,8 +219,10 @@ def fill_generic(
     low: float = LOW_PERCENTILE,
     high: float = HIGH_PERCENTILE,
     binary: bool = False,
+    skip_unlabeled: bool = False,
 ) -> None:
-    """Write every labelled case of a generic image folder into ``writer``."""
+    """Write every labelled case of a generic image folder into ``writer`` (images without a
+    label are refused unless ``skip_unlabeled``)."""
     src = source_dir(src, LAYOUT)
     if dataset_kind not in DATASET_KINDS:
         raise NCAError(f"The dataset kind {dataset_kind!r} is unknown; use one of {', '.join(DATASET_KINDS)}.")
@@ -218,7 +234,10 @@ def fill_generic(
     names = list(classes) if classes else (["foreground"] if binary else None)
     norm = _Normalise(normalization, low, high)
     spacing, unit, present = None, "px", set()
-    for label_path, image_paths in _pairs(*_layout(src)):
+    images_dir, labels_dir = _layout(src)
+    pairs, unlabeled = _pairs(images_dir, labels_dir)
+    _unlabeled(unlabeled, labels_dir, skip_unlabeled, writer)
+    for label_path, image_paths in pairs:
         image, label, vol_spacing = _read_case(label_path, image_paths)
         if spacing is None:
             spacing, unit = (vol_spacing, "mm") if vol_spacing else ([1.0] * label.ndim, "px")

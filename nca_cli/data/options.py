@@ -30,8 +30,11 @@ class PrepareOptions:
     test_cases: str | None = option(None, "--test-cases",
                                     help="Comma-separated case ids to hold out for testing (instead of "
                                          "--test-fraction).")
+    skip_unlabeled: bool = option(False, "--skip-unlabeled",
+                                  help="generic only: leave out images without a mask (named in a note) "
+                                       "instead of refusing them.")
     overwrite: bool = option(False, "--overwrite", help="Replace an existing output folder.")
     quiet: bool = option(False, "-q", "--quiet", help="No progress display.")
 
     # Converter switches passed on only when given, so a kind that does not take one refuses it.
-    CONVERTER_SWITCHES = ("binary",)
+    CONVERTER_SWITCHES = ("binary", "skip_unlabeled")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ..core import signals
 from ..core.errors import NCAError
 from ..core.files import write_failure
 from .dataset import DATASET_KINDS, FORMAT_VERSION, LABEL_ENCODINGS, MANIFEST
@@ -78,13 +79,21 @@ class DatasetWriter:
                 if not (dst / MANIFEST).is_file():
                     raise NCAError(f"The output folder {dst} is not a prepared dataset (no {MANIFEST}); refusing to replace it, choose another folder.")
         parent = dst.parent if str(dst.parent) else Path(".")
+        root = None
         try:
-            parent.mkdir(parents=True, exist_ok=True)
-            self.root = Path(tempfile.mkdtemp(prefix=f"{dst.name}.partial-", dir=parent))
-        except OSError as exc:
-            raise NCAError(f"Cannot create the output folder {dst} ({exc.strerror}); choose a writable location.") from None
-        (self.root / "images").mkdir()
-        (self.root / "labels").mkdir()
+            with signals.deferred():   # a signal meanwhile stops once the folder is known
+                parent.mkdir(parents=True, exist_ok=True)
+                root = Path(tempfile.mkdtemp(prefix=f"{dst.name}.partial-", dir=parent))
+            (root / "images").mkdir()
+            (root / "labels").mkdir()
+        except BaseException as exc:   # __exit__ runs only once __enter__ has returned
+            if root is not None:
+                shutil.rmtree(root, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise NCAError(f"Cannot create the output folder {dst} ({exc.strerror}); choose a writable "
+                               f"location.") from None
+            raise
+        self.root = root
         return self
 
     def set_info(self, **fields) -> None:

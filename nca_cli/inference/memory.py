@@ -77,6 +77,8 @@ def _bytes(dtype: torch.dtype) -> int:
 _STEP_BYTES: dict[tuple, tuple[float, float]] = {}
 _FORWARD_PEAKS: dict[tuple, int] = {}
 STEP_PROBE = {2: (256, 256), 3: (16, 64, 64)}
+BUDGET_MARGIN = 0.04        # share of a budget held back for what predictions miss,
+BUDGET_FLOOR = 32 << 20     # and at least this (a tiled 2 MP image measured 18 MiB above its prediction)
 
 
 def _measured(fn) -> int:
@@ -299,6 +301,32 @@ def tiled_bytes(model, shape, *, split: int, tile, dtype, impl: str, cost: Input
     return max(phases.values()), count
 
 
+def usable_budget(budget: int) -> int:
+    """What predictions may fill of ``budget`` (the whole process's peak): ``BUDGET_MARGIN`` of
+    it, at least ``BUDGET_FLOOR``, is held back, so a run predicted to fit stays under the budget
+    when measured."""
+    return budget - max(int(budget * BUDGET_MARGIN), BUDGET_FLOOR)
+
+
+def budget_for(need: int) -> int:
+    """The smallest budget whose usable part holds ``need`` bytes."""
+    return max(math.ceil(need / (1.0 - BUDGET_MARGIN)), need + BUDGET_FLOOR)
+
+
+def check_budget(budget: int, baseline: int) -> None:
+    """Refuse, in the one sentence every command uses, a budget that the process holds already
+    before any input (``baseline``: Python, its libraries, the model)."""
+    if usable_budget(budget) <= baseline:
+        least = budget_for(baseline)
+        raise NCAError(f"The memory budget {format_size(budget)} is below what nca itself takes before any input "
+                       f"(about {format_size(baseline)}: Python, its libraries and the model) with the memory "
+                       f"model's margin; raise --memory-budget above {format_size(least)}.")
+
+
+def _budget_text(budget: int) -> str:
+    return f"{format_size(budget)}, {format_size(usable_budget(budget))} of it for predictions"
+
+
 def largest_fitting_shape(need, shape: Sequence[int], budget: int) -> tuple[int, ...] | None:
     """The largest input of ``shape``'s proportions whose prediction ``need(shape)`` fits ``budget``."""
     lo, hi = 0.0, 1.0
@@ -332,6 +360,8 @@ def plan_run(model, shape, *, dtype, impl: str, budget: int, tiling: str = "auto
     """Single pass when it fits (or ``tiling == "off"``), else the cheapest tiling that fits
     (``"force"``: the fewest tiles over every split); a run that cannot fit is refused in one
     sentence naming the size that would."""
+    check_budget(budget, baseline)
+    given, budget = budget, usable_budget(budget)
     cost = cost or InputCost(model.config.input_channels)
     where = {"dtype": dtype, "impl": impl, "cost": cost, "ensemble": ensemble, "want_std": want_std,
              "device_type": device_type}
@@ -347,21 +377,22 @@ def plan_run(model, shape, *, dtype, impl: str, budget: int, tiling: str = "auto
     if tiling == "off" or (tiling == "auto" and single <= budget):
         if single > budget:
             raise NCAError(f"Segmenting {name} in one pass needs about {format_size(single)} but the budget is "
-                           f"{format_size(budget)}; the largest input of its proportions that fits in one pass is "
+                           f"{_budget_text(given)}; the largest input of its proportions that fits in one pass is "
                            f"{fits_in_one_pass()}, so allow tiling (--tiling auto), use --state-dtype "
                            f"float16, or raise --memory-budget.")
         return Plan("single", single, phases=phases)
     splits = LevelSchedule.of(model, shape).splits()
     if not splits:
-        raise NCAError(f"Segmenting {name} needs about {format_size(single)} (budget {format_size(budget)}) and this "
+        raise NCAError(f"Segmenting {name} needs about {format_size(single)} (budget {_budget_text(given)}) and this "
                        f"model cannot be tiled exactly (its BatchNorm uses statistics of whole levels); the largest "
                        f"input of its proportions that fits in one pass is {fits_in_one_pass()}, "
                        f"so segment a smaller region or raise --memory-budget.")
     best = _best_tiling(model, shape, splits, tile_size, budget - baseline, fewest=tiling == "force", **where)
     if best is None:
-        smallest = tiled_bytes(model, shape, split=splits[-1], tile=[min(64, n) for n in shape], **where)[0]
-        raise NCAError(f"The memory budget {format_size(budget)} is too small to segment {name} even in tiles "
-                       f"(at least {format_size(smallest + baseline)} needed); raise --memory-budget.")
+        smallest = tiled_bytes(model, shape, split=splits[-1], tile=[min(64, n) for n in shape], **where)[0] + baseline
+        raise NCAError(f"The memory budget {format_size(given)} ({format_size(budget)} of it for predictions) is too "
+                       f"small to segment {name} even in tiles "
+                       f"(at least {format_size(budget_for(smallest))} needed); raise --memory-budget.")
     best.predicted_bytes += baseline
     return best
 
@@ -414,6 +445,8 @@ def window_phases(model, shape: Sequence[int], window: Sequence[int], *, cost: I
 def window_plan(model, shape: Sequence[int], window: Sequence[int], *, budget: int, baseline: int = 0,
                 name: str = "the input", cost: InputCost | None = None, device="cpu") -> Plan:
     """Sliding windows always run band by band; a run whose prediction exceeds ``budget`` is refused."""
+    check_budget(budget, baseline)
+    given, budget = budget, usable_budget(budget)
     cost = cost or InputCost(model.config.input_channels)
     phases = window_phases(model, shape, window, cost=cost, device=device)
     need = max(phases.values()) + baseline
@@ -422,7 +455,7 @@ def window_plan(model, shape: Sequence[int], window: Sequence[int], *, budget: i
         fits = largest_fitting_shape(lambda s: max(window_phases(model, s, window, cost=cost, forward=forward)
                                                    .values()) + baseline, shape, budget)
         raise NCAError(f"Segmenting {name} with {model.config.architecture} needs about {format_size(need)} "
-                       f"(windows of {'x'.join(map(str, window))}) but the budget is {format_size(budget)}; the largest "
+                       f"(windows of {'x'.join(map(str, window))}) but the budget is {_budget_text(given)}; the largest "
                        f"input of its proportions that fits is {_fitting(fits, baseline)}, so raise "
                        f"--memory-budget or segment a smaller region.")
     return Plan("sliding-window", need, phases=phases)

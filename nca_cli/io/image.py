@@ -251,6 +251,9 @@ def _dicom_geometry(ds: pydicom.Dataset, frames: int) -> dict[str, Any]:
     return geom
 
 
+_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
 def _dicom_header(path: Path) -> pydicom.Dataset:
     try:
         try:
@@ -307,6 +310,12 @@ def open_dicom(path: Path) -> InputImage:
     def load() -> np.ndarray:
         try:
             full = pydicom.dcmread(path, force=True)
+        except Exception as exc:  # the header was read; a failure here is a damaged file
+            raise NCAError(f"Cannot read DICOM file {path} ({exc}); check that it is a complete DICOM image.") from None
+        if not any(tag in full for tag in _PIXEL_TAGS):
+            raise NCAError(f"The DICOM file {path} has no pixel data (no Pixel Data element), so there is no image to "
+                           f"segment; pass the DICOM file that holds the image.")
+        try:
             arr = full.pixel_array
         except Exception as exc:  # pixel decoding raises many types, all meaning "cannot decode"
             raise NCAError(

@@ -140,11 +140,15 @@ def check_nifti_complete(path: Path) -> None:
 
 
 def _geometry(dim: int, spacing, origin, direction) -> dict[str, Any]:
-    """Spatial part (first ``min(dim, 3)`` axes) of an ITK geometry."""
+    """Spatial part (first ``min(dim, 3)`` axes) of an ITK geometry. A negative spacing (a
+    NIfTI ``pixdim`` may hold one) becomes positive with its direction column flipped, the
+    same physical grid, as SimpleITK's reader does when it reads the voxels."""
     n = min(dim, 3)
-    d = np.asarray(direction, dtype=np.float64).reshape(dim, dim)[:n, :n]
+    d = np.asarray(direction, dtype=np.float64).reshape(dim, dim)[:n, :n].copy()
+    spacing = np.asarray(spacing[:n], dtype=np.float64)
+    d[:, spacing < 0] *= -1
     return {
-        "spacing": tuple(float(s) for s in spacing[:n]),
+        "spacing": tuple(float(s) for s in np.abs(spacing)),
         "origin": tuple(float(o) for o in origin[:n]),
         "direction": tuple(float(v) + 0.0 for v in d.ravel()),
     }

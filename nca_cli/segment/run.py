@@ -31,6 +31,7 @@ from ..core.machine import (
 )
 from ..core.progress import Progress
 from ..core.sizes import format_size, parse_size
+from ..inference.memory import usable_budget
 from .options import SegmentOptions
 from .outputs import Job, Rendering, plan_jobs, write_metadata, write_outputs
 
@@ -195,7 +196,7 @@ def segment_one(job: Job, predictor, opts: SegmentOptions, progress: Progress, *
             plan.phases["write_input_size"] = 3 * int(np.prod(source.spatial_shape))
             plan.predicted_bytes = max(plan.predicted_bytes, baseline + plan.phases["write_input_size"]
                                        + int(np.prod(image.spatial_shape)))
-            if plan.predicted_bytes > budget:
+            if plan.predicted_bytes > usable_budget(budget):
                 raise NCAError(f"Segmenting {job.input} needs about {format_size(plan.predicted_bytes)} but the budget "
                                f"is {format_size(budget)}; raise --memory-budget or resize less.")
         tracker = _Tracker(progress, job.input.name, image.spatial_shape, getattr(predictor.config, "levels", 0))

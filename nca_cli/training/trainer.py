@@ -6,6 +6,9 @@ rate decay step, one EMA update. Every ``validate_every`` epochs the EMA model i
 validation data ``model.pt`` is written every ``save_every`` epochs, so a usable model exists
 at any moment; the final ``model.pt`` holds the last EMA weights. ``last.pt`` holds everything
 needed to continue bit for bit (model, EMA, optimiser, scheduler, generator states, epoch).
+SIGTERM or SIGHUP (a cluster preempting the job) stops a single-process run after the batch
+in progress: ``last.pt`` then records the batches of the epoch already done, and ``--resume``
+continues from the next one with identical weights.
 
 A resumed run (``--resume``) continues the recipe recorded in its folder (``recipe.yaml``);
 only settings that do not change the weights' trajectory may change on resume (``RESUMABLE``),
@@ -13,6 +16,7 @@ and each change is recorded with the epoch from which it holds.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -21,6 +25,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..core import signals
 from ..core.device import resolve_device
 from ..core.errors import NCAError
 from ..core.files import atomic_path, write_failure
@@ -204,7 +209,7 @@ class _Run:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=tr.lr, betas=tuple(tr.betas))
         self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=tr.lr_decay)
         self.gen = torch.Generator().manual_seed(tr.seed * 7919 + dist.rank)
-        self.epoch, self.best, self.resumes = 0, -1.0, []
+        self.epoch, self.batch, self.best, self.resumes = 0, 0, -1.0, []
 
     def restore(self, path: Path, dist: Distributed) -> None:
         state = checkpoint.load(path, map_location=dist.device)
@@ -221,13 +226,29 @@ class _Run:
             raise NCAError(f"{path} was written by {len(gens)} process(es); resume it with the same number.")
         self.gen.set_state(gens[dist.rank])
         self.epoch, self.best = int(state["epoch"]), float(state["best_dice"])
+        self.batch = int(state.get("batch", 0))
         self.resumes = list(state.get("resumes") or [])
 
     def save_last(self, path: Path, gens: list) -> None:
         checkpoint.save({"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                          "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                         "generators": gens, "epoch": self.epoch, "best_dice": self.best, "resumes": self.resumes},
+                         "generators": gens, "epoch": self.epoch, "batch": self.batch, "best_dice": self.best,
+                         "resumes": self.resumes},
                         path)
+
+
+class _Preempted(Exception):
+    """A signal arrived; batch ``batch`` of the epoch is the next one to run."""
+
+    def __init__(self, batch: int):
+        super().__init__(batch)
+        self.batch = batch
+
+
+def _preemptible(dist: Distributed):
+    """Signals wait for the end of the batch in progress (one process; with several, each
+    process stops at once and ``last.pt`` holds the last completed epoch)."""
+    return signals.deferred() if dist.world == 1 else contextlib.nullcontext()
 
 
 def _append_metrics(path: Path, record: dict) -> None:
@@ -269,10 +290,10 @@ def train(recipe: Recipe, run_dir: str | os.PathLike, *, resume: bool = False, d
             _write_run_files(run_dir, recipe, ds_path, run.epoch)
         record: dict = {}
         stale = 0
-        with Progress(quiet or not dist.main) as progress:
+        with Progress(quiet or not dist.main) as progress, _preemptible(dist):
             task = progress.add("epoch", total=tr.epochs, completed=run.epoch)
             for epoch in range(run.epoch, tr.epochs):
-                record = _train_epoch(run, ddp_model, recipe, epoch, batches, dist)
+                record = _train_epoch(run, ddp_model, recipe, epoch, batches, dist, run_dir / LAST)
                 validate = run.epoch % tr.validate_every == 0 or run.epoch == tr.epochs
                 if validate and dist.main and val_cases:
                     record["val_dice"] = run.step.validate(run.ema.shadow, val_cases, ensemble=tr.ensemble, impl=impl)
@@ -286,6 +307,8 @@ def train(recipe: Recipe, run_dir: str | os.PathLike, *, resume: bool = False, d
                 task.advance(info=_progress_line(record))
                 if tr.early_stop and validate and stale >= tr.early_stop:
                     break
+                if signals.pending():
+                    raise signals.stopped()
         if dist.main:
             _save_model(run_dir / MODEL, run, recipe, meta | {
                 "epochs": record.get("epoch", run.epoch), "best_val_dice": run.best if run.best >= 0 else None,
@@ -300,25 +323,41 @@ def _batches_per_epoch(recipe: Recipe, train_ds) -> int:
     return recipe.data.batches_per_epoch or max(1, len(train_ds) // recipe.data.batch_size)
 
 
-def _train_epoch(run: _Run, ddp_model, recipe: Recipe, epoch: int, batches: int, dist: Distributed) -> dict:
+def _train_epoch(run: _Run, ddp_model, recipe: Recipe, epoch: int, batches: int, dist: Distributed,
+                 last: Path) -> dict:
     """One epoch: ``batches`` optimiser steps, one learning-rate decay step, one EMA update;
     returns the epoch's metrics record."""
     t0 = time.perf_counter()
-    run.model.train()
-
-    def loss(b: int, _batch):
-        x, y = run.step.batch(run.gen)
-        return run.step.loss(ddp_model, x.to(dist.device), y.to(dist.device),
-                             seed=fire_seed(recipe.training.seed, epoch, b, dist.rank), generator=run.gen)
-
-    means = optimise_epoch(run.opt, range(batches), loss,
-                           diverged=f"Training diverged at epoch {epoch + 1} (loss is {{value}}); lower "
-                                    f"training.lr in {recipe.where}.")
+    means = _optimise(run, ddp_model, dist, recipe, epoch, batches, last)
     run.sched.step()
     run.ema.update(run.model)
     run.epoch = epoch + 1
     return {"epoch": run.epoch, "loss": dist.mean(means["loss"]), "lr": run.sched.get_last_lr()[0],
             "epoch_seconds": time.perf_counter() - t0}
+
+
+def _optimise(run: _Run, ddp_model, dist: Distributed, recipe: Recipe, epoch: int, batches: int, last: Path) -> dict:
+    """The batches of ``epoch`` from ``run.batch`` on; returns the means of the loss terms. A
+    signal stops it between two batches, with ``last`` saved to resume from the next one."""
+    run.model.train()
+
+    def loss(_index: int, b: int):
+        if signals.pending():     # a safe point: batches < b are done, b not begun
+            raise _Preempted(b)
+        x, y = run.step.batch(run.gen)
+        return run.step.loss(ddp_model, x.to(dist.device), y.to(dist.device),
+                             seed=fire_seed(recipe.training.seed, epoch, b, dist.rank), generator=run.gen)
+
+    try:
+        means = optimise_epoch(run.opt, range(run.batch, batches), loss,
+                               diverged=f"Training diverged at epoch {epoch + 1} (loss is {{value}}); lower "
+                                        f"training.lr in {recipe.where}.")
+    except _Preempted as stop:
+        run.batch = stop.batch
+        run.save_last(last, [run.gen.get_state()])
+        raise signals.stopped() from None
+    run.batch = 0
+    return means
 
 
 def _keep_if_best(run: _Run, dice: float, run_dir: Path, recipe: Recipe, meta: dict) -> bool:

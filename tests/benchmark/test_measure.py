@@ -5,6 +5,7 @@ from nca_cli.benchmark.geometry import GEOMETRIES
 from nca_cli.benchmark.measure import make_spec, run_measurement
 from nca_cli.benchmark.search import SearchSettings, find_max_size
 from nca_cli.benchmark.subjects import Subject, build_subject_model
+from nca_cli.inference.memory import usable_budget
 
 MiB = 2 ** 20
 TINY = {"architecture": "octree_nca", "dims": 2, "input_channels": 3, "output_channels": 1, "levels": 3,
@@ -82,7 +83,8 @@ def test_search_finds_a_size_that_fits_and_one_and_a_half_times_that_does_not(mo
     # a fixed mmap threshold makes glibc return every freed tensor at once, so peaks of these
     # small passes do not depend on what earlier allocations left in the heap
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
-    budget = 40 * MiB
+    own = run_measurement(make_spec("pathology", SUBJECT, 64, probe=True, device="cpu"), timeout=120)["baseline_bytes"]
+    budget = own + 80 * MiB                                  # the whole process: about 40 MiB for the pass
     settings = SearchSettings(budget=budget, machine_bytes=4 * 2 ** 30, min_points=2, max_points=3,
                               timing_seconds=0.0, startup_seconds=120)
     res = find_max_size("pathology", SUBJECT, settings)
@@ -90,4 +92,29 @@ def test_search_finds_a_size_that_fits_and_one_and_a_half_times_that_does_not(mo
     assert res.peak_at_size <= budget
     bigger = GEOMETRIES["pathology"].size_for_pixels(1.5 * GEOMETRIES["pathology"].pixels(res.size))
     over = run_measurement(make_spec("pathology", SUBJECT, round(bigger), probe=True, device="cpu"), timeout=120)
-    assert over["ok"] and over["peak_bytes"] > budget, (res.size, over, res.measurements)
+    assert over["ok"] and over["peak_abs_bytes"] > usable_budget(budget), (res.size, over, res.measurements)
+
+
+def test_benchmark_and_segment_refuse_a_budget_below_nca_itself_in_one_sentence(tmp_path):
+    """One definition of a budget: the whole process. 64 MiB is less than Python and torch."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from nca_cli.models import NCAConfig, OctreeNCA, checkpoint
+
+    checkpoint.save_model(tmp_path / "m.pt", OctreeNCA(NCAConfig(dims=2, input_channels=3, output_channels=1)), None)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")
+    runs = [["benchmark", "--max-size", "--models", "octree_nca", "--impl", "torch", "--memory-budget", "64MiB", "-q"],
+            ["segment", tmp_path / "a.png", "-o", tmp_path / "m.png", "-m", tmp_path / "m.pt", "--memory-budget",
+             "64MiB", "-q"]]
+    said = []
+    for args in runs:
+        proc = subprocess.run([sys.executable, "-m", "nca_cli", *map(str, args)], capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        said.append(proc.stderr.split("(about")[0])
+    assert said[0] == said[1] == "error: The memory budget 64.0 MiB is below what nca itself takes before any input "
+    assert not (tmp_path / "m.png").exists()

@@ -1,10 +1,13 @@
 import errno
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 
 from nca_cli.core.errors import NCAError
-from nca_cli.core.files import atomic_folder, atomic_path, check_writable, remove_partials, write_json
+from nca_cli.core.files import atomic_folder, atomic_path, check_writable, owner_tag, remove_partials, write_json
 
 
 def test_atomic_output_appears_complete_or_not_at_all(tmp_path):
@@ -60,3 +63,44 @@ def test_a_folder_output_appears_only_when_complete(tmp_path):
     stale = tmp_path / ".m.ome.abcd1234.partial.ome.zarr"      # what a killed run leaves
     (stale / "0").mkdir(parents=True)
     assert remove_partials(tmp_path / "m.ome.zarr") == [stale] and not stale.exists()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_only_temporaries_whose_process_is_gone_are_removed(tmp_path):
+    target = tmp_path / "m.nii.gz"
+    host = owner_tag().rpartition("-")[0]
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = {"dead": f".m.nii.{host}-{_dead_pid()}.abcd1234.partial.nii.gz",
+                 "alive": f".m.nii.{host}-{sleeper.pid}.abcd1234.partial.nii.gz",
+                 "mine": f".m.nii.{owner_tag()}.abcd1234.partial.nii.gz",
+                 "other_host": f".m.nii.elsewhere_{host}-{_dead_pid()}.abcd1234.partial.nii.gz",
+                 "other_target": f".m.nii.x.{host}-{_dead_pid()}.abcd1234.partial.nii.gz"}
+        for name in names.values():
+            (tmp_path / name).write_bytes(b"x")
+        assert remove_partials(target) == [tmp_path / names["dead"]]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(v for k, v in names.items() if k != "dead")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_second_run_leaves_the_first_runs_temporary_alone(tmp_path):
+    target = tmp_path / "m.png"
+    code = ("import sys; from nca_cli.core.files import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp: tmp.write_bytes(b'complete')\n")
+    env = os.environ | {"NCA_TEST_PAUSE_BEFORE_RENAME": "m.png:3"}
+    first = subprocess.Popen([sys.executable, "-c", code, str(target)], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".m.*.partial.png")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert list(tmp_path.glob(".m.*.partial.png")), "the first run never created its temporary file"
+    assert remove_partials(target) == []              # what a second run does at its start
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    assert target.read_bytes() == b"complete" and list(tmp_path.iterdir()) == [target]

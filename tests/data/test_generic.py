@@ -148,3 +148,23 @@ def test_split_control_and_the_one_case_note(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "no validation case" in proc.stdout and "cases written 1" in proc.stdout
+
+
+def test_images_without_masks_are_named_and_refused_unless_skipped(tmp_path):
+    import subprocess
+    import sys
+
+    src = _png_2d(tmp_path / "src", n=6)
+    (src / "masks" / "img_4.png").unlink()                      # 6 images, 5 masks
+    with pytest.raises(NCAError, match=r"1 image\(s\) have no mask in .*masks: img_4\.png; add their masks or pass "
+                                       r"--skip-unlabeled"):
+        prepare("generic", src, tmp_path / "out")
+    assert no_leftovers(tmp_path, "out")
+    cmd = [sys.executable, "-m", "nca_cli", "prepare", "generic", str(src), "-o", str(tmp_path / "out")]
+    refused = subprocess.run(cmd, capture_output=True, text=True)
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1 and "img_4.png" in refused.stderr
+    done = subprocess.run([*cmd, "--skip-unlabeled"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "without a mask" in done.stdout and "left out: img_4.png" in done.stdout
+    ds = PreparedDataset(tmp_path / "out", "all")
+    assert sorted(c["id"] for c in ds.manifest["cases"]) == ["img_0", "img_1", "img_2", "img_3", "img_5"]

@@ -54,3 +54,26 @@ def test_bad_calls(tmp_path):
     with pytest.raises(NCAError, match="option 'mpp' does not apply to `prepare synthetic xray`"):
         prepare("synthetic", None, tmp_path / "out", kind="xray", mpp=0.5)
     assert no_leftovers(tmp_path, "out")
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_signal_while_preparing_leaves_nothing_and_one_line(tmp_path, sig):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "nca_cli", "prepare", "synthetic", "--kind", "pathology",
+                             "--cases", "400", "--size", "512", "-o", str(tmp_path / "ds"), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("ds.partial-*")):               # the dataset is being built
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + getattr(signal, sig)
+    assert err.strip().splitlines() == [f"stopped by {sig}; nothing half-written was kept"]
+    assert not list(tmp_path.glob("ds.partial-*"))
+    # stopped; or, where a library swallowed the interruption, complete and still reported as stopped
+    assert not (tmp_path / "ds").exists() or (tmp_path / "ds" / "dataset.yaml").is_file()

@@ -112,9 +112,9 @@ def test_tiled_runs_within_the_prediction(tmp_path, inputs, name, impl, dtype, t
 @pytest.mark.memory
 def test_a_run_that_cannot_fit_is_refused_before_it_starts(tmp_path, inputs):
     model, _ = _model(tmp_path, NCAS["med_nca 2D"])            # BatchNorm: cannot be tiled exactly
-    image = tmp_path.parent / "large.png"                      # ~2 MP: about 90 MiB above nca's own
+    image = tmp_path.parent / "large.png"                      # ~2 MP: about 90 MiB above nca's own (~365 MiB)
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (1536, 1280, 3), dtype=np.uint8)).save(image)
-    proc, _ = _segment(model, image, tmp_path / "m.png", "--memory-budget", "400MiB")
+    proc, _ = _segment(model, image, tmp_path / "m.png", "--memory-budget", "440MiB")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "largest input of its proportions that fits" in proc.stderr and " MP)" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -169,19 +169,22 @@ def test_plan_run_chooses_single_pass_tiles_or_refusal_by_the_budget():
     model = _fused_model("octree_pathology")
     shape, where = (1024, 1024), {"dtype": torch.float16, "impl": "fused"}
     single = single_pass_bytes(model, shape, **where)
-    plan = plan_run(model, shape, budget=single, **where)
+    enough = memory.budget_for(single)          # the budget whose usable part (after the margin) is single
+    assert memory.usable_budget(enough) >= single > memory.usable_budget(enough - 1)
+    plan = plan_run(model, shape, budget=enough, **where)
     assert plan.mode == "single" and plan.predicted_bytes == single
-    assert plan_run(model, shape, budget=single + 100, baseline=100, **where).mode == "single"
-    tiled = plan_run(model, shape, budget=single - 1, **where)
-    assert tiled.mode == "tiled" and tiled.split == 1 and tiled.predicted_bytes <= single - 1
+    assert plan_run(model, shape, budget=memory.budget_for(single + 100), baseline=100, **where).mode == "single"
+    tiled = plan_run(model, shape, budget=enough - 1, **where)
+    usable = memory.usable_budget(enough - 1)
+    assert tiled.mode == "tiled" and tiled.split == 1 and tiled.predicted_bytes <= usable
     side = tiled.tile[0]          # the largest power of two that fits at split 1
     assert side < 1024 and tiled.tiles == (1024 // side) ** 2
     bigger = tiled_phases(model, shape, split=1, tile=[2 * side] * 2, cost=memory.InputCost(3), **where)[0]
-    assert max(bigger.values()) > single - 1
+    assert max(bigger.values()) > usable
     with pytest.raises(NCAError, match="in one pass needs about"):
-        plan_run(model, shape, budget=single - 1, tiling="off", **where)
+        plan_run(model, shape, budget=enough - 1, tiling="off", **where)
     with pytest.raises(NCAError, match="too small to segment the input even in tiles"):
-        plan_run(model, shape, budget=MIB, **where)
+        plan_run(model, shape, budget=memory.budget_for(MIB), **where)
     whole = plan_run(model, shape, budget=2 ** 40, tiling="force", **where)
     assert (whole.mode, whole.split, whole.tile, whole.tiles) == ("tiled", 1, [1024, 1024], 1)
     forced = plan_run(model, shape, budget=2 ** 40, tiling="force", tile_size=256, **where)
@@ -193,7 +196,7 @@ def test_a_model_with_batchnorm_on_every_level_is_refused_rather_than_tiled():
     shape, where = (1024, 1024), {"dtype": torch.float16, "impl": "fused"}
     single = single_pass_bytes(model, shape, **where)
     with pytest.raises(NCAError, match="cannot be tiled exactly.*largest input of its proportions"):
-        plan_run(model, shape, budget=single - 1, **where)
+        plan_run(model, shape, budget=memory.budget_for(single) - 1, **where)
 
 
 def test_tiled_prediction_adds_the_coarse_levels_the_pyramid_two_tile_levels_and_the_labels(monkeypatch):
@@ -228,3 +231,37 @@ def test_building_the_pyramid_states_its_largest_step():
     assert build_bytes(10 ** 6, 3, 1, divide, (2, 2), "average", 2) == rgb * 4 + rgb * 4 + rgb // 4 * 4
     assert build_bytes(10 ** 6, 3, 1, divide, (2, 2), "nearest", 2) == rgb * 4 + rgb // 4 * 6
     assert build_bytes(10 ** 6, 1, 1, divide, (2, 2), "average", 2) == 10 ** 6 * 4 + 10 ** 6 // 4 * 6
+
+
+@pytest.mark.memory
+def test_a_tight_budget_bounds_the_whole_process(tmp_path):
+    """The budget bounds the whole process's measured peak, also when tiling makes the run's
+    prediction nearly equal to the budget: such a run keeps its budget, or is refused before it
+    starts."""
+    model, _ = _model(tmp_path, NCAS["octree_nca 2D"])
+    image = tmp_path / "large.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (1536, 1280, 3), dtype=np.uint8)).save(image)
+    proc, meta = _segment(model, image, tmp_path / "a.png", "--memory-budget", 3 * 2 ** 30)
+    assert proc.returncode == 0, proc.stderr
+    base, single = meta["baseline_rss_bytes"], meta["predicted_peak_bytes"]
+    for k, budget in enumerate([base + 0.4 * (single - base), single - MIB]):   # 30 tiles / a few tiles
+        proc, meta = _segment(model, image, tmp_path / f"b{k}.png", "--memory-budget", int(budget))
+        if proc.returncode == 1 and k == 0:
+            assert len(proc.stderr.strip().splitlines()) == 1 and "too small" in proc.stderr, proc.stderr
+            continue
+        assert proc.returncode == 0, proc.stderr
+        assert meta["tiles"] > 1 and meta["peak_memory_bytes"] <= budget, (meta["peak_memory_bytes"] / MIB, budget / MIB)
+
+
+def test_the_margin_and_the_budget_below_nca_itself():
+    from nca_cli.core.errors import NCAError
+    from nca_cli.inference.memory import BUDGET_FLOOR, budget_for, check_budget, usable_budget
+
+    assert usable_budget(376 * MIB) == 376 * MIB - BUDGET_FLOOR          # small budgets: the floor
+    assert usable_budget(24 * 2 ** 30) == pytest.approx(0.96 * 24 * 2 ** 30, abs=1)   # large ones: 4 %
+    with pytest.raises(NCAError, match=r"^The memory budget 64.0 MiB is below what nca itself takes before any "
+                                       r"input \(about 300.0 MiB.*raise --memory-budget above 332.0 MiB\.$"):
+        check_budget(64 * MIB, 300 * MIB)
+    check_budget(budget_for(300 * MIB) + 1, 300 * MIB)
+    with pytest.raises(NCAError):
+        check_budget(budget_for(300 * MIB) - 1, 300 * MIB)

@@ -1,6 +1,8 @@
 """SimpleITK volumes: geometry survives a read/write round trip; DICOM series; failures."""
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -172,3 +174,34 @@ def test_multi_member_gzip_nifti_is_accepted(tmp_path):
         f.write(gzip.compress(raw[:500]) + gzip.compress(raw[500:]))
     with open_input(tmp_path / "multi.nii.gz") as vol:
         np.testing.assert_array_equal(vol.read()[..., 0], data)
+
+
+def write_negative_spacing_nifti(path, data: np.ndarray) -> None:
+    """A NIfTI whose header's pixdim is (-0.4, 0.7, -5), as some converters write."""
+    image = sitk.GetImageFromArray(data)
+    image.SetSpacing((0.4, 0.7, 5.0))
+    image.SetOrigin(ORIGIN)
+    sitk.WriteImage(image, str(path))
+    raw = bytearray(path.read_bytes())
+    pixdim = list(struct.unpack("<8f", raw[76:108]))
+    pixdim[1], pixdim[3] = -pixdim[1], -pixdim[3]
+    raw[76:108] = struct.pack("<8f", *pixdim)
+    path.write_bytes(bytes(raw))
+
+
+def test_negative_spacing_reads_and_writes_as_simpleitk_reads_it(tmp_path):
+    data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    src = tmp_path / "neg.nii"
+    write_negative_spacing_nifti(src, data)
+    expected = sitk.ReadImage(str(src))
+    assert expected.GetSpacing()[0] > 0 and expected.GetDirection()[0] == -1.0   # SimpleITK's own reading
+    with open_input(src) as vol:
+        np.testing.assert_allclose(vol.meta["spacing"], expected.GetSpacing(), rtol=1e-6)
+        np.testing.assert_allclose(vol.meta["direction"], expected.GetDirection(), atol=1e-9)
+        np.testing.assert_array_equal(vol.read()[..., 0], data)
+        out = write_volume(tmp_path / "seg.nii.gz", (data % 2).astype(np.uint8), vol.meta)
+    back = sitk.ReadImage(str(out))
+    np.testing.assert_allclose(back.GetSpacing(), expected.GetSpacing(), rtol=1e-6)
+    np.testing.assert_allclose(back.GetOrigin(), expected.GetOrigin(), atol=1e-5)
+    np.testing.assert_allclose(back.GetDirection(), expected.GetDirection(), atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), data % 2)

@@ -1,7 +1,9 @@
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import openslide
@@ -181,7 +183,7 @@ def test_bad_inputs_one_sentence_and_nothing_written(tmp_path, models, rgb_image
         run([tmp_path / "empty"], tmp_path / "o", models["rgb2d"])
     src = tmp_path / "a.png"
     Image.fromarray(rgb_image).save(src)
-    with pytest.raises(NCAError, match="too small"):
+    with pytest.raises(NCAError, match=r"The memory budget 1.0 KiB is below what nca itself takes before any input"):
         run([src], tmp_path / "o3.png", models["rgb2d"], memory_budget="1KiB")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["g.png", "v.nii.gz", "nan.mha", "empty", "a.png"])
 
@@ -204,3 +206,47 @@ def test_cli_errors_exit_nonzero_without_traceback(tmp_path, models):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png)
         proc = cli(png, "-o", ro / "m.png", "--model", models["rgb2d"])
         assert proc.returncode == 1 and "writable" in proc.stderr
+
+
+def _sigterm_when(proc, folder, pattern, timeout=120.0):
+    """SIGTERM ``proc`` as soon as a file matching ``pattern`` appears in ``folder``; returns
+    the names complete at that moment (every non-temporary file)."""
+    deadline = time.monotonic() + timeout
+    while not list(folder.glob(pattern)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    complete = {p.name for p in folder.iterdir() if ".partial" not in p.name}
+    proc.send_signal(signal.SIGTERM)
+    return complete
+
+
+@pytest.mark.parametrize("moment", ["img0_mask.png", "img0_mask.run_metadata.json", "img1_mask.png"])
+def test_sigterm_keeps_only_complete_files_and_continue_finishes(tmp_path, models, rgb_image, moment):
+    folder = shifted_images(tmp_path / "in", rgb_image, 2, axis=0)
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [sys.executable, "-m", "nca_cli", "segment", folder, "-o", out, "-m", models["rgb2d"], "-q"]
+    env = os.environ | {"NCA_TEST_PAUSE_BEFORE_RENAME": moment}     # that file's write waits before its rename
+    proc = subprocess.Popen(list(map(str, args)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    stem, _, suffix = moment.partition(".")
+    complete = _sigterm_when(proc, out, f".{stem}.*.partial.{suffix}")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert err.strip().splitlines() == ["stopped by SIGTERM; nothing half-written was kept"]
+    assert {p.name for p in out.iterdir()} == complete         # nothing new, no temporary file
+    done = subprocess.run(list(map(str, [*args, "--continue"])), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["img0_mask.png", "img0_mask.run_metadata.json",
+                                                     "img1_mask.png", "img1_mask.run_metadata.json"]
+
+
+def test_negative_spacing_nifti_is_segmented_in_its_own_geometry(tmp_path, models):
+    from tests.io.test_volume import write_negative_spacing_nifti
+
+    vol = (np.random.default_rng(0).random((8, 24, 20)) * 1000).astype(np.int16)
+    src = tmp_path / "neg.nii"
+    write_negative_spacing_nifti(src, vol)
+    run([src], tmp_path / "neg_mask.nii.gz", models["gray3d"])
+    got = sitk.ReadImage(str(tmp_path / "neg_mask.nii.gz"))
+    assert_same_geometry(got, sitk.ReadImage(str(src)))

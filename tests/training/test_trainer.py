@@ -1,7 +1,9 @@
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -156,3 +158,31 @@ def test_epochs_from_python_are_recorded_as_the_flag_records_them(tmp_path, data
     state = checkpoint.load(run / "last.pt")
     assert state["epoch"] == 2 and state["resumes"] == [{"epoch": 1, "changes": {"training.epochs": [1, 2]}}]
     assert yaml.safe_load((run / "recipe.yaml").read_text())["training"]["epochs"] == 2
+
+
+def test_sigterm_writes_a_last_pt_that_resume_finishes_bit_for_bit(tmp_path, dataset):
+    sets = [x for s in [f"data.dataset={dataset}", *SMALL, "data.batches_per_epoch=6"] for x in ("--set", s)]
+    full = _cli("octree_pathology", "-o", tmp_path / "full", "--epochs", 2, "--impl", "torch", "-q", *sets)
+    assert full.returncode == 0, full.stderr
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "nca_cli", "train", "octree_pathology", "-o", run, "--epochs", 2, "--impl", "torch",
+            "-q", *sets]
+    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text():   # inside epoch 2
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM and err.strip().splitlines() == [
+        "stopped by SIGTERM; nothing half-written was kept"]
+    stopped = checkpoint.load(run / "last.pt")
+    assert (stopped["epoch"], stopped["batch"]) < (2, 0)
+    resumed = _cli("octree_pathology", "-o", run, "--resume", "--impl", "torch", "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = checkpoint.load(tmp_path / "full" / "last.pt"), checkpoint.load(run / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2 and b["batch"] == 0
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert not list(run.glob(".*partial*"))
