@@ -433,7 +433,7 @@ class _Search:
         import torch
 
         from ..inference.memory import InputCost, single_pass_bytes
-        from .measure import DTYPES
+        from ..core.choices import torch_dtype
         from .subjects import build_subject_model
 
         model = build_subject_model(self.subject, seed=self.s.seed)
@@ -441,7 +441,7 @@ class _Search:
         device_type = torch.device(self.s.device).type
 
         def fits(size: int) -> bool:
-            return single_pass_bytes(model, self.g.spatial_shape(size), dtype=DTYPES[self.subject.state_dtype],
+            return single_pass_bytes(model, self.g.spatial_shape(size), dtype=torch_dtype(self.subject.state_dtype),
                                      impl="fused", cost=cost, device_type=device_type) <= self.pass_budget
 
         if not fits(self.q):

@@ -199,7 +199,7 @@ def test_fused_ncas_report_the_memory_models_size_whatever_the_noise():
     """The size `segment` would run in one pass within the budget, the same on every run."""
     import numpy as np
 
-    from nca_cli.benchmark.measure import DTYPES
+    from nca_cli.core.choices import torch_dtype
     from nca_cli.benchmark.subjects import build_subject_model, task_subjects
     from nca_cli.inference.memory import InputCost, single_pass_bytes
 
@@ -216,7 +216,7 @@ def test_fused_ncas_report_the_memory_models_size_whatever_the_noise():
     model = build_subject_model(fused)
 
     def need(side):
-        return single_pass_bytes(model, (side, side), dtype=DTYPES[fused.state_dtype], impl="fused",
+        return single_pass_bytes(model, (side, side), dtype=torch_dtype(fused.state_dtype), impl="fused",
                                  cost=InputCost(3)) + BASELINE
 
     q = max(1, fused.divisor)

@@ -52,11 +52,12 @@ def test_training_batches_carry_the_same_labels_with_and_without_augmentation(tm
     data = prepare("synthetic", None, tmp_path / "data", kind="pathology", cases=4, size=192, seed=0)
     root = Path(__file__).resolve().parents[2] / "recipes" / "octree_pathology.yaml"
     batches = []
-    for aug in ({}, ALL):
+    for chance in (0.0, 1.0):                              # no augmentation, then every augmentation
         recipe = load_recipe(root, [f"data.dataset={data}", "data.patch=[48,48]", "data.batch_size=2",
-                                    "data.require_foreground=true"])
-        recipe["training"]["augmentation"] = aug
-        step = training_step(build_model(recipe["model"]), recipe, PreparedDataset(data, "train"))
+                                    "data.require_foreground=true",
+                                    *(f"training.augmentation.{name}={chance}" for name in ALL)])
+        assert all(getattr(recipe.training.augmentation, name) == chance for name in ALL)
+        step = training_step(build_model(recipe.model), recipe, PreparedDataset(data, "train"))
         batches.append(step.batch(torch.Generator().manual_seed(3)))
     (x0, y0), (x1, y1) = batches
     assert torch.equal(y0, y1) and y0.sum() > 0          # the same label pixels
