@@ -7,6 +7,15 @@
 #include "nca_cell.h"
 #include "nca_cuda.h"
 
+// The one launch macro and the dynamic shared memory of a kernel; the CPU emulator
+// (cuda/emu/cuda_emu.h) defines its own versions, so the same source runs there.
+#ifndef NCA_LAUNCH
+#define NCA_LAUNCH(kernel, grid, block, shared, stream, ...) kernel<<<grid, block, shared, stream>>>(__VA_ARGS__)
+#endif
+#ifndef NCA_DYNAMIC_SHARED
+#define NCA_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
 #ifndef NCA_CUDA_SHAPES
 #define NCA_CUDA_SHAPES(X) \
     X(2, 16, 64, 1, 3, 0, 0) X(2, 16, 64, 3, 3, 0, 0) X(3, 16, 64, 1, 3, 0, 0) X(3, 16, 64, 3, 3, 0, 0)
@@ -19,8 +28,12 @@ constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxSharedBytes = 48 * 1024;
 // Blocks of the statistics kernel: at most this many, each looping over cells; the block
-// count (and so the order of the double sums) depends only on the number of cells.
-constexpr int kStatBlocks = 1024;
+// count (and so the order of the double sums) depends only on the number of cells. The
+// emulated tests compile fewer, so that small states make the blocks loop.
+#ifndef NCA_CUDA_STAT_BLOCKS
+#define NCA_CUDA_STAT_BLOCKS 1024
+#endif
+constexpr int kStatBlocks = NCA_CUDA_STAT_BLOCKS;
 // Hidden units reduced per warp at once: their 16 sums and 16 sums of squares, one per lane.
 constexpr int kUnits = 16;
 
@@ -70,7 +83,8 @@ step_kernel(const typename S::raw* __restrict__ in, typename S::raw* __restrict_
             const float* __restrict__ weights, const float* __restrict__ norm, Geometry g, uint32_t key,
             uint32_t threshold) {
     constexpr int C = Cfg::C, IN = Cfg::IN, OUT = Cfg::OUT;
-    extern __shared__ float shared_weights[];
+    NCA_DYNAMIC_SHARED(shared);
+    float* shared_weights = reinterpret_cast<float*>(shared);
     const float* w = weights;
     const float* nrm = norm;
     if (SHARED) {
@@ -144,9 +158,10 @@ struct WarpStatistics {
     }
 };
 
-// Shared memory of the statistics kernel besides the weights.
+// Shared memory of the statistics kernel besides the weights: the warps' sums (first, so
+// the doubles are aligned; the weights follow when they fit).
 template <class Cfg>
-constexpr int statistics_static_bytes() {
+constexpr int statistics_sums_bytes() {
     return kWarps * 2 * Cfg::HIDDEN * static_cast<int>(sizeof(double));
 }
 
@@ -157,8 +172,9 @@ __global__ void __launch_bounds__(kThreads)
 statistics_kernel(const typename S::raw* __restrict__ in, const float* __restrict__ weights, Geometry g,
                   double* __restrict__ partial) {
     constexpr int H = Cfg::HIDDEN;
-    extern __shared__ float shared_weights[];
-    __shared__ double warp_sums[kWarps][2 * H];
+    NCA_DYNAMIC_SHARED(shared);
+    double (*warp_sums)[2 * H] = reinterpret_cast<double (*)[2 * H]>(shared);
+    float* shared_weights = reinterpret_cast<float*>(shared + statistics_sums_bytes<Cfg>());
     const float* w = weights;
     if (SHARED) {
         for (int i = threadIdx.x; i < Cfg::NWEIGHTS; i += blockDim.x) shared_weights[i] = weights[i];
@@ -207,49 +223,58 @@ __global__ void normalisation_kernel(const double* __restrict__ partial, int blo
     }
 }
 
+// After a launch: its own error and, with `sync`, the kernel's run (so a fault names its
+// kernel instead of surfacing at a later call). False, with *status set, on failure.
+bool launched(const char* kernel, cudaStream_t stream, bool sync, Status* status) {
+    cudaError_t err = cudaGetLastError();
+    if (err == cudaSuccess && sync) err = cudaStreamSynchronize(stream);
+    if (err == cudaSuccess) return true;
+    *status = Status{err, kernel};
+    return false;
+}
+
 template <class Cfg, class S>
-cudaError_t run_shape(const Problem& p, void* a, void* b, const float* weights, void* workspace, int64_t steps,
-                      cudaStream_t stream, void** result) {
+Status run_shape(const Problem& p, void* a, void* b, const float* weights, void* workspace, int64_t steps,
+                 cudaStream_t stream, bool sync, void** result) {
     using raw = typename S::raw;
     Geometry g{p.batch, p.size[0], p.size[1], p.size[2], p.origin[0], p.origin[1], p.origin[2]};
     const int64_t cells = g.batch * g.nz * g.ny * g.nx;
+    Status status{cudaSuccess, nullptr};
     *result = a;
-    if (cells == 0 || steps <= 0) return cudaSuccess;
+    if (cells == 0 || steps <= 0) return status;
     const int64_t blocks = (cells + kThreads - 1) / kThreads;
-    if (blocks > 0x7FFFFFFF) return cudaErrorInvalidConfiguration;
+    if (blocks > 0x7FFFFFFF) return Status{cudaErrorInvalidConfiguration, "step_kernel"};
     constexpr bool kShared = step_shared_floats<Cfg>() * sizeof(float) <= kMaxSharedBytes;
     const size_t shared = kShared ? step_shared_floats<Cfg>() * sizeof(float) : 0;
-    constexpr bool kStatShared = Cfg::NWEIGHTS * sizeof(float) + statistics_static_bytes<Cfg>() <= kMaxSharedBytes;
-    const size_t stat_shared = kStatShared ? Cfg::NWEIGHTS * sizeof(float) : 0;
+    constexpr bool kStatShared = Cfg::NWEIGHTS * sizeof(float) + statistics_sums_bytes<Cfg>() <= kMaxSharedBytes;
+    const size_t stat_shared = statistics_sums_bytes<Cfg>() + (kStatShared ? Cfg::NWEIGHTS * sizeof(float) : 0);
     const int stat_blocks = static_cast<int>(blocks < kStatBlocks ? blocks : kStatBlocks);
     double* partial = static_cast<double*>(workspace);
     float* norm = Cfg::BN ? reinterpret_cast<float*>(partial + kStatBlocks * 2 * Cfg::HIDDEN) : nullptr;
     raw* cur = static_cast<raw*>(a);
     raw* nxt = static_cast<raw*>(b);
+    const auto statistics = statistics_kernel<Cfg, S, kStatShared>;
+    const auto normalisation = normalisation_kernel<Cfg>;
+    const auto step = step_kernel<Cfg, S, kShared>;
     for (int64_t t = 0; t < steps; ++t) {
         const uint32_t key = nca::step_key(p.seed, p.level, static_cast<uint32_t>(t));
         if constexpr (Cfg::BN) {
-            statistics_kernel<Cfg, S, kStatShared><<<stat_blocks, kThreads, stat_shared, stream>>>(cur, weights, g,
-                                                                                                   partial);
-            cudaError_t err = cudaGetLastError();
-            if (err != cudaSuccess) return err;
-            normalisation_kernel<Cfg><<<1, kThreads, 0, stream>>>(partial, stat_blocks, static_cast<double>(cells),
-                                                                  weights, norm);
-            err = cudaGetLastError();
-            if (err != cudaSuccess) return err;
+            NCA_LAUNCH(statistics, stat_blocks, kThreads, stat_shared, stream, cur, weights, g, partial);
+            if (!launched("statistics_kernel", stream, sync, &status)) return status;
+            NCA_LAUNCH(normalisation, 1, kThreads, 0, stream, partial, stat_blocks, static_cast<double>(cells),
+                       weights, norm);
+            if (!launched("normalisation_kernel", stream, sync, &status)) return status;
         }
-        step_kernel<Cfg, S, kShared><<<static_cast<unsigned>(blocks), kThreads, shared, stream>>>(
-            cur, nxt, weights, norm, g, key, p.threshold);
-        cudaError_t err = cudaGetLastError();
-        if (err != cudaSuccess) return err;
+        NCA_LAUNCH(step, static_cast<unsigned>(blocks), kThreads, shared, stream, cur, nxt, weights, norm, g, key,
+                   p.threshold);
+        if (!launched("step_kernel", stream, sync, &status)) return status;
         raw* tmp = cur;
         cur = nxt;
         nxt = tmp;
     }
     *result = cur;
-    return cudaSuccess;
+    return status;
 }
-
 bool same_shape(const Problem& p, int dims, int c, int hidden, int in, int k, int perception, int normalization) {
     return p.dims == dims && p.channels == c && p.hidden == hidden && p.in_channels == in && p.kernel == k &&
            p.perception == perception && p.normalization == normalization;
@@ -280,18 +305,18 @@ size_t workspace_bytes(const Problem& p) {
     return static_cast<size_t>(kStatBlocks) * 2 * p.hidden * sizeof(double) + 2 * p.hidden * sizeof(float);
 }
 
-cudaError_t run(const Problem& p, void* a, void* b, const float* weights, void* workspace, int64_t steps,
-                cudaStream_t stream, void** result) {
+Status run(const Problem& p, void* a, void* b, const float* weights, void* workspace, int64_t steps,
+           cudaStream_t stream, bool sync, void** result) {
 #define NCA_CUDA_DISPATCH(D, C, H, I, K, PE, NO)                                                        \
     if (same_shape(p, D, C, H, I, K, PE, NO)) {                                                         \
         using Cfg = nca::Cfg<D, C, H, I, K, PE, NO>;                                                    \
-        if (p.storage == kFloat32) return run_shape<Cfg, nca::F32>(p, a, b, weights, workspace, steps, stream, result);  \
-        if (p.storage == kFloat16) return run_shape<Cfg, nca::F16>(p, a, b, weights, workspace, steps, stream, result);  \
-        if (p.storage == kBFloat16) return run_shape<Cfg, nca::BF16>(p, a, b, weights, workspace, steps, stream, result); \
+        if (p.storage == kFloat32) return run_shape<Cfg, nca::F32>(p, a, b, weights, workspace, steps, stream, sync, result);  \
+        if (p.storage == kFloat16) return run_shape<Cfg, nca::F16>(p, a, b, weights, workspace, steps, stream, sync, result);  \
+        if (p.storage == kBFloat16) return run_shape<Cfg, nca::BF16>(p, a, b, weights, workspace, steps, stream, sync, result); \
     }
     NCA_CUDA_SHAPES(NCA_CUDA_DISPATCH)
 #undef NCA_CUDA_DISPATCH
-    return cudaErrorInvalidValue;
+    return Status{cudaErrorInvalidValue, nullptr};
 }
 
 }  // namespace nca_cuda

@@ -44,11 +44,19 @@ int64_t weight_count(const Problem& p);
 // per-block sums and the step's alpha, beta; otherwise 0).
 size_t workspace_bytes(const Problem& p);
 
+// What `run` reports: cudaSuccess, or the error and the kernel it came from (nullptr when
+// no kernel was launched, e.g. a shape not compiled in).
+struct Status {
+    cudaError_t error;
+    const char* kernel;
+};
+
 // Run `steps` steps on the channels-last state in `a` ([B, *spatial, C]), using `b` (same
 // size) as the second buffer and `workspace` (workspace_bytes, 16-byte aligned) as scratch.
 // `weights` is a device pointer. `*result` is set to a or b, whichever holds the final
-// state. Launches asynchronously on `stream`.
-cudaError_t run(const Problem& p, void* a, void* b, const float* weights, void* workspace, int64_t steps,
-                cudaStream_t stream, void** result);
+// state. Launches asynchronously on `stream`; every launch is checked, and with `sync` the
+// stream is synchronised after each kernel, so a fault inside a kernel names that kernel.
+Status run(const Problem& p, void* a, void* b, const float* weights, void* workspace, int64_t steps,
+           cudaStream_t stream, bool sync, void** result);
 
 }  // namespace nca_cuda

@@ -3,9 +3,19 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "nca_cuda.h"
 
 namespace {
+
+// NCA_CUDA_SYNC=1: synchronise after every kernel, so that a fault inside a kernel is reported
+// with that kernel's name instead of at a later, unrelated call.
+bool sync_each_kernel() {
+    const char* v = std::getenv("NCA_CUDA_SYNC");
+    return v != nullptr && std::strcmp(v, "") != 0 && std::strcmp(v, "0") != 0;
+}
 
 int storage_code(const torch::Tensor& t) {
     switch (t.scalar_type()) {
@@ -79,10 +89,13 @@ torch::Tensor run(torch::Tensor state, torch::Tensor weights, int64_t dims, int6
     torch::Tensor workspace = torch::empty({static_cast<int64_t>(nca_cuda::workspace_bytes(p))},
                                            state.options().dtype(torch::kUInt8));
     void* result = nullptr;
-    cudaError_t err = nca_cuda::run(p, state.data_ptr(), other.data_ptr(), weights.data_ptr<float>(),
-                                    workspace.numel() ? workspace.data_ptr() : nullptr, steps,
-                                    c10::cuda::getCurrentCUDAStream(), &result);
-    TORCH_CHECK(err == cudaSuccess, "fused NCA kernel failed: ", cudaGetErrorString(err));
+    const bool sync = sync_each_kernel();
+    const nca_cuda::Status st = nca_cuda::run(p, state.data_ptr(), other.data_ptr(), weights.data_ptr<float>(),
+                                              workspace.numel() ? workspace.data_ptr() : nullptr, steps,
+                                              c10::cuda::getCurrentCUDAStream(), sync, &result);
+    TORCH_CHECK(st.error == cudaSuccess, "fused NCA kernel ", st.kernel ? st.kernel : "launcher", " failed: ",
+                cudaGetErrorString(st.error),
+                sync ? "" : " (a fault inside an earlier kernel shows at a later launch; NCA_CUDA_SYNC=1 names it)");
     if (result != state.data_ptr()) state.copy_(other);
     return state;
 }
