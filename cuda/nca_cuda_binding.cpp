@@ -11,9 +11,10 @@
 namespace {
 
 // NCA_CUDA_SYNC=1: synchronise after every kernel, so that a fault inside a kernel is reported
-// with that kernel's name instead of at a later, unrelated call.
-bool sync_each_kernel() {
-    const char* v = std::getenv("NCA_CUDA_SYNC");
+// with that kernel's name instead of at a later, unrelated call. NCA_CUDA_DOUBLE_BUFFER=1: the
+// double-buffered step (a second state) instead of the in-place one (same result).
+bool env_flag(const char* name) {
+    const char* v = std::getenv(name);
     return v != nullptr && std::strcmp(v, "") != 0 && std::strcmp(v, "0") != 0;
 }
 
@@ -68,7 +69,7 @@ bool has(int64_t dims, int64_t channels, int64_t hidden, int64_t in, int64_t ker
     return nca_cuda::supported(p);
 }
 
-// Runs the steps double buffered and leaves the result in `state`; returns `state`.
+// Runs the steps (in place, or double buffered) and leaves the result in `state`; returns `state`.
 torch::Tensor run(torch::Tensor state, torch::Tensor weights, int64_t dims, int64_t channels, int64_t hidden,
                   int64_t in, int64_t kernel, int64_t perception, int64_t normalization, int64_t steps, int64_t seed,
                   int64_t level, std::vector<int64_t> origin, int64_t threshold) {
@@ -84,13 +85,16 @@ torch::Tensor run(torch::Tensor state, torch::Tensor weights, int64_t dims, int6
                 " packed weights, got ", weights.numel());
     if (state.numel() == 0 || steps <= 0) return state;
     const c10::cuda::CUDAGuard guard(state.device());
-    torch::Tensor other = torch::empty_like(state);
-    // BatchNorm scratch (per-block sums, alpha, beta); an empty tensor otherwise.
+    p.in_place = env_flag("NCA_CUDA_DOUBLE_BUFFER") ? 0 : 1;
+    // The second state of the double-buffered step; in place, a tensor with no elements.
+    torch::Tensor other = p.in_place ? torch::empty({0}, state.options()) : torch::empty_like(state);
+    // BatchNorm scratch (per-block sums, alpha, beta) and the in-place step's side buffers.
     torch::Tensor workspace = torch::empty({static_cast<int64_t>(nca_cuda::workspace_bytes(p))},
                                            state.options().dtype(torch::kUInt8));
     void* result = nullptr;
-    const bool sync = sync_each_kernel();
-    const nca_cuda::Status st = nca_cuda::run(p, state.data_ptr(), other.data_ptr(), weights.data_ptr<float>(),
+    const bool sync = env_flag("NCA_CUDA_SYNC");
+    const nca_cuda::Status st = nca_cuda::run(p, state.data_ptr(), p.in_place ? nullptr : other.data_ptr(),
+                                              weights.data_ptr<float>(),
                                               workspace.numel() ? workspace.data_ptr() : nullptr, steps,
                                               c10::cuda::getCurrentCUDAStream(), sync, &result);
     TORCH_CHECK(st.error == cudaSuccess, "fused NCA kernel ", st.kernel ? st.kernel : "launcher", " failed: ",
@@ -103,7 +107,7 @@ torch::Tensor run(torch::Tensor state, torch::Tensor weights, int64_t dims, int6
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-    m.doc() = "Fused NCA step on CUDA devices (double buffered).";
+    m.doc() = "Fused NCA step on CUDA devices (in place, or double buffered with NCA_CUDA_DOUBLE_BUFFER=1).";
     m.def("run", &run, "Run steps of the fused NCA step; the result is left in the state tensor.");
     m.def("has", &has, "Whether a model shape and storage dtype is compiled in.");
 }

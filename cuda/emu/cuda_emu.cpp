@@ -228,20 +228,26 @@ void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_
     gridDim = grid;
     blockDim = block;
     g_fibers.resize(threads);
-    for (unsigned z = 0; z < grid.z; ++z)
-        for (unsigned y = 0; y < grid.y; ++y)
-            for (unsigned x = 0; x < grid.x; ++x) {
-                blockIdx = dim3(x, y, z);
-                // Exactly the launch's bytes (at least one, so the pointer is valid): ASan
-                // reports any access beyond them. Filled with a NaN pattern, as shared memory
-                // holds garbage on a device.
-                g_shared = static_cast<unsigned char*>(aligned_alloc(16, (shared + 16) / 16 * 16));
-                memset(g_shared, 0xFF, (shared + 16) / 16 * 16);
-                run_block(threads);
-                free(g_shared);
-                g_shared = nullptr;
-                rec.blocks += 1;
-            }
+    // A device runs blocks in no fixed order: CUDA_EMU_BLOCK_ORDER=reverse runs them last to
+    // first, so that a block reading what a later block writes (or the other way) shows.
+    const char* order = getenv("CUDA_EMU_BLOCK_ORDER");
+    const bool reverse = order != nullptr && strcmp(order, "reverse") == 0;
+    const uint64_t nblocks = static_cast<uint64_t>(grid.x) * grid.y * grid.z;
+    for (uint64_t i = 0; i < nblocks; ++i) {
+        const uint64_t k = reverse ? nblocks - 1 - i : i;
+        blockIdx = dim3(static_cast<unsigned>(k % grid.x), static_cast<unsigned>(k / grid.x % grid.y),
+                        static_cast<unsigned>(k / (static_cast<uint64_t>(grid.x) * grid.y)));
+        // Exactly the launch's bytes (at least one, so the pointer is valid; malloc aligns to
+        // 16): ASan reports any access beyond them. Filled with a NaN pattern, as shared
+        // memory holds garbage on a device.
+        g_shared = static_cast<unsigned char*>(malloc(shared > 0 ? shared : 1));
+        if (g_shared == nullptr) fail("cannot allocate the block's shared memory");
+        memset(g_shared, 0xFF, shared > 0 ? shared : 1);
+        run_block(threads);
+        free(g_shared);
+        g_shared = nullptr;
+        rec.blocks += 1;
+    }
     g_body = nullptr;
 }
 

@@ -11,7 +11,8 @@
 // device of compute capability 9.0 would (grid at most 2^31-1 x 65535 x 65535 blocks, at
 // most 1024 threads per block and 1024 x 1024 x 64 per axis, dynamic shared memory at most
 // 48 KiB unless cudaFuncSetAttribute opted in to more, up to 227 KiB); a bad one is reported
-// by cudaGetLastError and nothing runs. Then the blocks run one after the other; within a
+// by cudaGetLastError and nothing runs. Then the blocks run one after the other (first to last,
+// or last to first with CUDA_EMU_BLOCK_ORDER=reverse: a device keeps no order); within a
 // block every CUDA thread is a fiber (ucontext) of one CPU thread, with its own threadIdx.
 // A fiber runs until it reaches __syncthreads (a barrier of the block), a warp shuffle (the
 // 32 lanes of a warp exchange values through the warp's slots, all at once) or its end.

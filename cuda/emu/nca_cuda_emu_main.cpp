@@ -9,7 +9,7 @@
 //
 // IN: one text line of integers
 //   dims channels hidden in kernel perception normalization storage batch nz ny nx oz oy ox
-//   seed level threshold steps
+//   seed level threshold steps in_place band_planes
 // then the packed float32 weights (nca_cuda::weight_count) and the state (channels last,
 // raw storage). Prints the launch log (JSON) on stdout; exit code 1 with one line on stderr
 // when the launcher reports an error.
@@ -92,7 +92,7 @@ int run(const char* in_path, const char* out_path) {
         fprintf(stderr, "cannot open %s\n", in_path);
         return 2;
     }
-    long long v[19];
+    long long v[21];
     for (long long& x : v)
         if (fscanf(f, "%lld", &x) != 1) {
             fprintf(stderr, "%s: bad header\n", in_path);
@@ -117,6 +117,8 @@ int run(const char* in_path, const char* out_path) {
     p.level = static_cast<uint32_t>(v[16]);
     p.threshold = static_cast<uint32_t>(v[17]);
     const int64_t steps = v[18];
+    p.in_place = static_cast<int>(v[19]);
+    p.band_planes = v[20];
     if (!nca_cuda::supported(p)) {
         fprintf(stderr, "no compiled CUDA kernel for this model shape and dtype\n");
         return 1;
@@ -125,14 +127,14 @@ int run(const char* in_path, const char* out_path) {
     const size_t bytes = static_cast<size_t>(p.batch * p.size[0] * p.size[1] * p.size[2] * p.channels) * elem;
     std::vector<float> weights(static_cast<size_t>(nca_cuda::weight_count(p)));
     // Exactly sized "device" buffers, so ASan catches any access beyond them.
-    std::vector<unsigned char> a(bytes), b(bytes), workspace(nca_cuda::workspace_bytes(p));
+    std::vector<unsigned char> a(bytes), b(p.in_place ? 0 : bytes), workspace(nca_cuda::workspace_bytes(p));
     if (!read_exact(f, weights) || !read_exact(f, a)) {
         fprintf(stderr, "%s: short file\n", in_path);
         return 2;
     }
     fclose(f);
     void* result = nullptr;
-    const nca_cuda::Status st = nca_cuda::run(p, a.data(), b.data(), weights.data(),
+    const nca_cuda::Status st = nca_cuda::run(p, a.data(), p.in_place ? nullptr : b.data(), weights.data(),
                                               workspace.empty() ? nullptr : workspace.data(), steps, nullptr, true,
                                               &result);
     if (st.error != cudaSuccess) {

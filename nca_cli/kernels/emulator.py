@@ -69,27 +69,31 @@ def build_emulator(shapes: Sequence) -> Path:
     return binary
 
 
-def run_driver(binary: Path, *args: str) -> subprocess.CompletedProcess:
-    """The driver with ``args`` under the sanitizers' options; stdout and stderr captured as text."""
-    env = {**os.environ, **SANITIZER_ENV}
+def run_driver(binary: Path, *args: str, reverse_blocks: bool = False) -> subprocess.CompletedProcess:
+    """The driver with ``args`` under the sanitizers' options; stdout and stderr captured as text.
+    ``reverse_blocks``: the emulator runs the blocks of every launch last to first."""
+    env = {**os.environ, **SANITIZER_ENV, "CUDA_EMU_BLOCK_ORDER": "reverse" if reverse_blocks else "forward"}
     return subprocess.run([str(binary), *args], capture_output=True, text=True, env=env)
 
 
 def _header(backbone: BackboneNCA, shape: Shape, state: torch.Tensor, steps: int, seed: int, level: int,
-            origin: Sequence[int]) -> str:
+            origin: Sequence[int], in_place: bool, band_planes: int) -> str:
     dims = backbone.dims
     size = (1, *state.shape[1:3]) if dims == 2 else tuple(state.shape[1:4])
     org = (0, *origin) if dims == 2 else tuple(origin)
     values = [*shape, STORAGES[state.dtype][1], state.shape[0], *size, *org, int(seed) & MASK32,
-              int(level) & MASK32, threshold(backbone.fire_rate), int(steps)]
+              int(level) & MASK32, threshold(backbone.fire_rate), int(steps), int(in_place), int(band_planes)]
     return " ".join(str(int(v)) for v in values) + "\n"
 
 
 def emulated_run(backbone: BackboneNCA, state: torch.Tensor, steps: int, *, seed: int = 0, level: int = 0,
-                 origin: Sequence[int] | None = None, binary: Path | None = None) -> tuple[torch.Tensor, dict]:
+                 origin: Sequence[int] | None = None, in_place: bool = True, band_planes: int = 0,
+                 reverse_blocks: bool = False, binary: Path | None = None) -> tuple[torch.Tensor, dict]:
     """``fused_run`` on a CUDA device, emulated: the new channels-last state (a new CPU tensor)
     and the launch log (per kernel: launches, blocks, largest dynamic shared memory, threads).
-    Raises RuntimeError with the driver's message when the launcher reports an error."""
+    ``in_place``: the in-place step (bands of ``band_planes`` planes, 0: the launcher's choice),
+    else the double-buffered one; ``reverse_blocks``: blocks run last to first. Raises RuntimeError with the driver's message when the
+    launcher reports an error."""
     from . import backbone_shape, pack_weights
 
     shape = backbone_shape(backbone)
@@ -101,10 +105,10 @@ def emulated_run(backbone: BackboneNCA, state: torch.Tensor, steps: int, *, seed
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
         with open(src, "wb") as f:
-            f.write(_header(backbone, shape, raw, steps, seed, level, origin).encode())
+            f.write(_header(backbone, shape, raw, steps, seed, level, origin, in_place, band_planes).encode())
             f.write(weights.numpy().tobytes())
             f.write(bits.numpy().tobytes())
-        proc = run_driver(binary, "RUN", str(src), str(dst))
+        proc = run_driver(binary, "RUN", str(src), str(dst), reverse_blocks=reverse_blocks)
         if proc.returncode != 0:
             raise RuntimeError(f"emulated CUDA run failed (exit code {proc.returncode}): {proc.stderr.strip()}")
         data = bytearray(dst.read_bytes())

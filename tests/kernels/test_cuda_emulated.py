@@ -9,6 +9,9 @@ full convolutions, hidden 128: weights of 52 KB, read from global memory), M3D-N
 kernels 3, 5, 7, BatchNorm), in float32, float16 and bfloat16 storage, batch 2, odd sizes, a
 size-1 axis, states smaller than the kernel, fire rates 0.5 and 1.
 
+The GPU's default step runs in place (bands of planes, border planes and a ring kept aside);
+it gives the very bits of the double-buffered step, for bands thinner than the kernel too.
+
 Expected agreement with the CPU launcher:
 - 2D without BatchNorm: the very bits (both sum every convolution, fc0 and fc1 in the same
   order, with fused multiply-adds).
@@ -92,7 +95,7 @@ def test_emulated_float32_matches_the_cpu_launcher(emulator, name, shape, fire_r
         else:
             torch.testing.assert_close(got, cpu, atol=1e-5, rtol=1e-5)
         assert torch.equal(got[..., :m.input_channels], state[..., :m.input_channels])
-        assert log["step"]["launches"] == steps
+        assert log["band_step"]["launches"] == steps
         assert ("statistics" in log) == (m.normalization == "batch")
 
 
@@ -123,8 +126,29 @@ def test_emulated_batch_norm_statistics_over_many_blocks(emulator, name, shape):
     state = to_channels_last(state)
     got, cpu, log = compare(m, state, 2, emulator)
     cells = 2 * math.prod(shape)
-    assert cells % 32 and log["statistics"]["blocks"] == 2 * 8 and log["step"]["blocks"] == 2 * -(-cells // 128)
+    assert cells % 32 and log["statistics"]["blocks"] == 2 * 8
     torch.testing.assert_close(got, cpu, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(EMULATED))
+def test_emulated_in_place_step_gives_the_bits_of_the_double_buffered_step(emulator, name):
+    """Bands of 1 and 3 planes (thinner than kernel 7's 3 border planes on each side, and one
+    band of 1 plane at the end of each item) and the launcher's own choice, over 3 steps;
+    float32 or bfloat16 storage, by turns. Blocks run first to last and last to first, so a
+    band that read a neighbour band's planes after that band's block overwrote them would show."""
+    dims = EMULATED[name][0]
+    shape = (7, 5) if dims == 2 else (7, 4, 5)
+    m = model(name, 0.5)
+    for dtype in [(torch.float32, torch.bfloat16)[list(EMULATED).index(name) % 2]]:
+        state = to_channels_last(torch.randn(2, m.channels, *shape)).to(dtype)
+        double, log = emulated_run(m, state, 3, seed=2, level=1, in_place=False, binary=emulator)
+        assert "band_step" not in log and log["step"]["launches"] == 3
+        for band_planes, reverse in ((1, False), (1, True), (3, True), (0, False)):
+            got, log = emulated_run(m, state, 3, seed=2, level=1, band_planes=band_planes, reverse_blocks=reverse,
+                                    binary=emulator)
+            assert torch.equal(got, double), (dtype, band_planes, reverse)
+            assert "step" not in log
+            assert log["band_step"]["blocks"] == 3 * 2 * (-(-shape[0] // band_planes) if band_planes else 1)
 
 
 def test_emulated_launches_stay_within_the_device_limits(emulator):
@@ -134,7 +158,7 @@ def test_emulated_launches_stay_within_the_device_limits(emulator):
         m = model(name, 1.0)
         _, log = emulated_run(m, to_channels_last(torch.randn(1, 16, 5, 7)), 1, binary=emulator)
         assert all(rec["max_shared"] <= 48 * 1024 and rec["max_threads"] == 128 for rec in log.values())
-        assert (log["step"]["max_shared"] > 0) == has_shared, name
+        assert (log["band_step"]["max_shared"] > 0) == has_shared, name
 
 
 def test_emulated_launch_limits_are_those_of_a_device(emulator):

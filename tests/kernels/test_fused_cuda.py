@@ -135,3 +135,14 @@ def test_synchronised_steps_give_the_same_result(cuda_kernels, monkeypatch):
     a = fused_run(m, state.clone(), 3, seed=1)
     monkeypatch.setenv("NCA_CUDA_SYNC", "1")
     assert torch.equal(fused_run(m, state.clone(), 3, seed=1), a)
+
+
+@pytest.mark.parametrize("name", ["octree-fc1all", "mednca-k7", "m3d-k5"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_in_place_step_gives_the_bits_of_the_double_buffered_step(cuda_kernels, monkeypatch, name, dtype):
+    m = variant(name, 0.5).cuda()
+    shape = (301, 97) if m.dims == 2 else (37, 29, 23)
+    state = to_channels_last(torch.randn(2, 16, *shape, device="cuda")).to(dtype)
+    in_place = fused_run(m, state.clone(), 4, seed=1)
+    monkeypatch.setenv("NCA_CUDA_DOUBLE_BUFFER", "1")
+    assert torch.equal(fused_run(m, state.clone(), 4, seed=1), in_place)
