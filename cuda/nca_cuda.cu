@@ -297,7 +297,7 @@ struct WarpStatistics {
 // Shared memory of the statistics kernel besides the weights: the warps' sums (first, so
 // the doubles are aligned; the weights follow when they fit).
 template <class Cfg>
-constexpr int statistics_sums_bytes() {
+__host__ __device__ constexpr int statistics_sums_bytes() {
     return kWarps * 2 * Cfg::HIDDEN * static_cast<int>(sizeof(double));
 }
 
