@@ -61,12 +61,11 @@ def timed(fn, state: torch.Tensor, repeats: int) -> tuple[float, int, torch.Tens
 
 def fused(m, double: bool):
     def run(x):
-        if double:
-            os.environ["NCA_CUDA_DOUBLE_BUFFER"] = "1"
+        os.environ["NCA_CUDA_STEP"] = "double" if double else "in_place"
         try:
             return fused_run(m, x, 1, seed=1)
         finally:
-            os.environ.pop("NCA_CUDA_DOUBLE_BUFFER", None)
+            os.environ.pop("NCA_CUDA_STEP", None)
     return run
 
 

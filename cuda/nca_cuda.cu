@@ -154,9 +154,12 @@ struct Bands {
     int64_t count;     // bands in all (= blocks)
 };
 
-// At most this many bands, and side buffers of at most 1 / kSideShare of the state.
+// At most this many bands, and side buffers of at most 1 / kSideShare of the state. With
+// fewer than kMinBands bands (blocks) the device would sit mostly idle: by default such
+// states take the double-buffered step (in_place_by_default).
 constexpr int64_t kMaxBands = 1024;
 constexpr int64_t kSideShare = 8;
+constexpr int64_t kMinBands = 256;
 
 Bands bands_of(const Problem& p) {
     const int64_t radius = p.kernel / 2, side = 3 * radius + 1;
@@ -181,7 +184,7 @@ int64_t side_elements(const Problem& p, const Bands& b) {
     return b.count * (3 * (p.kernel / 2) + 1) * b.plane * p.channels;
 }
 
-template <class Cfg>
+// First plane of a band within its item.
 __device__ __forceinline__ int64_t band_start(const Bands& b, int64_t band) {
     return (band % b.per_item) * b.planes;
 }
@@ -190,7 +193,7 @@ template <class Cfg, class S>
 __global__ void __launch_bounds__(kThreads)
 save_borders_kernel(const typename S::raw* __restrict__ state, typename S::raw* __restrict__ borders, Bands b) {
     constexpr int C = Cfg::C, P = Cfg::P;
-    const int64_t band = blockIdx.x, item = band / b.per_item, y0 = band_start<Cfg>(b, band);
+    const int64_t band = blockIdx.x, item = band / b.per_item, y0 = band_start(b, band);
     const int64_t y1 = y0 + b.planes < b.n ? y0 + b.planes : b.n, len = b.plane * C;
     for (int j = 0; j < 2 * P; ++j) {
         const int64_t r = j < P ? y0 - P + j : y1 + j - P;
@@ -222,7 +225,7 @@ band_kernel(typename S::raw* __restrict__ state, const typename S::raw* __restri
     constexpr int C = Cfg::C, K = Cfg::K, P = Cfg::P;
     const float *w, *nrm;
     step_weights<Cfg, SHARED>(weights, norm, &w, &nrm);
-    const int64_t band = blockIdx.x, item = band / b.per_item, y0 = band_start<Cfg>(b, band);
+    const int64_t band = blockIdx.x, item = band / b.per_item, y0 = band_start(b, band);
     const int64_t y1 = y0 + b.planes < b.n ? y0 + b.planes : b.n, len = b.plane * C;
     raw* items = state + item * b.n * len;
     raw* ring = rings + band * (P + 1) * len;
@@ -458,6 +461,11 @@ int64_t weight_count(const Problem& p) {
     const int64_t conv = (p.perception == nca::FULL2 ? c : 1) * c * taps + c;
     const int64_t bn = p.normalization == nca::BATCH_NORM ? 2 * h : 0;
     return convs * conv + h * (1 + convs) * c + h + bn + (c - p.in_channels) * h;
+}
+
+bool in_place_by_default(const Problem& p) {
+    const int64_t n = p.dims == 3 ? p.size[0] : p.size[1], side = 3 * (p.kernel / 2) + 1;
+    return p.batch * n / (kSideShare * side) >= kMinBands;  // the bands bands_of picks, about
 }
 
 size_t workspace_bytes(const Problem& p) {

@@ -49,6 +49,11 @@ int64_t weight_count(const Problem& p);
 // the state unless band_planes says otherwise).
 size_t workspace_bytes(const Problem& p);
 
+// Whether the in-place step is the better default for this problem: it needs no second
+// state, but its bands (one block each) must be enough to keep a GPU busy (256 or more; large
+// 2D images have them, 3D volumes of few large planes do not).
+bool in_place_by_default(const Problem& p);
+
 // What `run` reports: cudaSuccess, or the error and the kernel it came from (nullptr when
 // no kernel was launched, e.g. a shape not compiled in).
 struct Status {

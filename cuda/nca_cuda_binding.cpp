@@ -5,14 +5,16 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "nca_cuda.h"
 
 namespace {
 
 // NCA_CUDA_SYNC=1: synchronise after every kernel, so that a fault inside a kernel is reported
-// with that kernel's name instead of at a later, unrelated call. NCA_CUDA_DOUBLE_BUFFER=1: the
-// double-buffered step (a second state) instead of the in-place one (same result).
+// with that kernel's name instead of at a later, unrelated call. NCA_CUDA_STEP=in_place or
+// double: that step whatever the state (same result); unset, the launcher's choice
+// (nca_cuda::in_place_by_default).
 bool env_flag(const char* name) {
     const char* v = std::getenv(name);
     return v != nullptr && std::strcmp(v, "") != 0 && std::strcmp(v, "0") != 0;
@@ -85,7 +87,11 @@ torch::Tensor run(torch::Tensor state, torch::Tensor weights, int64_t dims, int6
                 " packed weights, got ", weights.numel());
     if (state.numel() == 0 || steps <= 0) return state;
     const c10::cuda::CUDAGuard guard(state.device());
-    p.in_place = env_flag("NCA_CUDA_DOUBLE_BUFFER") ? 0 : 1;
+    const char* step = std::getenv("NCA_CUDA_STEP");
+    const std::string choice = step ? step : "";
+    TORCH_CHECK(choice.empty() || choice == "in_place" || choice == "double",
+                "NCA_CUDA_STEP must be in_place or double, got ", choice);
+    p.in_place = choice.empty() ? nca_cuda::in_place_by_default(p) : choice == "in_place";
     // The second state of the double-buffered step; in place, a tensor with no elements.
     torch::Tensor other = p.in_place ? torch::empty({0}, state.options()) : torch::empty_like(state);
     // BatchNorm scratch (per-block sums, alpha, beta) and the in-place step's side buffers.
@@ -107,7 +113,7 @@ torch::Tensor run(torch::Tensor state, torch::Tensor weights, int64_t dims, int6
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-    m.doc() = "Fused NCA step on CUDA devices (in place, or double buffered with NCA_CUDA_DOUBLE_BUFFER=1).";
+    m.doc() = "Fused NCA step on CUDA devices (in place or double buffered; NCA_CUDA_STEP chooses).";
     m.def("run", &run, "Run steps of the fused NCA step; the result is left in the state tensor.");
     m.def("has", &has, "Whether a model shape and storage dtype is compiled in.");
 }

@@ -200,13 +200,13 @@ def _inputs_bytes(cells0: int, cost: InputCost) -> int:
 
 def _fused_step_bytes(model, shapes, dtype_bytes: int, device_type: str) -> int:
     """The fused step's own memory: per-thread planes on the CPU; on CUDA the side buffers of
-    the in-place launcher (the largest level's)."""
+    the in-place step or the second state of the double-buffered one (the largest level's)."""
     if device_type == "cuda":
-        # cuda/nca_cuda.cu, bands_of: 3P + 1 planes per band of the outer axis, as many bands
-        # as keep them within 1/8 of the state, at least one.
+        # cuda/nca_cuda.cu: in place (3P + 1 planes per band of the outer axis, the bands within
+        # 1/8 of the state) when that gives 256 bands or more, else a second state.
         side = 3 * (max(bb.kernel_size for bb in model.backbones) // 2) + 1
-        return max(max(math.prod(s) // 8, side * math.prod(s[1:])) * model.config.channels * dtype_bytes
-                   for s in shapes)
+        return max((math.prod(s) // 8 if s[0] // (8 * side) >= 256 else math.prod(s)) * model.config.channels
+                   * dtype_bytes for s in shapes)
     return _kernel_thread_bytes(model, shapes, dtype_bytes, torch.get_num_threads())
 
 

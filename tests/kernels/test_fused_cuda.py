@@ -143,6 +143,7 @@ def test_in_place_step_gives_the_bits_of_the_double_buffered_step(cuda_kernels, 
     m = variant(name, 0.5).cuda()
     shape = (301, 97) if m.dims == 2 else (37, 29, 23)
     state = to_channels_last(torch.randn(2, 16, *shape, device="cuda")).to(dtype)
+    monkeypatch.setenv("NCA_CUDA_STEP", "in_place")
     in_place = fused_run(m, state.clone(), 4, seed=1)
-    monkeypatch.setenv("NCA_CUDA_DOUBLE_BUFFER", "1")
+    monkeypatch.setenv("NCA_CUDA_STEP", "double")
     assert torch.equal(fused_run(m, state.clone(), 4, seed=1), in_place)
