@@ -159,7 +159,7 @@ struct Bands {
 // states take the double-buffered step (in_place_by_default).
 constexpr int64_t kMaxBands = 1024;
 constexpr int64_t kSideShare = 8;
-constexpr int64_t kMinBands = 256;
+constexpr int64_t kMinBands = 128;
 
 Bands bands_of(const Problem& p) {
     const int64_t radius = p.kernel / 2, side = 3 * radius + 1;

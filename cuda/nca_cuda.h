@@ -50,7 +50,7 @@ int64_t weight_count(const Problem& p);
 size_t workspace_bytes(const Problem& p);
 
 // Whether the in-place step is the better default for this problem: it needs no second
-// state, but its bands (one block each) must be enough to keep a GPU busy (256 or more; large
+// state, but its bands (one block each) must be enough to keep a GPU busy (128 or more; large
 // 2D images have them, 3D volumes of few large planes do not).
 bool in_place_by_default(const Problem& p);
 

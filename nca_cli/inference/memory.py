@@ -203,9 +203,9 @@ def _fused_step_bytes(model, shapes, dtype_bytes: int, device_type: str) -> int:
     the in-place step or the second state of the double-buffered one (the largest level's)."""
     if device_type == "cuda":
         # cuda/nca_cuda.cu: in place (3P + 1 planes per band of the outer axis, the bands within
-        # 1/8 of the state) when that gives 256 bands or more, else a second state.
+        # 1/8 of the state) when that gives 128 bands or more, else a second state.
         side = 3 * (max(bb.kernel_size for bb in model.backbones) // 2) + 1
-        return max((math.prod(s) // 8 if s[0] // (8 * side) >= 256 else math.prod(s)) * model.config.channels
+        return max((math.prod(s) // 8 if s[0] // (8 * side) >= 128 else math.prod(s)) * model.config.channels
                    * dtype_bytes for s in shapes)
     return _kernel_thread_bytes(model, shapes, dtype_bytes, torch.get_num_threads())
 
