@@ -98,7 +98,8 @@ def main(argv=None) -> int:
                 t_db, m_db, got_db = timed(fused(m, True), cl, args.repeats)
             same = torch.equal(got_in, got_db)
             diff = (from_channels_last(got_in).float() - ref.float()).abs().max().item()
-            lines.append(f"| {label} | {'x'.join(map(str, shape))} | {str(dtype).split('.')[-1]} | {t_torch * 1e3:.2f} | "
+            size, kind = "x".join(map(str, shape)), str(dtype).split(".")[-1]
+            lines.append(f"| {label} | {size} | {kind} | {t_torch * 1e3:.2f} | "
                          f"{t_in * 1e3:.2f} | {t_db * 1e3:.2f} | {cells / t_in / 1e6:.0f} | "
                          f"{m_torch / 2**20:.0f} / {m_in / 2**20:.0f} / {m_db / 2**20:.0f} | {same} | {diff:.2e} |")
             print(lines[-1], flush=True)

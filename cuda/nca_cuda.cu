@@ -250,8 +250,9 @@ band_kernel(typename S::raw* __restrict__ state, const typename S::raw* __restri
                 if constexpr (Cfg::DIMS == 3) nb.yoff[d] = nca::reflect(row + d - P, nin) * g.nx * C;
                 nb.xoff[d] = nca::reflect(x + d - P, g.nx) * C;
             }
-            if constexpr (Cfg::DIMS == 3) update_cell<Cfg, S>(w, nrm, nb, g, y, row, x, key, threshold, here + cell * C);
-            else update_cell<Cfg, S>(w, nrm, nb, g, 0, y, x, key, threshold, here + cell * C);
+            raw* dst = here + cell * C;
+            if constexpr (Cfg::DIMS == 3) update_cell<Cfg, S>(w, nrm, nb, g, y, row, x, key, threshold, dst);
+            else update_cell<Cfg, S>(w, nrm, nb, g, 0, y, x, key, threshold, dst);
         }
         __syncthreads();
     }
@@ -366,7 +367,8 @@ __global__ void normalisation_kernel(const double* __restrict__ partial, int blo
 // rounded up to 256 so that the side buffers of the in-place step that follow are aligned.
 size_t statistics_bytes(const Problem& p) {
     if (p.normalization != nca::BATCH_NORM) return 0;
-    const size_t bytes = static_cast<size_t>(kStatBlocks) * 2 * p.hidden * sizeof(double) + 2 * p.hidden * sizeof(float);
+    const size_t bytes =
+        static_cast<size_t>(kStatBlocks) * 2 * p.hidden * sizeof(double) + 2 * p.hidden * sizeof(float);
     return (bytes + 255) / 256 * 256;
 }
 

@@ -212,7 +212,7 @@ inline __half __float2half_rn(float f) {
     if (rest > half || (rest == half && (kept & 1u))) ++kept;
     uint32_t out;
     if (exp >= -14) out = (static_cast<uint32_t>(exp + 15) << 10) + (kept - 0x400u);  // carries into the exponent
-    else out = kept;                                                                   // may carry into the smallest normal
+    else out = kept;  // may carry into the smallest normal
     return __half{static_cast<uint16_t>(sign | out)};
 }
 

@@ -6,6 +6,8 @@
 //                             one line "name: error string" per launch
 //   nca_cuda_emu DIVERGENT_SYNC | DIVERGENT_SHUFFLE
 //                             misuse a device would hang on: the emulator aborts
+//   nca_cuda_emu SHARED_OVERFLOW
+//                             a write one byte past the dynamic shared memory: ASan aborts
 //
 // IN: one text line of integers
 //   dims channels hidden in kernel perception normalization storage batch nz ny nx oz oy ox
@@ -41,6 +43,11 @@ __global__ void divergent_shuffle(int* out) {
     int v = static_cast<int>(threadIdx.x);
     if (threadIdx.x != 3) v = __shfl_xor_sync(0xFFFFFFFFu, v, 1);
     out[threadIdx.x] = v;
+}
+
+__global__ void shared_overflow(int bytes) {
+    NCA_DYNAMIC_SHARED(shared);
+    if (threadIdx.x == 0) shared[bytes] = 1;
 }
 
 void report(const char* name) { printf("%s: %s\n", name, cudaGetErrorString(cudaGetLastError())); }
@@ -167,6 +174,11 @@ int main(int argc, char** argv) {
         NCA_LAUNCH(k, 1, 32, 0, nullptr, out.data());
         return 0;
     }
-    fprintf(stderr, "usage: %s RUN IN OUT | LIMITS | DIVERGENT_SYNC | DIVERGENT_SHUFFLE\n", argv[0]);
+    if (argc == 2 && strcmp(argv[1], "SHARED_OVERFLOW") == 0) {
+        const auto k = shared_overflow;
+        NCA_LAUNCH(k, 1, 32, 64, nullptr, 64);
+        return 0;
+    }
+    fprintf(stderr, "usage: %s RUN IN OUT | LIMITS | DIVERGENT_SYNC | DIVERGENT_SHUFFLE | SHARED_OVERFLOW\n", argv[0]);
     return 2;
 }

@@ -34,8 +34,9 @@ EMU_SOURCES = ("nca_cell.h", "nca_cuda.h", "nca_cuda.cu", "emu/cuda_emu.h", "emu
 # -O2: GCC forms fused multiply-adds (-ffp-contract=fast) only from -O2 on, as nvcc does by default.
 # NCA_CUDA_STAT_BLOCKS: 8 blocks of the BatchNorm statistics kernel instead of 1024, so that
 # states of a few thousand cells already make each block loop over several groups of cells.
-EMU_FLAGS = ["-DNCA_CUDA_STAT_BLOCKS=8", "-std=c++17", "-O2", "-g", "-march=native", "-ffp-contract=fast", "-fno-omit-frame-pointer",
-             "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-Wall", "-Wno-unknown-pragmas"]
+EMU_FLAGS = ["-DNCA_CUDA_STAT_BLOCKS=8", "-std=c++17", "-O2", "-g", "-march=native", "-ffp-contract=fast",
+             "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-Wall",
+             "-Wno-unknown-pragmas"]
 SANITIZER_ENV = {
     "ASAN_OPTIONS": "abort_on_error=1:detect_leaks=1:detect_stack_use_after_return=0",
     "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
@@ -92,8 +93,8 @@ def emulated_run(backbone: BackboneNCA, state: torch.Tensor, steps: int, *, seed
     """``fused_run`` on a CUDA device, emulated: the new channels-last state (a new CPU tensor)
     and the launch log (per kernel: launches, blocks, largest dynamic shared memory, threads).
     ``in_place``: the in-place step (bands of ``band_planes`` planes, 0: the launcher's choice),
-    else the double-buffered one; ``reverse_blocks``: blocks run last to first. Raises RuntimeError with the driver's message when the
-    launcher reports an error."""
+    else the double-buffered one; ``reverse_blocks``: blocks run last to first. Raises
+    RuntimeError with the driver's message when the launcher reports an error."""
     from . import backbone_shape, pack_weights
 
     shape = backbone_shape(backbone)

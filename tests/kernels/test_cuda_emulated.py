@@ -190,6 +190,12 @@ def test_emulated_barriers_not_reached_by_every_thread_abort(emulator, mode, mes
     assert proc.returncode != 0 and message in proc.stderr
 
 
+def test_emulated_kernels_run_under_address_sanitizer(emulator):
+    """A kernel writing one byte past its block's dynamic shared memory is stopped by ASan."""
+    proc = run_driver(emulator, "SHARED_OVERFLOW")
+    assert proc.returncode != 0 and "heap-buffer-overflow" in proc.stderr
+
+
 def test_emulated_shape_not_compiled_in_is_an_error(emulator):
     m = make_backbone(2, 3, 1.0, hidden=32)
     with pytest.raises(RuntimeError, match="no compiled CUDA kernel for this model shape"):
