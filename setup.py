@@ -6,5 +6,5 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["nca_cli", "nca_cli.*"]), "nca_cli._cuda", "nca_cli._recipes"],
     package_dir={"nca_cli._cuda": "cuda", "nca_cli._recipes": "recipes"},
-    package_data={"nca_cli._cuda": ["*.h", "*.cpp", "*.cu"], "nca_cli._recipes": ["*.yaml"]},
+    package_data={"nca_cli._cuda": ["*.h", "*.cpp", "*.cu", "emu/*.h", "emu/*.cpp"], "nca_cli._recipes": ["*.yaml"]},
 )

@@ -3,9 +3,22 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
 #include "nca_cuda.h"
 
 namespace {
+
+// NCA_CUDA_SYNC=1: synchronise after every kernel, so that a fault inside a kernel is reported
+// with that kernel's name instead of at a later, unrelated call. NCA_CUDA_STEP=in_place or
+// double: that step whatever the state (same result); unset, the launcher's choice
+// (nca_cuda::in_place_by_default).
+bool env_flag(const char* name) {
+    const char* v = std::getenv(name);
+    return v != nullptr && std::strcmp(v, "") != 0 && std::strcmp(v, "0") != 0;
+}
 
 int storage_code(const torch::Tensor& t) {
     switch (t.scalar_type()) {
@@ -58,7 +71,7 @@ bool has(int64_t dims, int64_t channels, int64_t hidden, int64_t in, int64_t ker
     return nca_cuda::supported(p);
 }
 
-// Runs the steps double buffered and leaves the result in `state`; returns `state`.
+// Runs the steps (in place, or double buffered) and leaves the result in `state`; returns `state`.
 torch::Tensor run(torch::Tensor state, torch::Tensor weights, int64_t dims, int64_t channels, int64_t hidden,
                   int64_t in, int64_t kernel, int64_t perception, int64_t normalization, int64_t steps, int64_t seed,
                   int64_t level, std::vector<int64_t> origin, int64_t threshold) {
@@ -74,15 +87,25 @@ torch::Tensor run(torch::Tensor state, torch::Tensor weights, int64_t dims, int6
                 " packed weights, got ", weights.numel());
     if (state.numel() == 0 || steps <= 0) return state;
     const c10::cuda::CUDAGuard guard(state.device());
-    torch::Tensor other = torch::empty_like(state);
-    // BatchNorm scratch (per-block sums, alpha, beta); an empty tensor otherwise.
+    const char* step = std::getenv("NCA_CUDA_STEP");
+    const std::string choice = step ? step : "";
+    TORCH_CHECK(choice.empty() || choice == "in_place" || choice == "double",
+                "NCA_CUDA_STEP must be in_place or double, got ", choice);
+    p.in_place = choice.empty() ? nca_cuda::in_place_by_default(p) : choice == "in_place";
+    // The second state of the double-buffered step; in place, a tensor with no elements.
+    torch::Tensor other = p.in_place ? torch::empty({0}, state.options()) : torch::empty_like(state);
+    // BatchNorm scratch (per-block sums, alpha, beta) and the in-place step's side buffers.
     torch::Tensor workspace = torch::empty({static_cast<int64_t>(nca_cuda::workspace_bytes(p))},
                                            state.options().dtype(torch::kUInt8));
     void* result = nullptr;
-    cudaError_t err = nca_cuda::run(p, state.data_ptr(), other.data_ptr(), weights.data_ptr<float>(),
-                                    workspace.numel() ? workspace.data_ptr() : nullptr, steps,
-                                    c10::cuda::getCurrentCUDAStream(), &result);
-    TORCH_CHECK(err == cudaSuccess, "fused NCA kernel failed: ", cudaGetErrorString(err));
+    const bool sync = env_flag("NCA_CUDA_SYNC");
+    const nca_cuda::Status st = nca_cuda::run(p, state.data_ptr(), p.in_place ? nullptr : other.data_ptr(),
+                                              weights.data_ptr<float>(),
+                                              workspace.numel() ? workspace.data_ptr() : nullptr, steps,
+                                              c10::cuda::getCurrentCUDAStream(), sync, &result);
+    TORCH_CHECK(st.error == cudaSuccess, "fused NCA kernel ", st.kernel ? st.kernel : "launcher", " failed: ",
+                cudaGetErrorString(st.error),
+                sync ? "" : " (a fault inside an earlier kernel shows at a later launch; NCA_CUDA_SYNC=1 names it)");
     if (result != state.data_ptr()) state.copy_(other);
     return state;
 }
@@ -90,7 +113,7 @@ torch::Tensor run(torch::Tensor state, torch::Tensor weights, int64_t dims, int6
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-    m.doc() = "Fused NCA step on CUDA devices (double buffered).";
+    m.doc() = "Fused NCA step on CUDA devices (in place or double buffered; NCA_CUDA_STEP chooses).";
     m.def("run", &run, "Run steps of the fused NCA step; the result is left in the state tensor.");
     m.def("has", &has, "Whether a model shape and storage dtype is compiled in.");
 }

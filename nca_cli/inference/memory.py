@@ -138,9 +138,14 @@ def forward_peak_bytes(model, window: Sequence[int], channels: int, device="cpu"
 # -- NCAs --------------------------------------------------------------------------------------
 
 def cuda_step_bytes(model, shapes, dtype_bytes: int) -> int:
-    """The CUDA launcher's own memory: the second state of the double-buffered step (the
-    largest level's)."""
-    return max(math.prod(s) * model.config.channels * dtype_bytes for s in shapes)
+    """The CUDA launcher's own memory (the largest level's): the side buffers of the in-place
+    step, or the second state of the double-buffered one.
+
+    ``cuda/nca_cuda.cu`` steps in place (3P + 1 planes per band of the outer axis, the bands
+    within 1/8 of the state) when that gives 128 bands or more, else it keeps a second state."""
+    side = 3 * (max(bb.kernel_size for bb in model.backbones) // 2) + 1
+    return max((math.prod(s) // 8 if s[0] // (8 * side) >= 128 else math.prod(s)) * model.config.channels
+               * dtype_bytes for s in shapes)
 
 
 def _fused_step_bytes(model, shapes, dtype_bytes: int, device_type: str) -> int:

@@ -27,6 +27,7 @@ import re
 import shutil
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple
@@ -35,6 +36,7 @@ import torch
 
 from ..core.machine import machine_tag
 from ..core.resources import kernel_source_dir
+from .cuda_toolkit import cuda_arch_list, find_cuda_home, missing_toolkit_message
 
 SOURCE_DIR = kernel_source_dir()
 CPU_SOURCES = ("nca_cell.h", "nca_cpu.h", "nca_cpu.cpp")
@@ -188,18 +190,52 @@ def _check_toolchain(kind: str) -> None:
     if kind == "cuda":
         if not torch.cuda.is_available() or torch.version.cuda is None:
             raise KernelBuildError("this torch build has no usable CUDA device")
-        if cpp_extension.CUDA_HOME is None:
-            raise KernelBuildError("the CUDA toolkit (nvcc) was not found; set CUDA_HOME")
+        use_cuda_home()
+
+
+def use_cuda_home() -> Path:
+    """Find the CUDA toolkit (``cuda_toolkit.find_cuda_home``) and make torch's cpp_extension
+    use it (its import-time guess may be wrong); KernelBuildError saying what to set if none."""
+    from torch.utils import cpp_extension
+
+    home = find_cuda_home()
+    if home is None:
+        raise KernelBuildError(missing_toolkit_message())
+    os.environ["CUDA_HOME"] = str(home)
+    cpp_extension.CUDA_HOME = str(home)
+    return home
+
+
+def _device_arch_list() -> str | None:
+    """``TORCH_CUDA_ARCH_LIST`` for the CUDA build (cuda_toolkit.cuda_arch_list)."""
+    capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+    return cuda_arch_list(os.environ.get("TORCH_CUDA_ARCH_LIST"), capability)
+
+
+@contextmanager
+def _arch_list(value: str | None):
+    """``TORCH_CUDA_ARCH_LIST`` set to ``value`` while torch compiles."""
+    old = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if value is not None:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = old
 
 
 def _build(kind: str, shapes: tuple[Shape, ...]) -> ModuleType:
     from torch.utils import cpp_extension
 
     _check_toolchain(kind)
+    arch = _device_arch_list() if kind == "cuda" else None
     if kind == "cpu":
         sources, generated, flags = CPU_SOURCES, _cpu_instantiations(shapes), CPU_CFLAGS + CPU_LDFLAGS
     else:
-        sources, generated, flags = CUDA_SOURCES, _cuda_instantiations(shapes), CUDA_CFLAGS
+        sources, generated, flags = CUDA_SOURCES, _cuda_instantiations(shapes), CUDA_CFLAGS + [f"arch={arch}"]
     texts = {name: (SOURCE_DIR / name).read_text() for name in sources}
     key = _key(kind, texts, generated, flags)
     build_dir = cache_root() / f"{kind}-{key[:16]}"
@@ -224,16 +260,17 @@ def _build(kind: str, shapes: tuple[Shape, ...]) -> ModuleType:
                 build_directory=str(build_dir),
                 verbose=False,
             )
-        return cpp_extension.load(
-            name=f"nca_cuda_{key[:12]}",
-            sources=[str(build_dir / "nca_cuda_binding.cpp"), *gen_paths],
-            extra_cflags=["-O3"],
-            extra_cuda_cflags=list(CUDA_CFLAGS),
-            extra_include_paths=[str(build_dir)],
-            build_directory=str(build_dir),
-            with_cuda=True,
-            verbose=False,
-        )
+        with _arch_list(arch):
+            return cpp_extension.load(
+                name=f"nca_cuda_{key[:12]}",
+                sources=[str(build_dir / "nca_cuda_binding.cpp"), *gen_paths],
+                extra_cflags=["-O3"],
+                extra_cuda_cflags=list(CUDA_CFLAGS),
+                extra_include_paths=[str(build_dir)],
+                build_directory=str(build_dir),
+                with_cuda=True,
+                verbose=False,
+            )
     except Exception as exc:  # compiler errors, missing headers, import failures
         raise KernelBuildError(f"building the {kind} kernels failed: {_short_cause(exc)}") from exc
 
