@@ -148,3 +148,13 @@ def test_split_control_and_the_one_case_note(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "no validation case" in proc.stdout and "cases written 1" in proc.stdout
+
+
+def test_mpp_is_recorded_as_the_datasets_resolution(tmp_path):
+    """``--mpp`` gives 2D images a physical resolution (what a trained model's contract carries);
+    without it plain PNGs stay in pixels."""
+    src = _png_2d(tmp_path / "src")
+    ds = PreparedDataset(prepare("generic", src, tmp_path / "um", mpp=0.5), "all")
+    assert ds.manifest["spacing"] == [0.5, 0.5] and ds.manifest["spacing_unit"] == "um"
+    plain = PreparedDataset(prepare("generic", src, tmp_path / "px"), "all")
+    assert plain.manifest["spacing_unit"] == "px"
