@@ -89,6 +89,7 @@ def segment_inputs(opts: SegmentOptions) -> list[dict]:
     """Segment every input of ``opts``; returns one record per input (done or skipped)."""
     from ..inference.predictors import predictor_for
     from ..models.checkpoint import load_model
+    from ..models.contract import contract_of
     from ..models.registry import architecture_of
     from ..recipes import stored_recipe
 
@@ -114,6 +115,7 @@ def segment_inputs(opts: SegmentOptions) -> list[dict]:
     normalization = _training_normalization(payload)
     classes = _class_names(payload, model)
     checkpoint_sha = sha256_file(opts.model)
+    contract = contract_of(payload)
     results = []
     with Progress(opts.quiet) as progress:
         budget, available = memory_budget(opts, device, progress)
@@ -123,7 +125,8 @@ def segment_inputs(opts: SegmentOptions) -> list[dict]:
                 continue
             job.clear_partials()
             record = segment_one(job, predictor, opts, progress, budget=budget, available=available,
-                                 normalization=normalization, checkpoint_sha=checkpoint_sha, classes=classes)
+                                 normalization=normalization, checkpoint_sha=checkpoint_sha, classes=classes,
+                                 contract=contract)
             results.append({"input": str(job.input), "output": str(job.mask), "status": "done",
                             "metadata": str(job.metadata), "megapixels_per_second": record["megapixels_per_second"],
                             "peak_memory_bytes_per_pixel": record["peak_memory_bytes_per_pixel"]})
@@ -141,23 +144,6 @@ def _class_names(payload: dict, model) -> list[str]:
     return [f"class {k + 1}" for k in range(count)]
 
 
-def scale_factor(image, opts: SegmentOptions) -> float | None:
-    """How much a 2D image or DICOM is resized before segmenting (``--scale``, or ``--mpp`` from
-    its own resolution or ``--input-mpp``); None when it is segmented as it is. Slides pick a
-    level for ``--mpp`` instead; volumes and videos are not resized."""
-    if image.kind != "image" or (opts.scale is None and opts.mpp is None):
-        return None
-    if opts.scale is not None:
-        if not opts.scale > 0:
-            raise NCAError(f"--scale {opts.scale} must be positive.")
-        return float(opts.scale)
-    own = opts.input_mpp or image.meta.get("mpp")
-    if not own:
-        raise NCAError(f"{image.path} records no resolution, so --mpp {opts.mpp:g} cannot resize it; give its resolution "
-                       f"with --input-mpp (µm/px) or resize it with --scale.")
-    return float(own) / float(opts.mpp)
-
-
 def _training_normalization(payload: dict) -> dict | None:
     """How the model's training data was normalised (recorded by `nca train`), else None."""
     entry = (payload.get("metadata") or {}).get("normalization")
@@ -165,20 +151,20 @@ def _training_normalization(payload: dict) -> dict | None:
 
 
 def segment_one(job: Job, predictor, opts: SegmentOptions, progress: Progress, *, budget: int, available: int,
-                normalization: dict | None, checkpoint_sha: str, classes: list[str]) -> dict:
+                normalization: dict | None, checkpoint_sha: str, classes: list[str], contract: dict | None = None) -> dict:
     """Segment one input into its outputs; returns the run metadata (also written beside the mask)."""
     from ..io.normalize import Normalization
-    from ..io.resize import resize_labels, scaled_input
+    from ..io.resize import resize_labels
+    from .resolution import at_resolution
 
     t_start = time.perf_counter()
     device = predictor.device
-    source = io.open_input(job.input, level=opts.level, mpp=opts.mpp, start=opts.start, duration=opts.duration,
+    source = io.open_input(job.input, level=opts.level, start=opts.start, duration=opts.duration,
                            max_frames=opts.max_frames)
     try:
         predictor.check(source, job.input)
         io.check_finite_input(source)
-        factor = scale_factor(source, opts)
-        image = scaled_input(source, factor) if factor and abs(factor - 1.0) > 1e-9 else source
+        source, image, resolution = at_resolution(source, opts, contract or {}, progress.log)
         norm = Normalization.from_entry(normalization, image.dtype)
         image.read(tuple(slice(0, 1) for _ in image.spatial_shape))   # readers that decode whole files do it now
         predictor.prepare(image)
@@ -214,8 +200,8 @@ def segment_one(job: Job, predictor, opts: SegmentOptions, progress: Progress, *
         record = run_record(job, source, opts, device, labels, t_start, checkpoint_sha) | info | {
             "memory_budget_bytes": budget, "available_bytes": available, "baseline_rss_bytes": rss0,
             "peak_meter": meter, "predicted_phases_bytes": plan.phases,
-            "normalization": norm.entry(str(image.dtype)), "scale": factor,
-            "segmented_shape": list(image.spatial_shape),
+            "normalization": norm.entry(str(image.dtype)), "scale": resolution.pop("scale", None),
+            "segmented_shape": list(image.spatial_shape), **resolution,
         }
         write_metadata(job, record)
         return record
