@@ -87,8 +87,10 @@ def run_tiled(
     device: torch.device | str = "cpu",
     on_tile: Callable[[int, int], None] | None = None,
     on_level: Callable[[int, float], None] | None = None,
+    keep: Callable[[list[slice]], bool] | None = None,
 ) -> Iterator[tuple[list[slice], torch.Tensor]]:
-    """Yield ``(core, state)`` per tile: the channels-last final level-0 state of the core cells."""
+    """Yield ``(core, state)`` per tile: the channels-last final level-0 state of the core cells.
+    ``keep(core)`` False skips a tile (not computed, not yielded), e.g. one without tissue."""
     c = model.config
     if not 0 < split < c.levels:
         raise ValueError(f"split must lie in 1..{c.levels - 1}, got {split}")
@@ -99,6 +101,10 @@ def run_tiled(
                    on_level=on_level)
     tiles = plan_tiles(source.shapes, c.factors, c.steps, c.kernel_sizes, split, tile)
     for k, t in enumerate(tiles):
+        if keep is not None and not keep(t.core):
+            if on_tile is not None:
+                on_tile(k + 1, len(tiles))
+            continue
         prev = coarse[(slice(None), *t.regions[split])]
         prev_start = [s.start for s in t.regions[split]]
         for level in range(split - 1, -1, -1):

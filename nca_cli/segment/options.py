@@ -28,6 +28,10 @@ class SegmentOptions:
     scale: float | None = option(None, "--scale", min=0.0,
                                  help="Images and DICOM: resize by this factor before segmenting (mask written back "
                                       "at the input's size).")
+    tissue: str = option("auto", "--tissue",
+                         help="Slides: auto (detect the tissue on a low-resolution level and skip tiles of glass), "
+                              "off, or a tissue mask file (PNG/TIFF at any scale, non-zero = tissue, or GeoJSON "
+                              "polygons in level-0 pixels). Other inputs are never masked.")
     start: float | None = option(None, "--start", min=0.0, help="Videos: start time in seconds.")
     duration: float | None = option(None, "--duration", min=0.0, help="Videos: seconds to read.")
     max_frames: int | None = option(None, "--max-frames", min=1, help="Videos: at most this many frames.")

@@ -156,6 +156,7 @@ def segment_one(job: Job, predictor, opts: SegmentOptions, progress: Progress, *
     from ..io.normalize import Normalization
     from ..io.resize import resize_labels
     from .resolution import at_resolution
+    from .tissue import TISSUE_TILE, TissueRun, deepest_split, tiling_for, tissue_for
 
     t_start = time.perf_counter()
     device = predictor.device
@@ -165,6 +166,9 @@ def segment_one(job: Job, predictor, opts: SegmentOptions, progress: Progress, *
         predictor.check(source, job.input)
         io.check_finite_input(source)
         source, image, resolution = at_resolution(source, opts, contract or {}, progress.log)
+        tissue = tissue_for(source, opts, progress.log)
+        within = TissueRun(tissue, float(image.meta.get("downsample") or 1.0)) if tissue is not None else None
+        tiling, tile_size = tiling_for(opts, tissue, predictor.model)
         norm = Normalization.from_entry(normalization, image.dtype)
         image.read(tuple(slice(0, 1) for _ in image.spatial_shape))   # readers that decode whole files do it now
         predictor.prepare(image)
@@ -174,39 +178,51 @@ def segment_one(job: Job, predictor, opts: SegmentOptions, progress: Progress, *
         meter = "VmHWM of this input" if device.type == "cpu" and reset_peak_rss() else "process peak"
         rss0 = current_rss_bytes()
         baseline = rss0 if device.type == "cpu" else torch.cuda.memory_allocated(device)
-        plan = predictor.plan(image, budget=budget, tiling=opts.tiling, tile_size=opts.tile_size,
+        plan = predictor.plan(image, budget=budget, tiling=tiling, tile_size=tile_size,
                               ensemble=opts.ensemble, baseline=baseline, name=str(job.input), normalization=norm,
                               want_std=opts.uncertainty is not None)
-        if image is not source:   # the labels written back at the input's size, and the writer's copies
-            plan.phases["write_input_size"] = 3 * int(np.prod(source.spatial_shape))
-            plan.predicted_bytes = max(plan.predicted_bytes, baseline + plan.phases["write_input_size"]
-                                       + int(np.prod(image.spatial_shape)))
-            if plan.predicted_bytes > budget:
-                raise NCAError(f"Segmenting {job.input} needs about {format_size(plan.predicted_bytes)} but the budget "
-                               f"is {format_size(budget)}; raise --memory-budget or resize less.")
+        if within is not None and tile_size == TISSUE_TILE and opts.tile_size is None:
+            plan = deepest_split(plan, predictor, image, budget=budget, baseline=baseline, normalization=norm,
+                                 ensemble=opts.ensemble, want_std=opts.uncertainty is not None)
+        if image is not source:
+            _plan_write_back(plan, image, source, baseline, budget, job.input)
         tracker = _Tracker(progress, job.input.name, image.spatial_shape, getattr(predictor.config, "levels", 0))
         prediction = predictor.predict(image, plan, normalization=norm, seed=opts.seed, ensemble=opts.ensemble,
                                        want_std=opts.uncertainty is not None, scratch=job.mask.parent,
-                                       on_run=tracker.run, on_level=tracker.level, on_tile=tracker.tile)
+                                       on_run=tracker.run, on_level=tracker.level, on_tile=tracker.tile,
+                                       keep_tile=within.keep if within is not None else None)
         tracker.done()
         labels, std, info = prediction.labels, prediction.std, prediction.info
+        if within is not None:
+            within.apply(labels)
         if image is not source:
             labels = resize_labels(labels, source.spatial_shape)
             std = resize_labels(std, source.spatial_shape) if std is not None else None
         del prediction
         render = Rendering(classes, opts.preview_style, opts.geojson_tolerance,
-                           float(source.meta.get("downsample") or 1.0), checkpoint_sha256=checkpoint_sha)
+                           float(source.meta.get("downsample") or 1.0), checkpoint_sha256=checkpoint_sha, tissue=tissue)
         write_outputs(job, source, labels, render, std)
         record = run_record(job, source, opts, device, labels, t_start, checkpoint_sha) | info | {
             "memory_budget_bytes": budget, "available_bytes": available, "baseline_rss_bytes": rss0,
             "peak_meter": meter, "predicted_phases_bytes": plan.phases,
             "normalization": norm.entry(str(image.dtype)), "scale": resolution.pop("scale", None),
             "segmented_shape": list(image.spatial_shape), **resolution,
+            **(within.record() if within is not None else {"tissue": "off"}),
         }
         write_metadata(job, record)
         return record
     finally:
         source.close()
+
+
+def _plan_write_back(plan, image, source, baseline: int, budget: int, name) -> None:
+    """Add to ``plan`` the labels written back at the input's size, and the writer's copies."""
+    plan.phases["write_input_size"] = 3 * int(np.prod(source.spatial_shape))
+    plan.predicted_bytes = max(plan.predicted_bytes, baseline + plan.phases["write_input_size"]
+                               + int(np.prod(image.spatial_shape)))
+    if plan.predicted_bytes > budget:
+        raise NCAError(f"Segmenting {name} needs about {format_size(plan.predicted_bytes)} but the budget "
+                       f"is {format_size(budget)}; raise --memory-budget or resize less.")
 
 
 def run_record(job: Job, image, opts: SegmentOptions, device, labels: np.ndarray, t_start: float,

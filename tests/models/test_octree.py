@@ -7,12 +7,7 @@ from nca_cli.models.pyramid import downsample, level_shapes, upsample
 
 
 def randomized(cfg, seed=0):
-    m = OctreeNCA(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return m
+    return OctreeNCA(cfg).randomize_(0.2, seed)
 
 
 def test_level_shapes_stop_halving_depth():

@@ -38,3 +38,20 @@ def test_config_checks_share_one_rule():
         NCAConfig(dims=2, input_channels=3, output_channels=1, hidden=0)
     with pytest.raises(ValueError, match="widths"):
         build_model({"architecture": "segresnet", "dims": 3, "input_channels": 1, "output_channels": 2, "widths": [4]})
+
+
+def test_architectures_build_their_published_variant_from_dims_and_channels():
+    """The parameter counts the papers give (REFERENCE.md): Med-NCA 7,488, M3D-NCA 12,480,
+    OctreeNCA 15,520 (pathology) and 17,600 (radiology)."""
+    from nca_cli.models.registry import count_parameters
+
+    def built(name, dims, inputs, **keys):
+        return build_model({"architecture": name, "dims": dims, "input_channels": inputs, "output_channels": 1, **keys})
+
+    med = built("med_nca", 2, 3)
+    assert count_parameters(med) == 7488 and med.config.kernel_sizes == [3, 7] and med.config.normalization == "batch"
+    assert count_parameters(built("m3d_nca", 3, 1)) == 12480
+    assert count_parameters(built("octree_nca", 2, 3)) == 15520 and count_parameters(built("octree_nca", 3, 1)) == 17600
+    assert built("med_nca", 2, 3, hidden=32).config.kernel_sizes == [3, 7]          # a key overrides only itself
+    three = built("octree_nca", 2, 3, levels=3)                                     # per-level lists follow levels
+    assert three.config.steps == [10, 10, 10] and three.config.factors == [[2, 2], [2, 2]]
