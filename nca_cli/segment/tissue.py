@@ -17,7 +17,7 @@ import numpy as np
 from ..inference.sources import band_rows
 from ..io.tissue import TissueMask, detect_tissue, read_tissue
 
-TISSUE_TILE = 512
+TISSUE_TILE = 256
 
 
 def tissue_for(source, opts, log) -> TissueMask | None:
