@@ -156,7 +156,7 @@ def segment_one(job: Job, predictor, opts: SegmentOptions, progress: Progress, *
     from ..io.normalize import Normalization
     from ..io.resize import resize_labels
     from .resolution import at_resolution
-    from .tissue import TISSUE_TILE, TissueRun, deepest_split, tiling_for, tissue_for
+    from .tissue import TissueRun, deepest_split, tiling_for, tissue_for
 
     t_start = time.perf_counter()
     device = predictor.device
@@ -168,7 +168,7 @@ def segment_one(job: Job, predictor, opts: SegmentOptions, progress: Progress, *
         source, image, resolution = at_resolution(source, opts, contract or {}, progress.log)
         tissue = tissue_for(source, opts, progress.log)
         within = TissueRun(tissue, float(image.meta.get("downsample") or 1.0)) if tissue is not None else None
-        tiling, tile_size = tiling_for(opts, tissue, predictor.model)
+        tiling, tile_size = tiling_for(opts, tissue, predictor.model, device.type)
         norm = Normalization.from_entry(normalization, image.dtype)
         image.read(tuple(slice(0, 1) for _ in image.spatial_shape))   # readers that decode whole files do it now
         predictor.prepare(image)
@@ -181,7 +181,7 @@ def segment_one(job: Job, predictor, opts: SegmentOptions, progress: Progress, *
         plan = predictor.plan(image, budget=budget, tiling=tiling, tile_size=tile_size,
                               ensemble=opts.ensemble, baseline=baseline, name=str(job.input), normalization=norm,
                               want_std=opts.uncertainty is not None)
-        if within is not None and tile_size == TISSUE_TILE and opts.tile_size is None:
+        if within is not None and tiling != opts.tiling:   # tiles chosen for the tissue: as deep as they fit
             plan = deepest_split(plan, predictor, image, budget=budget, baseline=baseline, normalization=norm,
                                  ensemble=opts.ensemble, want_std=opts.uncertainty is not None)
         if image is not source:

@@ -3,7 +3,8 @@
 ``auto`` (the default for slides; other inputs are never masked) detects the tissue on a
 low-resolution level once per slide (``nca_cli.io.tissue``); a file path takes a user's mask
 (PNG/TIFF at any scale, or GeoJSON); ``off`` segments everything. NCAs then run exact tiles
-(``TISSUE_TILE`` cells a side unless ``--tiling``/``--tile-size`` say otherwise) and skip the
+(``TISSUE_TILE`` cells a side, at the deepest split that fits, unless ``--tiling``/``--tile-size``
+say otherwise; one pass when the slide is mostly tissue) and skip the
 tiles without tissue; tiles with tissue are computed exactly as in one pass (halos included),
 and the mask is ANDed with the tissue, so it equals the single pass ANDed with the tissue mask.
 """
@@ -17,7 +18,8 @@ import numpy as np
 from ..inference.sources import band_rows
 from ..io.tissue import TissueMask, detect_tissue, read_tissue
 
-TISSUE_TILE = 256
+TISSUE_TILE = {"cpu": 256, "cuda": 1024}   # tile side per device (a GPU needs larger tiles to be busy)
+MOSTLY_TISSUE = 0.8   # above this tissue fraction one pass is cheaper than tiles: the mask is only ANDed
 
 
 def tissue_for(source, opts, log) -> TissueMask | None:
@@ -71,12 +73,14 @@ def tileable(model) -> bool:
     return bool(backbones) and len(backbones) > 1 and all(bb.normalization != "batch" for bb in backbones)
 
 
-def tiling_for(opts, tissue: TissueMask | None, model) -> tuple[str, int | None]:
+def tiling_for(opts, tissue: TissueMask | None, model, device_type: str) -> tuple[str, int | None]:
     """(tiling, tile size): with tissue, exact tiles of ``TISSUE_TILE`` unless the flags say
-    otherwise (models that cannot be tiled only have their mask ANDed with the tissue)."""
-    if tissue is None or opts.tiling != "auto" or opts.tile_size is not None or not tileable(model):
+    otherwise (models that cannot be tiled, and slides that are mostly tissue, only have their
+    mask ANDed with the tissue)."""
+    if (tissue is None or opts.tiling != "auto" or opts.tile_size is not None or not tileable(model)
+            or tissue.fraction > MOSTLY_TISSUE):
         return opts.tiling, opts.tile_size
-    return "force", TISSUE_TILE
+    return "force", TISSUE_TILE.get(device_type, TISSUE_TILE["cpu"])
 
 
 def deepest_split(plan, predictor, image, *, budget: int, baseline: int, normalization, ensemble: int,
