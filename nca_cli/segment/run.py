@@ -156,7 +156,7 @@ def segment_one(job: Job, predictor, opts: SegmentOptions, progress: Progress, *
     from ..io.normalize import Normalization
     from ..io.resize import resize_labels
     from .resolution import at_resolution
-    from .tissue import TissueRun, deepest_split, tiling_for, tissue_for
+    from .tissue import TissueRun, tiling_for, tissue_for
 
     t_start = time.perf_counter()
     device = predictor.device
@@ -178,14 +178,8 @@ def segment_one(job: Job, predictor, opts: SegmentOptions, progress: Progress, *
         meter = "VmHWM of this input" if device.type == "cpu" and reset_peak_rss() else "process peak"
         rss0 = current_rss_bytes()
         baseline = rss0 if device.type == "cpu" else torch.cuda.memory_allocated(device)
-        plan = predictor.plan(image, budget=budget, tiling=tiling, tile_size=tile_size,
-                              ensemble=opts.ensemble, baseline=baseline, name=str(job.input), normalization=norm,
-                              want_std=opts.uncertainty is not None)
-        if within is not None and tiling != opts.tiling:   # tiles chosen for the tissue: as deep as they fit
-            plan = deepest_split(plan, predictor, image, budget=budget, baseline=baseline, normalization=norm,
-                                 ensemble=opts.ensemble, want_std=opts.uncertainty is not None)
-        if image is not source:
-            _plan_write_back(plan, image, source, baseline, budget, job.input)
+        plan = _plan(predictor, image, source, opts, (tiling, tile_size), budget=budget, baseline=baseline,
+                     normalization=norm, name=job.input)
         tracker = _Tracker(progress, job.input.name, image.spatial_shape, getattr(predictor.config, "levels", 0))
         prediction = predictor.predict(image, plan, normalization=norm, seed=opts.seed, ensemble=opts.ensemble,
                                        want_std=opts.uncertainty is not None, scratch=job.mask.parent,
@@ -213,6 +207,23 @@ def segment_one(job: Job, predictor, opts: SegmentOptions, progress: Progress, *
         return record
     finally:
         source.close()
+
+
+def _plan(predictor, image, source, opts: SegmentOptions, tiling: tuple[str, int | None], *, budget: int,
+          baseline: int, normalization, name):
+    """The memory plan of segmenting ``image``: tiles chosen for a slide's tissue run as deep as
+    they fit; labels written back at the source's size are counted."""
+    from .tissue import deepest_split
+
+    want_std = opts.uncertainty is not None
+    plan = predictor.plan(image, budget=budget, tiling=tiling[0], tile_size=tiling[1], ensemble=opts.ensemble,
+                          baseline=baseline, name=str(name), normalization=normalization, want_std=want_std)
+    if tiling[0] != opts.tiling:
+        plan = deepest_split(plan, predictor, image, budget=budget, baseline=baseline, normalization=normalization,
+                             ensemble=opts.ensemble, want_std=want_std)
+    if image is not source:
+        _plan_write_back(plan, image, source, baseline, budget, name)
+    return plan
 
 
 def _plan_write_back(plan, image, source, baseline: int, budget: int, name) -> None:
