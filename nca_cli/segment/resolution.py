@@ -78,22 +78,37 @@ def _slide(source: InputImage, opts, target: float, origin: str, log) -> tuple[I
     return at_mpp(source, target, level0), record
 
 
-def _image_factor(source: InputImage, opts, target: float | None, origin: str, log) -> float | None:
-    """How much a 2D image or DICOM is resized (None: as it is)."""
+def _image_factor(source: InputImage, opts, target: float | None, origin: str, log) -> tuple[float | None, float | None]:
+    """(how much a 2D image or DICOM is resized, None: as it is; its own µm/px when known)."""
     if opts.scale is not None:
         if not opts.scale > 0:
             raise NCAError(f"--scale {opts.scale} must be positive.")
-        return float(opts.scale)
+        return float(opts.scale), None
     if target is None:
-        return None
+        return None, None
     own = opts.input_mpp or source.meta.get("mpp")
     if not own:
         if origin == "--mpp":
             raise NCAError(f"{source.path} records no resolution, so --mpp {target:g} cannot resize it; give its "
                            f"resolution with --input-mpp (µm/px) or resize it with --scale.")
         _assumed(source.path, target, log)
-        return None
-    return float(own) / target
+        return None, None
+    return float(own) / target, float(own)
+
+
+def _image(source: InputImage, opts, target: float | None, origin: str, log) -> tuple[InputImage, float | None]:
+    """(the image to segment, the resize factor): shrunk to a resolution by area averaging as
+    slides are, enlarged or resized by ``--scale`` linearly."""
+    from ..io.resample import at_mpp
+    from ..io.resize import resized_input
+
+    factor, own = _image_factor(source, opts, target, origin, log)
+    if not factor or abs(factor - 1.0) <= 1e-9:
+        return source, factor
+    if own is not None and factor < 1.0:
+        return at_mpp(source, target, own), factor
+    h, w = source.spatial_shape
+    return resized_input(source, (max(1, round(h * factor)), max(1, round(w * factor)))), factor
 
 
 def _volume_shape(source: InputImage, contract: dict, native: bool) -> tuple[int, ...] | None:
@@ -126,11 +141,7 @@ def at_resolution(source: InputImage, opts, contract: dict,
         source, record = _slide(source, opts, target, origin, log)
         return source, source, record
     if source.kind == "image":
-        factor = _image_factor(source, opts, target, origin, log)
-        image = source
-        if factor and abs(factor - 1.0) > 1e-9:
-            h, w = source.spatial_shape
-            image = resized_input(source, (max(1, round(h * factor)), max(1, round(w * factor))))
+        image, factor = _image(source, opts, target, origin, log)
         return source, image, {"segmented_mpp": image.meta.get("mpp"), "scale": factor, "resolution_from": origin}
     shape = _volume_shape(source, contract, requested_mpp(opts.mpp) == NATIVE)
     image = resized_input(source, shape) if shape and tuple(shape) != tuple(source.spatial_shape) else source
