@@ -16,6 +16,10 @@ import numpy as np
 
 from .base import InputImage, Region
 
+CHUNK_CELLS = 1 << 18
+"""Output cells resampled at a time: the source rows they need and their float32 sums stay a
+few MiB, whatever the band the caller reads."""
+
 
 def area_taps(start: int, stop: int, scale: float, n_in: int) -> tuple[np.ndarray, np.ndarray]:
     """Source indices and weights ``[stop - start, K]`` of output pixels ``start..stop`` when each
@@ -68,6 +72,13 @@ def at_mpp(image: InputImage, mpp: float, level0_mpp: float) -> InputImage:
     source = image
 
     def read(region: Region) -> np.ndarray:
-        return resample_region(source.read, region, scale, source.spatial_shape, source.dtype)
+        ys, xs = region
+        out = np.empty((ys.stop - ys.start, xs.stop - xs.start, image.channels), image.dtype)
+        rows = max(1, CHUNK_CELLS // max(1, xs.stop - xs.start))   # float temporaries stay small
+        for r0 in range(ys.start, ys.stop, rows):
+            r1 = min(ys.stop, r0 + rows)
+            out[r0 - ys.start:r1 - ys.start] = resample_region(source.read, (slice(r0, r1), xs), scale,
+                                                               source.spatial_shape, source.dtype)
+        return out
 
     return InputImage(image.path, image.kind, 2, shape, image.channels, image.dtype, meta, read, image.close)

@@ -33,3 +33,12 @@ def test_a_coarser_level_maps_back_to_level_0():
     view = at_mpp(_image(a, downsample=4.0, level0_shape=(160, 160)), 2.0, 0.25)
     assert view.spatial_shape == (20, 20) and view.meta["downsample"] == 8.0
     assert np.allclose(view.read()[..., 0], a[..., 0].reshape(20, 2, 20, 2).mean((1, 3)))
+
+
+def test_reads_in_small_chunks_give_the_same_pixels(monkeypatch):
+    from nca_cli.io import resample
+
+    a = np.random.default_rng(2).integers(0, 256, (90, 70, 3)).astype(np.uint8)
+    whole = at_mpp(_image(a), 0.6, 0.25).read()
+    monkeypatch.setattr(resample, "CHUNK_CELLS", 50)   # one or two output rows per chunk
+    assert np.array_equal(at_mpp(_image(a), 0.6, 0.25).read(), whole)
