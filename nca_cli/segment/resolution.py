@@ -51,8 +51,9 @@ def target_mpp(opts, contract: dict) -> tuple[float | None, str]:
     return (float(mpp), "model") if mpp else (None, "native")
 
 
-def _assumed(path, mpp: float, log: Callable[[str], None]) -> None:
-    log(f"note: {path.name} records no resolution; assumed the model's {mpp:g} µm/px "
+def _assumed(path, mpp: float, origin: str, log: Callable[[str], None]) -> None:
+    whose = "the model's " if origin == "model" else ""
+    log(f"note: {path.name} records no resolution; assumed {whose}{mpp:g} µm/px "
         f"(give the input's own with --input-mpp).")
 
 
@@ -64,7 +65,7 @@ def _slide(source: InputImage, opts, target: float, origin: str, log) -> tuple[I
     level0 = source.meta.get("level0_mpp") if source.meta.get("mpp_source") == "file" else None
     level0 = level0 or opts.input_mpp
     if not level0:
-        _assumed(source.path, target, log)
+        _assumed(source.path, target, origin, log)
         level0 = target
     level = choose_level(level0, source.meta["level_downsamples"], target)
     if level != source.meta["level"]:
@@ -91,7 +92,7 @@ def _image_factor(source: InputImage, opts, target: float | None, origin: str, l
         if origin == "--mpp":
             raise NCAError(f"{source.path} records no resolution, so --mpp {target:g} cannot resize it; give its "
                            f"resolution with --input-mpp (µm/px) or resize it with --scale.")
-        _assumed(source.path, target, log)
+        _assumed(source.path, target, origin, log)
         return None, None
     return float(own) / target, float(own)
 
