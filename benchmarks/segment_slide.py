@@ -22,18 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def random_model(path: Path) -> Path:
-    import torch
-
     from nca_cli.models import checkpoint
     from nca_cli.models import build_model
     from nca_cli.recipes import load_recipe
 
     recipe = load_recipe(ROOT / "recipes" / "octree_pathology.yaml")
-    model = build_model(recipe.model)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    model = build_model(recipe.model).randomize_(0.05, seed=0)
     checkpoint.save_model(path, model, recipe.to_dict(), {"note": "random weights (benchmark)"})
     return path
 

@@ -147,10 +147,12 @@ def _model_section(raw: dict, path: str | None) -> tuple[dict, "Architecture", "
                           f"got {name!r}; fix the value.") from None
     schema = schema_of(arch.config)
     section = validate_section(model, schema, "model", path)
+    given = {k: v for k, v in section.items() if k in model and k != "architecture"}
     section = {k: v for k, v in section.items() if v is not None or k in model}
+    section.update({**arch.defaults_for(given), **given})   # the architecture's published variant, then the recipe
     section["architecture"] = name
     try:
-        cfg = arch.make_config({k: v for k, v in section.items() if k != "architecture"})
+        cfg = arch.make_config(given)
     except (ValueError, TypeError) as exc:
         raise RecipeError(f"Recipe model section{_where(path)} is inconsistent: {exc}; fix the model section.") from None
     return {"architecture": name, **{k: v for k, v in section.items() if k != "architecture"}}, arch, cfg

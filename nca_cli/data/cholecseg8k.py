@@ -64,6 +64,7 @@ COLORS = {
 }
 KEPT = ("abdominal wall", "liver", "fat", "grasper", "gallbladder")
 DEFAULT_FRAME_SIZE = (240, 432)
+FRAME_RATE = 25.0   # Cholec80 videos (the source of CholecSeg8k) are recorded at 25 frames per second
 MASK_SUFFIX = "_endo_color_mask.png"
 FRAME = re.compile(r"frame_(\d+)_endo_color_mask\.png$")
 VIDEO = re.compile(r"(video\d+)_\d+$")
@@ -147,6 +148,7 @@ def fill_cholecseg8k(src, writer: DatasetWriter, *, frame_size: Sequence[int] = 
         classes=list(KEPT),
         spacing=[1.0, 1.0, 1.0],
         spacing_unit="px",
+        frame_rate=FRAME_RATE,
         normalization=Normalization("none", divide_by=255.0).entry("uint8"),
         source={"format": "cholecseg8k", "path": str(src), "frame_size": [h, w]},
     )

@@ -161,8 +161,9 @@ def _unlabeled(images: list[Path], labels_dir: Path, skip: bool, writer: Dataset
     writer.notes.append(f"{len(images)} image(s) without a mask in {labels_dir} left out: {shown}")
 
 
-def _read_case(label_path: Path, image_paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list | None]:
-    """(image [*spatial, C] with the channel files stacked, integer label, spacing of a volume)."""
+def _read_case(label_path: Path, image_paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list | None, float | None]:
+    """(image [*spatial, C] with the channel files stacked, integer label, spacing of a volume,
+    µm per pixel of an image that records it)."""
     label, _ = io.read_labels(label_path)
     loaded = [_read_image(p, is_volume_file(label_path)) for p in image_paths]
     for path, part in zip(image_paths, loaded):
@@ -171,7 +172,18 @@ def _read_case(label_path: Path, image_paths: list[Path]) -> tuple[np.ndarray, n
                            f"{label.shape}; they must match pixel for pixel.")
     parts = [v.array for v in loaded]
     image = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
-    return image, _integer_labels(label, label_path), loaded[0].spacing if loaded[0].dims == 3 else None
+    spacing = loaded[0].spacing if loaded[0].dims == 3 else None
+    return image, _integer_labels(label, label_path), spacing, loaded[0].meta.get("mpp")
+
+
+def _resolution(volume_spacing, mpp: float | None, dims: int) -> tuple[list[float], str]:
+    """(spacing, unit) of the dataset: a volume's own spacing (mm), else ``mpp`` (µm/px: the
+    ``--mpp`` option, or the first image's own resolution), else pixels."""
+    if volume_spacing:
+        return volume_spacing, "mm"
+    if mpp and dims == 2:
+        return [float(mpp)] * 2, "um"
+    return [1.0] * dims, "px"
 
 
 def _class_values(label: np.ndarray, path: Path, names: list[str] | None, binary: bool) -> np.ndarray:
@@ -220,6 +232,7 @@ def fill_generic(
     high: float = HIGH_PERCENTILE,
     binary: bool = False,
     skip_unlabeled: bool = False,
+    mpp: float | None = None,
 ) -> None:
     """Write every labelled case of a generic image folder into ``writer`` (images without a
     label are refused unless ``skip_unlabeled``)."""
@@ -238,9 +251,9 @@ def fill_generic(
     pairs, unlabeled = _pairs(images_dir, labels_dir)
     _unlabeled(unlabeled, labels_dir, skip_unlabeled, writer)
     for label_path, image_paths in pairs:
-        image, label, vol_spacing = _read_case(label_path, image_paths)
+        image, label, vol_spacing, own_mpp = _read_case(label_path, image_paths)
         if spacing is None:
-            spacing, unit = (vol_spacing, "mm") if vol_spacing else ([1.0] * label.ndim, "px")
+            spacing, unit = _resolution(vol_spacing, mpp or own_mpp, label.ndim)
         label = _class_values(label, label_path, names, binary)
         present |= set(np.unique(label).tolist()) - {0}
         image = norm(image, image_paths[0])
@@ -253,6 +266,9 @@ def fill_generic(
         case_id = safe_id(strip_suffix(label_path))
         match = pattern.search(case_id) if pattern else None
         writer.add_case(case_id, match.group(1) if match and match.groups() else case_id, image, label)
+    if resize is not None:   # resized cases keep no common physical resolution in 2D; 3D records the shape
+        spacing, unit = (spacing, unit) if len(resize) == 3 else ([1.0, 1.0], "px")
+        writer.set_info(resize_shape=[int(s) for s in resize] if len(resize) == 3 else None)
     writer.set_info(
         name=src.name,
         kind=dataset_kind,

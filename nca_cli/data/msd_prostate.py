@@ -78,6 +78,7 @@ def fill_msd_prostate(
         classes=["prostate"],
         spacing=np.median(np.asarray(spacings), axis=0).round(6).tolist(),
         spacing_unit="mm",
+        resize_shape=list(shape),
         normalization=norm.entry("float32"),
         source={"format": "msd-prostate", "path": str(src), "channel": channel},
     )

@@ -24,6 +24,9 @@ class PrepareOptions:
     binary: bool = option(False, "--binary",
                           help="generic only: merge every non-zero label into one foreground class "
                                "(instance masks: one id per object).")
+    mpp: float | None = option(None, "--mpp", min=0.0,
+                               help="generic only: the images' resolution in µm/px (default: the first image's own, "
+                                    "when it records one); recorded in dataset.yaml and in the trained model.pt.")
     val_fraction: float = option(0.1, "--val-fraction", min=0.0, max=0.99, help="Share of patients for validation.")
     test_fraction: float = option(0.2, "--test-fraction", min=0.0, max=0.99,
                                   help="Share of patients held out for testing.")
@@ -37,4 +40,4 @@ class PrepareOptions:
     quiet: bool = option(False, "-q", "--quiet", help="No progress display.")
 
     # Converter switches passed on only when given, so a kind that does not take one refuses it.
-    CONVERTER_SWITCHES = ("binary", "skip_unlabeled")
+    CONVERTER_SWITCHES = ("binary", "skip_unlabeled", "mpp")

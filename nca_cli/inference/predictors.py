@@ -140,7 +140,8 @@ class OctreePredictor(Predictor):
     def predict(self, image, plan: Plan, *, normalization: Normalization | None = None, seed: int = 0,
                 ensemble: int = 1, want_std: bool = False, scratch: Path | None = None,
                 on_run: Callable[[int, int, Plan], None] | None = None, on_level: LevelCallback | None = None,
-                on_tile: TileCallback | None = None) -> Prediction:
+                on_tile: TileCallback | None = None, keep_tile: Callable[[list[slice]], bool] | None = None) -> Prediction:
+        """``keep_tile(core)`` False: a tile of a tiled plan is not computed (its labels stay 0)."""
         from .octree import drive
         from .sources import FileSource, band_rows
         from .tiled import run_tiled
@@ -179,7 +180,7 @@ class OctreePredictor(Predictor):
             else:
                 for core, state in run_tiled(self.model, source, split=plan.split, tile=plan.tile, impl=self.impl,
                                              seed=seed + run, state_dtype=self.dtype, device=self.device,
-                                             on_level=level_done, on_tile=on_tile):
+                                             on_level=level_done, on_tile=on_tile, keep=keep_tile):
                     emit(run, core, state[0][..., out_ch].float())
                     del state  # the tile's memory goes before the next tile is computed
         del source

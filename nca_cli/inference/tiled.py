@@ -60,8 +60,10 @@ def run_tiled(
     device: torch.device | str = "cpu",
     on_tile: Callable[[int, int], None] | None = None,
     on_level: Callable[[int, float], None] | None = None,
+    keep: Callable[[list[slice]], bool] | None = None,
 ) -> Iterator[tuple[list[slice], torch.Tensor]]:
-    """Yield ``(core, state)`` per tile: the channels-last final level-0 state of the core cells."""
+    """Yield ``(core, state)`` per tile: the channels-last final level-0 state of the core cells.
+    ``keep(core)`` False skips a tile (not computed, not yielded), e.g. one without tissue."""
     schedule = LevelSchedule.of(model, source.shapes[0])
     if not schedule.tileable(split):
         raise ValueError(f"this model can be split only at levels {schedule.splits()} (levels with BatchNorm use "
@@ -71,6 +73,10 @@ def run_tiled(
                    on_level=on_level)
     tiles = plan_tiles(schedule, split, tile)
     for k, t in enumerate(tiles):
+        if keep is not None and not keep(t.core):
+            if on_tile is not None:
+                on_tile(k + 1, len(tiles))
+            continue
         prev, above = coarse[(slice(None), *t.regions[split])], schedule.level(split, t.regions[split])
         for level in schedule.walk(start=split - 1, regions=t.regions):
             state = schedule.to_finer(prev, above, level, channels_last=True, chunk_bytes=CHUNK_BYTES)

@@ -67,21 +67,21 @@ def _resize_plane(x, hw: Sequence[int]):
     return F.interpolate(x, size=tuple(hw), mode="bilinear", align_corners=False, antialias=shrinking)
 
 
-def scaled_input(image, factor: float):
-    """A 2D input resized by ``factor`` (linear, anti-aliased when shrinking), as an opened input
-    (read whole: plain images and DICOM are decoded whole anyway). ``meta["scale"]`` records the
-    factor and ``meta["source_shape"]`` the original size; the resolution is updated."""
+def resized_input(image, shape: Sequence[int]):
+    """An opened 2D or 3D input resized to spatial ``shape`` (linear, anti-aliased when
+    shrinking), as an opened input read whole (plain images, DICOM and volumes are decoded whole
+    anyway). ``meta["scale"]`` records the factor per axis and ``meta["source_shape"]`` the
+    original size; the resolution (``mpp``, ``spacing`` in SimpleITK order) is updated."""
     from .base import InputImage
 
-    if image.dims != 2:
-        raise ValueError("scaled_input works on 2D inputs")
-    h, w = image.spatial_shape
-    shape = (max(1, round(h * factor)), max(1, round(w * factor)))
+    shape = tuple(int(s) for s in shape)
+    old = tuple(image.spatial_shape)
+    factors = [n / o for n, o in zip(shape, old)]
     pixels = resize_image(image.read(), shape)
-    meta = dict(image.meta, scale=float(factor), source_shape=(h, w))
+    meta = dict(image.meta, scale=factors[0] if len(set(factors)) == 1 else factors, source_shape=old)
     if meta.get("mpp"):
-        meta["mpp"] = meta["mpp"] / factor
-    if meta.get("spacing"):
-        meta["spacing"] = tuple(s / factor for s in meta["spacing"])
-    return InputImage(image.path, image.kind, 2, shape, image.channels, pixels.dtype, meta,
+        meta["mpp"] = meta["mpp"] / factors[-1]
+    if meta.get("spacing"):   # SimpleITK order: x (the last array axis) first
+        meta["spacing"] = tuple(s / f for s, f in zip(meta["spacing"], reversed(factors)))
+    return InputImage(image.path, image.kind, image.dims, shape, image.channels, pixels.dtype, meta,
                       lambda region, a=pixels: np.array(a[region]), None)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.firemask import fire_mask
+from .weights import Randomizable
 
 NORMALIZATIONS = (None, "batch")
 PERCEPTIONS = ("depthwise", "full2")
@@ -46,7 +47,7 @@ def reflect_pad(x: torch.Tensor, pad: int, dims: int) -> torch.Tensor:
     return x
 
 
-class BackboneNCA(nn.Module):
+class BackboneNCA(Randomizable, nn.Module):
     """A single Neural Cellular Automaton on a ``[B, C, *spatial]`` state.
 
     Args:

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..core.errors import NCAError
 from ..core.files import atomic_path, write_failure
+from .contract import unknown_contract
 from .registry import build_model
 
 MODEL_FORMAT = "nca-model/1"
@@ -63,11 +64,27 @@ def save_model(path: str | os.PathLike, model: nn.Module, recipe: dict | None, m
     save(model_payload(model, recipe, metadata, state_dict), path)
 
 
-def _flat_config(config: dict) -> dict:
-    """Model configurations of the first format kept baseline settings under ``options``."""
-    config = dict(config)
+def migrate(payload: dict) -> dict:
+    """A loaded ``model.pt`` payload brought to the current layout (the one place old
+    checkpoints are read): every older layout is upgraded step by step, so each step is written
+    once.
+
+    - model configurations of the first layout kept baseline settings under ``options``:
+      flattened;
+    - checkpoints without an I/O contract (``metadata["contract"]``, see
+      ``nca_cli.models.contract``) get one from their metadata and model configuration, with the
+      resolution unknown (such a model segments inputs as they are stored).
+    """
+    payload = dict(payload)
+    config = dict(payload["model_config"])
     options = config.pop("options", None) or {}
-    return {**config, **options}
+    payload["model_config"] = {**config, **options}
+    metadata = dict(payload.get("metadata") or {})
+    contract = metadata.get("contract")
+    if not isinstance(contract, dict) or contract.get("version", 0) < 1:
+        metadata["contract"] = unknown_contract(payload["model_config"], metadata)
+    payload["metadata"] = metadata
+    return payload
 
 
 def check_weights(state_dict: dict, path) -> None:
@@ -87,8 +104,9 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise NCAError(f"Checkpoint {path} is not an nca model file (no '{MODEL_FORMAT}' header); "
                        f"pass the model.pt written by `nca train`, not last.pt or a foreign file.")
     check_weights(payload["state_dict"], path)
+    payload = migrate(payload)
     try:
-        model = build_model(_flat_config(payload["model_config"]))
+        model = build_model(payload["model_config"])
         model.load_state_dict(payload["state_dict"])
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise NCAError(f"Checkpoint {path} does not match its own model configuration ({str(exc).splitlines()[0]}); "

@@ -24,6 +24,7 @@ from .config import ModelConfig
 from .pyramid import PYRAMID_MODES, image_pyramid, level_shapes
 from .registry import register_model
 from .schedule import LevelSchedule
+from .weights import Randomizable
 
 NCA_ARCHITECTURES = ("octree_nca", "med_nca", "m3d_nca")
 
@@ -92,7 +93,7 @@ class Crop(NamedTuple):
     region: tuple[slice, ...]
 
 
-class OctreeNCA(nn.Module):
+class OctreeNCA(Randomizable, nn.Module):
     """A stack of backbone NCAs, one per level, finest first (``backbones[0]`` is full resolution)."""
 
     def __init__(self, config: NCAConfig | dict):
@@ -196,16 +197,52 @@ class M3DNCA(OctreeNCA):
     """M3D-NCA: levels with kernels 3/7 (or 3/5), max-pool pyramid, BatchNorm."""
 
 
-@register_model("octree_nca", config=NCAConfig, output="sigmoid", predictor="octree")
+PER_LEVEL = ("factors", "steps", "kernel_sizes")
+
+
+def _variant(data: dict, settings: dict) -> dict:
+    """A published variant's ``settings``; its per-level lists only when ``data`` keeps its
+    number of levels (other level counts get the configuration's per-level defaults)."""
+    if data.get("levels", settings["levels"]) != settings["levels"]:
+        return {k: v for k, v in settings.items() if k not in PER_LEVEL and k != "levels"}
+    return settings
+
+
+def _octree_defaults(data: dict) -> dict:
+    """OctreeNCA as published: 5 levels, 10 steps (20 on the coarsest), kernel 3; 3D halves
+    depth on the two finest transitions only (prostate MRI, Table 5)."""
+    factors = [[2, 2]] * 4 if data["dims"] == 2 else [[2, 2, 2]] * 2 + [[1, 2, 2]] * 2
+    return _variant(data, {"levels": 5, "factors": factors, "steps": [10, 10, 10, 10, 20], "kernel_sizes": [3] * 5,
+                           "channels": 16, "hidden": 64, "fire_rate": 0.5, "pyramid": "average",
+                           "normalization": None})
+
+
+def _med_defaults(data: dict) -> dict:
+    """Med-NCA (2D, 7,488 parameters with 3 inputs): 2 levels at 1/4, 64 steps each, kernels 3
+    and 7, BatchNorm, fc1 to all channels."""
+    return _variant(data, {"levels": 2, "factors": [[4] * data["dims"]], "steps": [64, 64], "kernel_sizes": [3, 7],
+                           "channels": 16, "hidden": 64, "fire_rate": 0.5, "pyramid": "average",
+                           "normalization": "batch", "fc1_all_channels": True})
+
+
+def _m3d_defaults(data: dict) -> dict:
+    """M3D-NCA's 2-level variant (12,480 parameters in 3D with 1 input): kernels 3 and 7, 10 and
+    40 steps, max-pool pyramid, BatchNorm, fc1 to all channels."""
+    return _variant(data, {"levels": 2, "factors": [[4] * data["dims"]], "steps": [10, 40], "kernel_sizes": [3, 7],
+                           "channels": 16, "hidden": 64, "fire_rate": 0.5, "pyramid": "max",
+                           "normalization": "batch", "fc1_all_channels": True})
+
+
+@register_model("octree_nca", config=NCAConfig, output="sigmoid", predictor="octree", defaults=_octree_defaults)
 def build_octree_nca(cfg: NCAConfig) -> OctreeNCA:
     return OctreeNCA(cfg)
 
 
-@register_model("med_nca", config=NCAConfig, output="sigmoid", predictor="octree")
+@register_model("med_nca", config=NCAConfig, output="sigmoid", predictor="octree", defaults=_med_defaults)
 def build_med_nca(cfg: NCAConfig) -> MedNCA:
     return MedNCA(cfg)
 
 
-@register_model("m3d_nca", config=NCAConfig, output="sigmoid", predictor="octree")
+@register_model("m3d_nca", config=NCAConfig, output="sigmoid", predictor="octree", defaults=_m3d_defaults)
 def build_m3d_nca(cfg: NCAConfig) -> M3DNCA:
     return M3DNCA(cfg)

@@ -48,6 +48,12 @@ class Architecture:
     output: str
     predictor: str
     cascade: Cascade | None = None
+    defaults: Callable[[dict], dict] | None = None   # the published variant for the given keys (dims, levels)
+
+    def defaults_for(self, data: dict) -> dict:
+        """The settings this architecture is published with, for the keys ``data`` gives (its
+        ``dims``, and ``levels`` where the per-level lists depend on it); ``data`` overrides them."""
+        return dict(self.defaults(data)) if self.defaults is not None and "dims" in data else {}
 
     @property
     def softmax(self) -> bool:
@@ -66,19 +72,22 @@ class Architecture:
         return output_channels - 1 if self.softmax else output_channels
 
     def make_config(self, data: dict) -> ModelConfig:
-        return self.config.from_dict({**data, "architecture": self.name})
+        """The configuration of ``data`` (its keys over the architecture's defaults for its dims)."""
+        return self.config.from_dict({**self.defaults_for(data), **data, "architecture": self.name})
 
 
 _REGISTRY: dict[str, Architecture] = {}
 
 
-def register_model(name: str, *, config: type, output: str, predictor: str, cascade: Cascade | None = None):
-    """Decorator registering ``builder(config) -> nn.Module`` under ``name``."""
+def register_model(name: str, *, config: type, output: str, predictor: str, cascade: Cascade | None = None,
+                   defaults: Callable[[dict], dict] | None = None):
+    """Decorator registering ``builder(config) -> nn.Module`` under ``name``; ``defaults(keys)``
+    gives the published variant's settings for the keys given, which those keys override."""
     if output not in OUTPUTS or predictor not in PREDICTORS:
         raise ValueError(f"output must be one of {OUTPUTS} and predictor one of {PREDICTORS}")
 
     def wrap(builder):
-        _REGISTRY[name] = Architecture(name, config, builder, output, predictor, cascade)
+        _REGISTRY[name] = Architecture(name, config, builder, output, predictor, cascade, defaults)
         return builder
 
     return wrap

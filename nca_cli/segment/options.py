@@ -16,15 +16,22 @@ class SegmentOptions:
                           help="Output file (one input) or folder (many); a .geojson file gives QuPath polygons.")
     model: Path = option(..., "-m", "--model", help="model.pt written by `nca train`.")
     level: int | None = option(None, "--level", min=0, help="Slides: pyramid level to segment.")
-    mpp: float | None = option(None, "--mpp", min=0.0,
-                               help="Resolution to segment at, in µm/px: slides pick the level; images and DICOM are "
-                                    "resized from their own resolution (--input-mpp for plain images) and the mask "
-                                    "is written at the input's size.")
+    mpp: str | None = option(None, "--mpp",
+                             help="Resolution to segment 2D inputs at, in µm/px (default: the model's own, recorded "
+                                  "in model.pt), or 'native' to segment as stored: slides are read from the nearest "
+                                  "finer level and area-averaged to exactly this resolution; images and DICOM are "
+                                  "resized from their own resolution (--input-mpp when the file records none) and "
+                                  "the mask is written at the input's size.")
     input_mpp: float | None = option(None, "--input-mpp", min=0.0,
-                                     help="Images: their resolution in µm/px, when the file does not record it.")
+                                     help="Slides and images: their resolution in µm/px (level 0), when the file "
+                                          "does not record it.")
     scale: float | None = option(None, "--scale", min=0.0,
                                  help="Images and DICOM: resize by this factor before segmenting (mask written back "
                                       "at the input's size).")
+    tissue: str = option("auto", "--tissue",
+                         help="Slides: auto (detect the tissue on a low-resolution level and skip tiles of glass), "
+                              "off, or a tissue mask file (PNG/TIFF at any scale, non-zero = tissue, or GeoJSON "
+                              "polygons in level-0 pixels). Other inputs are never masked.")
     start: float | None = option(None, "--start", min=0.0, help="Videos: start time in seconds.")
     duration: float | None = option(None, "--duration", min=0.0, help="Videos: seconds to read.")
     max_frames: int | None = option(None, "--max-frames", min=1, help="Videos: at most this many frames.")

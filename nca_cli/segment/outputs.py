@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,9 @@ def _check_collisions(jobs: list[Job]) -> None:
 
 # -- writing ---------------------------------------------------------------------------------
 
+TISSUE_OUTLINE = (0, 160, 0)   # the detected tissue's outline on a slide's preview
+
+
 @dataclass
 class Rendering:
     """How outputs are drawn: class names and colours (GeoJSON), preview style, polygon tolerance,
@@ -210,6 +214,7 @@ class Rendering:
     tolerance: float = 1.0
     downsample: float = 1.0
     checkpoint_sha256: str | None = None
+    tissue: Any = None   # slides: the TissueMask whose outline the preview shows
 
 
 def write_geojson(path: Path, labels: np.ndarray, render: Rendering) -> None:
@@ -250,7 +255,7 @@ def write_outputs(job: Job, image, labels: np.ndarray, render: Rendering, std_ma
         else:
             _write_float_tiff(job.uncertainty, std_map, image.meta.get("mpp"))
     if job.preview is not None:
-        _write_preview(image, labels, job.preview, render.preview_style)
+        _write_preview(image, labels, job.preview, render.preview_style, render.tissue)
     if job.overlay is not None:
         io.write_overlay_mp4(job.overlay, _frames(image), labels, image.meta.get("fps", 25.0))
 
@@ -287,7 +292,7 @@ def _display(pixels: np.ndarray, lo: float | None = None, hi: float | None = Non
     return (np.clip((pixels.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
 
 
-def _write_preview(image, labels: np.ndarray, path: Path, style: str) -> None:
+def _write_preview(image, labels: np.ndarray, path: Path, style: str, tissue=None) -> None:
     if image.dims == 3:
         d, h, w = image.spatial_shape
         mid = image.read((slice(d // 2, d // 2 + 1), slice(0, h), slice(0, w)))
@@ -310,7 +315,10 @@ def _write_preview(image, labels: np.ndarray, path: Path, style: str) -> None:
         pixels = image.read_downsampled(step)[: lab.shape[0], : lab.shape[1]]
     else:
         pixels = image.read()[::step, ::step]
-    io.write_preview(path, _display(pixels), lab, style=style)
+    shown = _display(pixels)
+    if tissue is not None and shown.ndim == 3 and shown.shape[-1] == 3:
+        shown[tissue.outline(shown.shape[:2])] = TISSUE_OUTLINE
+    io.write_preview(path, shown, lab, style=style)
 
 
 def _write_float_tiff(path: Path, data: np.ndarray, mpp: float | None) -> None:

@@ -90,6 +90,7 @@ def segment_inputs(opts: SegmentOptions) -> list[dict]:
     """Segment every input of ``opts``; returns one record per input (done or skipped)."""
     from ..inference.predictors import predictor_for
     from ..models.checkpoint import load_model
+    from ..models.contract import contract_of
     from ..models.registry import architecture_of
     from ..recipes import stored_recipe
 
@@ -115,6 +116,7 @@ def segment_inputs(opts: SegmentOptions) -> list[dict]:
     normalization = _training_normalization(payload)
     classes = _class_names(payload, model)
     checkpoint_sha = sha256_file(opts.model)
+    contract = contract_of(payload)
     results = []
     with Progress(opts.quiet) as progress:
         budget, available = memory_budget(opts, device, progress)
@@ -124,7 +126,8 @@ def segment_inputs(opts: SegmentOptions) -> list[dict]:
                 continue
             job.clear_partials()
             record = segment_one(job, predictor, opts, progress, budget=budget, available=available,
-                                 normalization=normalization, checkpoint_sha=checkpoint_sha, classes=classes)
+                                 normalization=normalization, checkpoint_sha=checkpoint_sha, classes=classes,
+                                 contract=contract)
             results.append({"input": str(job.input), "output": str(job.mask), "status": "done",
                             "metadata": str(job.metadata), "megapixels_per_second": record["megapixels_per_second"],
                             "peak_memory_bytes_per_pixel": record["peak_memory_bytes_per_pixel"]})
@@ -142,23 +145,6 @@ def _class_names(payload: dict, model) -> list[str]:
     return [f"class {k + 1}" for k in range(count)]
 
 
-def scale_factor(image, opts: SegmentOptions) -> float | None:
-    """How much a 2D image or DICOM is resized before segmenting (``--scale``, or ``--mpp`` from
-    its own resolution or ``--input-mpp``); None when it is segmented as it is. Slides pick a
-    level for ``--mpp`` instead; volumes and videos are not resized."""
-    if image.kind != "image" or (opts.scale is None and opts.mpp is None):
-        return None
-    if opts.scale is not None:
-        if not opts.scale > 0:
-            raise NCAError(f"--scale {opts.scale} must be positive.")
-        return float(opts.scale)
-    own = opts.input_mpp or image.meta.get("mpp")
-    if not own:
-        raise NCAError(f"{image.path} records no resolution, so --mpp {opts.mpp:g} cannot resize it; give its resolution "
-                       f"with --input-mpp (µm/px) or resize it with --scale.")
-    return float(own) / float(opts.mpp)
-
-
 def _training_normalization(payload: dict) -> dict | None:
     """How the model's training data was normalised (recorded by `nca train`), else None."""
     entry = (payload.get("metadata") or {}).get("normalization")
@@ -166,20 +152,24 @@ def _training_normalization(payload: dict) -> dict | None:
 
 
 def segment_one(job: Job, predictor, opts: SegmentOptions, progress: Progress, *, budget: int, available: int,
-                normalization: dict | None, checkpoint_sha: str, classes: list[str]) -> dict:
+                normalization: dict | None, checkpoint_sha: str, classes: list[str], contract: dict | None = None) -> dict:
     """Segment one input into its outputs; returns the run metadata (also written beside the mask)."""
     from ..io.normalize import Normalization
-    from ..io.resize import resize_labels, scaled_input
+    from ..io.resize import resize_labels
+    from .resolution import at_resolution
+    from .tissue import TissueRun, tiling_for, tissue_for
 
     t_start = time.perf_counter()
     device = predictor.device
-    source = io.open_input(job.input, level=opts.level, mpp=opts.mpp, start=opts.start, duration=opts.duration,
+    source = io.open_input(job.input, level=opts.level, start=opts.start, duration=opts.duration,
                            max_frames=opts.max_frames)
     try:
         predictor.check(source, job.input)
         io.check_finite_input(source)
-        factor = scale_factor(source, opts)
-        image = scaled_input(source, factor) if factor and abs(factor - 1.0) > 1e-9 else source
+        source, image, resolution = at_resolution(source, opts, contract or {}, progress.log)
+        tissue = tissue_for(source, opts, progress.log)
+        within = TissueRun(tissue, float(image.meta.get("downsample") or 1.0)) if tissue is not None else None
+        tiling, tile_size = tiling_for(opts, tissue, predictor.model, device.type)
         norm = Normalization.from_entry(normalization, image.dtype)
         image.read(tuple(slice(0, 1) for _ in image.spatial_shape))   # readers that decode whole files do it now
         predictor.prepare(image)
@@ -189,39 +179,62 @@ def segment_one(job: Job, predictor, opts: SegmentOptions, progress: Progress, *
         meter = "VmHWM of this input" if device.type == "cpu" and reset_peak_rss() else "process peak"
         rss0 = current_rss_bytes()
         baseline = rss0 if device.type == "cpu" else torch.cuda.memory_allocated(device)
-        plan = predictor.plan(image, budget=budget, tiling=opts.tiling, tile_size=opts.tile_size,
-                              ensemble=opts.ensemble, baseline=baseline, name=str(job.input), normalization=norm,
-                              want_std=opts.uncertainty is not None)
-        if image is not source:   # the labels written back at the input's size, and the writer's copies
-            plan.phases["write_input_size"] = 3 * int(np.prod(source.spatial_shape))
-            plan.predicted_bytes = max(plan.predicted_bytes, baseline + plan.phases["write_input_size"]
-                                       + int(np.prod(image.spatial_shape)))
-            if plan.predicted_bytes > usable_budget(budget):
-                raise NCAError(f"Segmenting {job.input} needs about {format_size(plan.predicted_bytes)} but the budget "
-                               f"is {format_size(budget)}; raise --memory-budget or resize less.")
+        plan = _plan(predictor, image, source, opts, (tiling, tile_size), budget=budget, baseline=baseline,
+                     normalization=norm, name=job.input)
         tracker = _Tracker(progress, job.input.name, image.spatial_shape, getattr(predictor.config, "levels", 0))
         prediction = predictor.predict(image, plan, normalization=norm, seed=opts.seed, ensemble=opts.ensemble,
                                        want_std=opts.uncertainty is not None, scratch=job.mask.parent,
-                                       on_run=tracker.run, on_level=tracker.level, on_tile=tracker.tile)
+                                       on_run=tracker.run, on_level=tracker.level, on_tile=tracker.tile,
+                                       keep_tile=within.keep if within is not None else None)
         tracker.done()
         labels, std, info = prediction.labels, prediction.std, prediction.info
+        if within is not None:
+            within.apply(labels)
         if image is not source:
             labels = resize_labels(labels, source.spatial_shape)
             std = resize_labels(std, source.spatial_shape) if std is not None else None
         del prediction
         render = Rendering(classes, opts.preview_style, opts.geojson_tolerance,
-                           float(source.meta.get("downsample") or 1.0), checkpoint_sha256=checkpoint_sha)
+                           float(source.meta.get("downsample") or 1.0), checkpoint_sha256=checkpoint_sha, tissue=tissue)
         write_outputs(job, source, labels, render, std)
         record = run_record(job, source, opts, device, labels, t_start, checkpoint_sha) | info | {
             "memory_budget_bytes": budget, "available_bytes": available, "baseline_rss_bytes": rss0,
             "peak_meter": meter, "predicted_phases_bytes": plan.phases,
-            "normalization": norm.entry(str(image.dtype)), "scale": factor,
-            "segmented_shape": list(image.spatial_shape),
+            "normalization": norm.entry(str(image.dtype)), "scale": resolution.pop("scale", None),
+            "segmented_shape": list(image.spatial_shape), **resolution,
+            **(within.record() if within is not None else {"tissue": "off"}),
         }
         write_metadata(job, record)
         return record
     finally:
         source.close()
+
+
+def _plan(predictor, image, source, opts: SegmentOptions, tiling: tuple[str, int | None], *, budget: int,
+          baseline: int, normalization, name):
+    """The memory plan of segmenting ``image``: tiles chosen for a slide's tissue run as deep as
+    they fit; labels written back at the source's size are counted."""
+    from .tissue import deepest_split
+
+    want_std = opts.uncertainty is not None
+    plan = predictor.plan(image, budget=budget, tiling=tiling[0], tile_size=tiling[1], ensemble=opts.ensemble,
+                          baseline=baseline, name=str(name), normalization=normalization, want_std=want_std)
+    if tiling[0] != opts.tiling:
+        plan = deepest_split(plan, predictor, image, budget=budget, baseline=baseline, normalization=normalization,
+                             ensemble=opts.ensemble, want_std=want_std)
+    if image is not source:
+        _plan_write_back(plan, image, source, baseline, budget, name)
+    return plan
+
+
+def _plan_write_back(plan, image, source, baseline: int, budget: int, name) -> None:
+    """Add to ``plan`` the labels written back at the input's size, and the writer's copies."""
+    plan.phases["write_input_size"] = 3 * int(np.prod(source.spatial_shape))
+    plan.predicted_bytes = max(plan.predicted_bytes, baseline + plan.phases["write_input_size"]
+                               + int(np.prod(image.spatial_shape)))
+    if plan.predicted_bytes > usable_budget(budget):
+        raise NCAError(f"Segmenting {name} needs about {format_size(plan.predicted_bytes)} but the budget "
+                       f"is {format_size(budget)}; raise --memory-budget or resize less.")
 
 
 def run_record(job: Job, image, opts: SegmentOptions, device, labels: np.ndarray, t_start: float,

@@ -32,6 +32,7 @@ from ..core.files import atomic_path, write_failure
 from ..core.progress import Progress
 from ..core.seeds import fire_seed
 from ..models import checkpoint
+from ..models.contract import dataset_contract
 from ..recipes import Recipe, apply_overrides, parse_override, resolve_dataset, validate_recipe
 from .ema import EMA
 from .loop import optimise_epoch
@@ -285,7 +286,8 @@ def train(recipe: Recipe, run_dir: str | os.PathLike, *, resume: bool = False, d
         val_cases = run.step.validation_cases(val_ds) if dist.main and len(val_ds) else []
         batches = _batches_per_epoch(recipe, train_ds)
         meta = {"recipe_name": recipe.name, "normalization": train_ds.normalization,
-                "classes": train_ds.classes, "dataset": str(ds_path), "resumes": run.resumes}
+                "classes": train_ds.classes, "dataset": str(ds_path), "resumes": run.resumes,
+                "contract": dataset_contract(train_ds.manifest)}
         if dist.main:
             _write_run_files(run_dir, recipe, ds_path, run.epoch)
         record: dict = {}

@@ -39,6 +39,7 @@ def test_convert(raw, tmp_path):
     ds = PreparedDataset(prepare("cholecseg8k", raw, tmp_path / "cholec", seed=1), "all")
     m = ds.manifest
     assert (m["kind"], m["dims"], m["channels"], m["classes"]) == ("surgery", 3, 3, list(KEPT))
+    assert m["frame_rate"] == 25.0
     assert ds.ids == ["video01_00080", "video01_00160", "video02_00080", "video02_00160", "video03_00080", "video03_00160"]
     assert [c["patient"] for c in m["cases"]] == ["video01"] * 2 + ["video02"] * 2 + ["video03"] * 2
     assert m["cases"][1]["frames"] == [160, 161, 162, 163]

@@ -168,3 +168,13 @@ def test_images_without_masks_are_named_and_refused_unless_skipped(tmp_path):
     assert "without a mask" in done.stdout and "left out: img_4.png" in done.stdout
     ds = PreparedDataset(tmp_path / "out", "all")
     assert sorted(c["id"] for c in ds.manifest["cases"]) == ["img_0", "img_1", "img_2", "img_3", "img_5"]
+
+
+def test_mpp_is_recorded_as_the_datasets_resolution(tmp_path):
+    """``--mpp`` gives 2D images a physical resolution (what a trained model's contract carries);
+    without it plain PNGs stay in pixels."""
+    src = _png_2d(tmp_path / "src")
+    ds = PreparedDataset(prepare("generic", src, tmp_path / "um", mpp=0.5), "all")
+    assert ds.manifest["spacing"] == [0.5, 0.5] and ds.manifest["spacing_unit"] == "um"
+    plain = PreparedDataset(prepare("generic", src, tmp_path / "px"), "all")
+    assert plain.manifest["spacing_unit"] == "px"

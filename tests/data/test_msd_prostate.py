@@ -49,6 +49,7 @@ def test_custom_shape(raw, tmp_path):
     assert ds.image(0).shape == (8, 32, 32, 1)
     # spacing scales with the resize: original (40 px x 200/40 mm) over 32 px
     assert ds.case(0)["spacing"][1] == pytest.approx(200 / 32)
+    assert ds.manifest["resize_shape"] == [8, 32, 32]   # what a trained model's contract repeats at segment time
 
 
 def _copy(raw, tmp_path):

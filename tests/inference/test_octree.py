@@ -40,12 +40,7 @@ def test_one_buffer_for_all_levels():
 def random_model(dims, inp, out, fire_rate=0.5, seed=0):
     cfg = NCAConfig(dims=dims, input_channels=inp, output_channels=out, levels=3, steps=[3, 4, 5],
                     factors=[[2] * dims, [1] + [2] * (dims - 1)] if dims == 3 else [], fire_rate=fire_rate)
-    m = OctreeNCA(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return m
+    return OctreeNCA(cfg).randomize_(0.1, seed)
 
 
 @pytest.mark.parametrize("dims,shape", [(2, (37, 29)), (3, (7, 19, 22))])

@@ -6,13 +6,6 @@ from nca_cli.models import BackboneNCA
 from nca_cli.models.backbone import reflect_index, reflect_pad
 
 
-def randomize(nca, g):
-    with torch.no_grad():
-        for p in nca.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return nca
-
-
 @pytest.mark.parametrize("dims", [2, 3])
 def test_parameter_layout(dims):
     nca = BackboneNCA(dims, 16, 64, input_channels=3 if dims == 2 else 1)
@@ -32,7 +25,7 @@ def test_reflect_index_rule():
 
 def test_reflect_border_matches_explicit_conv():
     g = torch.Generator().manual_seed(1)
-    nca = randomize(BackboneNCA(2, 8, 16, input_channels=1, fire_rate=1.0), g)
+    nca = BackboneNCA(2, 8, 16, input_channels=1, fire_rate=1.0).randomize_(0.3, seed=1)
     s = torch.randn(1, 8, 5, 6, generator=g)
     padded = F.pad(s, (1, 1, 1, 1), mode="reflect")
     perceived = F.conv2d(padded, nca.p0.weight, nca.p0.bias, groups=8)
@@ -46,7 +39,7 @@ def test_reflect_border_matches_explicit_conv():
 @pytest.mark.parametrize("dims,shape", [(2, (9, 13)), (3, (5, 7, 3)), (2, (1, 4)), (3, (1, 1, 2))])
 def test_inputs_unchanged_and_deterministic(dims, shape):
     g = torch.Generator().manual_seed(2)
-    nca = randomize(BackboneNCA(dims, 16, 32, input_channels=2, fire_rate=0.5), g)
+    nca = BackboneNCA(dims, 16, 32, input_channels=2, fire_rate=0.5).randomize_(0.3, seed=2)
     s = torch.randn(2, 16, *shape, generator=g)
     out = nca.run(s, 5, seed=7)
     assert torch.equal(out[:, :2], s[:, :2])
@@ -57,7 +50,7 @@ def test_inputs_unchanged_and_deterministic(dims, shape):
 
 def test_fire_rate_one_updates_every_cell_deterministically():
     g = torch.Generator().manual_seed(3)
-    nca = randomize(BackboneNCA(2, 16, 32, input_channels=3, fire_rate=1.0), g)
+    nca = BackboneNCA(2, 16, 32, input_channels=3, fire_rate=1.0).randomize_(0.3, seed=3)
     s = torch.randn(1, 16, 8, 8, generator=g)
     a, b = nca.run(s, 3, seed=1), nca.run(s, 3, seed=99)
     assert torch.equal(a, b)
@@ -66,7 +59,7 @@ def test_fire_rate_one_updates_every_cell_deterministically():
 
 def test_fire_mask_one_value_per_cell():
     g = torch.Generator().manual_seed(4)
-    nca = randomize(BackboneNCA(2, 16, 32, input_channels=1, fire_rate=0.5), g)
+    nca = BackboneNCA(2, 16, 32, input_channels=1, fire_rate=0.5).randomize_(0.3, seed=4)
     s = torch.randn(1, 16, 16, 16, generator=g)
     changed = nca.step(s, seed=5)[:, 1:] != s[:, 1:]
     per_cell = changed.any(1)
@@ -77,7 +70,7 @@ def test_fire_mask_one_value_per_cell():
 @pytest.mark.parametrize("dims,shape", [(2, (11, 7)), (3, (3, 5, 9))])
 def test_batch_of_two_equals_two_alone(dims, shape):
     g = torch.Generator().manual_seed(5)
-    nca = randomize(BackboneNCA(dims, 16, 32, input_channels=1, fire_rate=0.5), g)
+    nca = BackboneNCA(dims, 16, 32, input_channels=1, fire_rate=0.5).randomize_(0.3, seed=5)
     s = torch.randn(2, 16, *shape, generator=g)
     both = nca.run(s, 4, seed=3)
     tol = 1e-6 * both.abs().max().item()   # float rounding only: convolution blocking may differ with batch size
@@ -98,7 +91,7 @@ def test_large_pointwise_layers_are_split_without_changing_the_result(monkeypatc
     import nca_cli.models.backbone as backbone
 
     g = torch.Generator().manual_seed(6)
-    nca = randomize(BackboneNCA(2, 16, 64, input_channels=3, fire_rate=0.5), g)
+    nca = BackboneNCA(2, 16, 64, input_channels=3, fire_rate=0.5).randomize_(0.3, seed=6)
     s = torch.randn(1, 16, 40, 30, generator=g)
     whole = nca.run(s, 3, seed=1)
     monkeypatch.setattr(backbone, "POINTWISE_LIMIT", 1000)   # forces many chunks

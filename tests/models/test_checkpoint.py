@@ -27,7 +27,10 @@ def test_current_format_round_trip(tmp_path):
     checkpoint.save_model(tmp_path / "m.pt", model, {"name": "r"}, {"epochs": 3})
     loaded, payload = checkpoint.load_model(tmp_path / "m.pt")
     assert isinstance(loaded, OctreeNCA) and _same(loaded, state) and not loaded.training
-    assert payload["recipe"] == {"name": "r"} and payload["metadata"] == {"epochs": 3}
+    metadata = dict(payload["metadata"])
+    contract = metadata.pop("contract")          # added on loading when the file has none (models.contract)
+    assert payload["recipe"] == {"name": "r"} and metadata == {"epochs": 3}
+    assert contract["version"] >= 1 and contract["channels"] == 3 and contract["dims"] == 2
 
 
 def test_first_format_with_baseline_settings_under_options(tmp_path):

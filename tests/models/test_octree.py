@@ -8,12 +8,7 @@ from nca_cli.models.schedule import upsample
 
 
 def randomized(cfg, seed=0):
-    m = OctreeNCA(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return m
+    return OctreeNCA(cfg).randomize_(0.2, seed)
 
 
 def test_level_shapes_stop_halving_depth():

@@ -63,3 +63,20 @@ def test_the_cascade_is_a_strategy_of_its_registry_entry():
     two = window_phases(cascade, shape, window, cost=cost, forward=10 ** 6)["windows"]
     one = window_phases(single, shape, window, cost=cost, forward=10 ** 6)["windows"]
     assert two - one == strategy.held_bytes(cascade, 40 * 32 * 32, 16 * 32 * 32)
+
+
+def test_architectures_build_their_published_variant_from_dims_and_channels():
+    """The parameter counts the papers give (REFERENCE.md): Med-NCA 7,488, M3D-NCA 12,480,
+    OctreeNCA 15,520 (pathology) and 17,600 (radiology)."""
+    from nca_cli.models.registry import count_parameters
+
+    def built(name, dims, inputs, **keys):
+        return build_model({"architecture": name, "dims": dims, "input_channels": inputs, "output_channels": 1, **keys})
+
+    med = built("med_nca", 2, 3)
+    assert count_parameters(med) == 7488 and med.config.kernel_sizes == [3, 7] and med.config.normalization == "batch"
+    assert count_parameters(built("m3d_nca", 3, 1)) == 12480
+    assert count_parameters(built("octree_nca", 2, 3)) == 15520 and count_parameters(built("octree_nca", 3, 1)) == 17600
+    assert built("med_nca", 2, 3, hidden=32).config.kernel_sizes == [3, 7]          # a key overrides only itself
+    three = built("octree_nca", 2, 3, levels=3)                                     # per-level lists follow levels
+    assert three.config.steps == [10, 10, 10] and three.config.factors == [[2, 2], [2, 2]]

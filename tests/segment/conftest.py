@@ -10,11 +10,8 @@ from nca_cli.models import NCAConfig, OctreeNCA, checkpoint
 def random_model(dims, inp, out, levels=3, steps=(3, 3, 4), seed=0, factors=None):
     cfg = NCAConfig(dims=dims, input_channels=inp, output_channels=out, levels=levels, steps=list(steps),
                     factors=factors or [])  # default shape: served by the prebuilt kernel library
-    m = OctreeNCA(cfg)
-    g = torch.Generator().manual_seed(seed)
+    m = OctreeNCA(cfg).randomize_(0.15, seed)
     with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.15)
         for bb in m.backbones:  # a visible bias towards foreground in some places
             bb.fc0.bias.add_(0.05)
     return m
