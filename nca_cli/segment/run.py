@@ -101,6 +101,10 @@ def segment_inputs(opts: SegmentOptions) -> list[dict]:
         raise NCAError("--uncertainty needs --ensemble N with N >= 2 (the spread of N runs).")
     inputs = expand_inputs(items)
     jobs = plan_jobs(inputs, opts)[opts.part_id::opts.num_parts]
+    if opts.distributed:
+        from .distributed import segment_distributed
+
+        return segment_distributed(jobs, opts)
     model, payload = load_model(opts.model)
     if not architecture_of(model).is_nca and opts.nca_only_flags():
         flags = opts.nca_only_flags()

@@ -1,0 +1,143 @@
+"""``nca segment --workers N`` / ``--scheduler`` / ``--scheduler-file``: the run on a Dask cluster.
+
+The client submits one task per input (``dask_tasks.input_task``). An input that must be
+tiled (it does not fit a worker's budget, or ``--tiling force``) comes back with its tiles:
+one task per exact tile, then one task that assembles its outputs from the tile store. Tasks
+get paths and options, never pixels. A worker lost mid-task costs only its tasks, which Dask
+runs again (tasks are idempotent). An input that fails for its own reason is recorded with its
+error; the others finish, then the run ends in one sentence naming each failed input (exit 1).
+The client alone writes the run manifest (``run_manifest``) and shows one progress display.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..core.errors import NCAError
+from ..core.files import sha256_file
+from ..core.progress import Progress
+from .dask_cluster import dask_client, tasks_retried, workers_alive
+from .dask_tasks import TaskSpec, assemble_task, input_task, tile_task
+from .run_manifest import RunManifest, manifest_path, options_hash
+
+
+@dataclass
+class _Board:
+    """The run's one progress display: inputs and tiles done, MP/s, ETA, workers, retries."""
+
+    progress: Progress
+    client: object
+    inputs_total: int
+    t0: float = field(default_factory=time.perf_counter)
+    megapixels: float = 0.0
+    inputs_done: int = 0
+    tiles_done: int = 0
+    tiles_total: int = 0
+    _polled: float = 0.0
+    _workers: int = 0
+    _retried: int = 0
+
+    def __post_init__(self):
+        self.inputs = self.progress.add("inputs", total=self.inputs_total)
+        self.tiles = None
+
+    def add_tiles(self, total: int, done: int) -> None:
+        self.tiles_total += total
+        self.tiles_done += done
+        if self.tiles is None:
+            self.tiles = self.progress.add("tiles", total=self.tiles_total)
+        self.refresh()
+
+    def refresh(self, megapixels: float = 0.0) -> None:
+        self.megapixels += megapixels
+        now = time.perf_counter()
+        if now - self._polled > 2.0:
+            self._polled = now
+            self._workers, self._retried = workers_alive(self.client), tasks_retried(self.client)
+        elapsed = now - self.t0
+        done = self.inputs_done + self.tiles_done
+        left = (self.inputs_total - self.inputs_done) + (self.tiles_total - self.tiles_done)
+        eta = f"ETA {elapsed / done * left:.0f} s" if done else "ETA ?"
+        info = (f"{self.megapixels / max(elapsed, 1e-9):.2f} MP/s, {eta}, {self._workers} workers, "
+                f"{self._retried} retried")
+        self.inputs.update(completed=self.inputs_done, info=info)
+        if self.tiles is not None:
+            self.tiles.update(completed=self.tiles_done, total=self.tiles_total, info=info)
+
+
+def _error(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if text.endswith(".") else text + "."
+
+
+def segment_distributed(jobs, opts) -> list[dict]:
+    """Segment ``jobs`` on the cluster ``opts`` names; returns one record per input."""
+    from distributed import as_completed
+
+    if opts.ensemble == 1 and opts.uncertainty is not None:
+        raise NCAError("--uncertainty needs --ensemble N with N >= 2 (the spread of N runs).")
+    manifest = RunManifest(manifest_path(jobs, opts), sha256_file(opts.model), options_hash(opts), opts.resume)
+    status: dict[int, tuple[str, str | None]] = {}
+    with Progress(opts.quiet) as progress, dask_client(opts) as (client, share):
+        board = _Board(progress, client, len(jobs))
+        pending = as_completed()
+        role = {}
+        for i, job in enumerate(jobs):
+            spec = TaskSpec(opts, job, share.threads, share.budget)
+            manifest.entry(job)
+            future = client.submit(input_task, spec, pure=False, key=f"nca-input-{i}-{time.time_ns()}")
+            role[future.key] = ("input", i, spec, None)
+            pending.add(future)
+        for future in pending:
+            kind, i, spec, extra = role.pop(future.key)
+            job = spec.job
+            if i in status and status[i][0] == "failed":
+                continue
+            try:
+                result = future.result()
+            except Exception as exc:   # a task that raised, or was lost with too many workers
+                result = {"status": "failed", "error": _error(exc)}
+            if kind == "tile" and result.get("status") != "failed":
+                manifest.add_tile(job, extra)
+                board.tiles_done += 1
+                board.refresh(result["megapixels"])
+                manifest.write()
+                continue
+            if result["status"] == "tiled":
+                done = manifest.tiles_done(job, result["tile"]) if opts.resume else set()
+                manifest.set_tiled(job, result["tile"], len(result["corners"]), done)
+                tiles = []
+                for corner in result["corners"]:
+                    if tuple(corner) in done:
+                        continue
+                    tf = client.submit(tile_task, spec, result, corner, pure=False,
+                                       key=f"nca-tile-{i}-{'-'.join(map(str, corner))}-{time.time_ns()}")
+                    role[tf.key] = ("tile", i, spec, corner)
+                    pending.add(tf)
+                    tiles.append(tf)
+                board.add_tiles(len(result["corners"]), len(done))
+                af = client.submit(assemble_task, spec, result, *tiles, pure=False,
+                                   key=f"nca-assemble-{i}-{time.time_ns()}")
+                role[af.key] = ("assemble", i, spec, None)
+                pending.add(af)
+                manifest.write()
+                continue
+            status[i] = (result["status"], result.get("error"))
+            manifest.finish(job, result["status"], result.get("error"))
+            manifest.write(force=True)
+            board.inputs_done += 1
+            board.refresh(result.get("megapixels", 0.0) if kind == "input" else 0.0)
+            if result["status"] == "failed":
+                progress.log(f"{job.input}: failed: {result['error']}")
+        manifest.write(force=True)
+    return _summary(jobs, status)
+
+
+def _summary(jobs, status: dict[int, tuple[str, str | None]]) -> list[dict]:
+    failed = [(jobs[i], err) for i, (state, err) in sorted(status.items()) if state == "failed"]
+    if failed:
+        names = "; ".join(f"{job.input} ({err.rstrip('.')})" for job, err in failed)
+        raise NCAError(f"{len(failed)} of {len(jobs)} inputs failed, the others were written: {names}; fix these "
+                       f"inputs and run again with --continue.")
+    return [{"input": str(job.input), "output": str(job.mask), "status": status.get(i, ("done",))[0],
+             "metadata": str(job.metadata)} for i, job in enumerate(jobs)]
