@@ -1,0 +1,110 @@
+"""``nca segment`` on a 2-worker Dask cluster (127.0.0.1, processes, one thread each): the same
+outputs as the serial run, a lost worker costs only its tasks, a bad input only itself."""
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import tifffile
+from PIL import Image
+
+from nca_cli.core.errors import NCAError
+from nca_cli.segment.dask_tasks import KILL_HOOK
+from nca_cli.segment.options import SegmentOptions
+from nca_cli.segment.run import segment_inputs
+from nca_cli.segment.run_manifest import RunManifest
+
+from .conftest import shifted_images
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, memory_limit=0) as c:
+        yield c
+
+
+def run(inputs, out, model, **kw):
+    kw.setdefault("quiet", True)
+    return segment_inputs(SegmentOptions(inputs=[str(i) for i in inputs], output=out, model=model, **kw))
+
+
+def write_slide(path):
+    base = np.random.default_rng(1).integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        opts = dict(tile=(128, 128), photometric="rgb", resolutionunit="CENTIMETER")
+        tw.write(base, resolution=(1e4 / 0.5, 1e4 / 0.5), subifds=1, **opts)
+        tw.write(base[::2, ::2], subfiletype=1, resolution=(1e4 / 1.0, 1e4 / 1.0), **opts)
+    return path
+
+
+def files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def test_images_and_a_volume_equal_the_serial_run(tmp_path, models, rgb_image, cluster):
+    imgs = shifted_images(tmp_path / "imgs", rgb_image, 3, axis=1)
+    run([imgs], tmp_path / "serial", models["rgb2d"], seed=3)
+    run([imgs], tmp_path / "dask", models["rgb2d"], seed=3, scheduler=cluster.scheduler_address)
+    for name in ("img0_mask.png", "img1_mask.png", "img2_mask.png"):
+        assert (tmp_path / "dask" / name).read_bytes() == (tmp_path / "serial" / name).read_bytes()
+    vol = (np.random.default_rng(2).random((20, 24, 28)) * 200).astype(np.float32)
+    sitk.WriteImage(sitk.GetImageFromArray(vol), str(tmp_path / "vol.nii.gz"))
+    run([tmp_path / "vol.nii.gz"], tmp_path / "s.nii.gz", models["gray3d"], tiling="force", tile_size=16)
+    run([tmp_path / "vol.nii.gz"], tmp_path / "d.nii.gz", models["gray3d"], tiling="force", tile_size=16,
+        scheduler=cluster.scheduler_address)
+    serial, dask = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / n))) for n in ("s.nii.gz", "d.nii.gz"))
+    assert serial.any() and np.array_equal(serial, dask)
+    meta = json.loads((tmp_path / "d.run_metadata.json").read_text())
+    assert meta["mode"] == "tiled" and meta["tiles"] == 8 and meta["distributed"]
+
+
+def test_a_slide_tiled_across_workers_equals_the_serial_tiff(tmp_path, models, cluster):
+    src = write_slide(tmp_path / "slide.tif")
+    run([src], tmp_path / "s" / "mask.tif", models["rgb2d"])    # one pass
+    run([src], tmp_path / "d" / "mask.tif", models["rgb2d"], tiling="force", tile_size=128,
+        scheduler=cluster.scheduler_address)
+    assert (tmp_path / "d" / "mask.tif").read_bytes() == (tmp_path / "s" / "mask.tif").read_bytes()
+    manifest = json.loads((tmp_path / "d" / "mask.run_manifest.json").read_text())
+    entry = manifest["inputs"][str(src)]
+    assert entry["status"] == "done" and entry["tiles_total"] == 12 and len(entry["tiles_done"]) == 12
+    assert files(tmp_path / "d") == ["mask.run_manifest.json", "mask.run_metadata.json", "mask.tif"]
+
+
+def test_a_worker_killed_in_a_tile_costs_only_its_tasks(tmp_path, models, monkeypatch):
+    src = write_slide(tmp_path / "slide.tif")
+    run([src], tmp_path / "s" / "mask.tif", models["rgb2d"])
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(KILL_HOOK, str(marker))
+    run([src], tmp_path / "d" / "mask.tif", models["rgb2d"], tiling="force", tile_size=128, workers=2)
+    assert marker.exists()   # a tile task did kill its worker
+    assert (tmp_path / "d" / "mask.tif").read_bytes() == (tmp_path / "s" / "mask.tif").read_bytes()
+    assert files(tmp_path / "d") == ["mask.run_manifest.json", "mask.run_metadata.json", "mask.tif"]
+
+
+def test_a_bad_input_fails_alone_and_is_named(tmp_path, models, rgb_image, cluster):
+    imgs = shifted_images(tmp_path / "imgs", rgb_image, 2, axis=0)
+    Image.fromarray(rgb_image[..., 0]).save(imgs / "gray.png")    # one channel for an RGB model
+    with pytest.raises(NCAError, match=r"1 of 3 inputs failed.*gray\.png \(.*channel") as err:
+        run([imgs], tmp_path / "out", models["rgb2d"], scheduler=cluster.scheduler_address)
+    assert "img0" not in str(err.value)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["img0_mask.png", "img1_mask.png"]
+    manifest = json.loads((tmp_path / "out" / "run_manifest.json").read_text())
+    assert "channel" in manifest["inputs"][str(imgs / "gray.png")]["error"]
+
+
+def test_the_manifest_trusts_tiles_of_the_same_checkpoint_options_and_tile_only(tmp_path):
+    class Job:
+        input, mask = tmp_path / "a.tif", tmp_path / "m.tif"
+
+    first = RunManifest(tmp_path / "run.json", "ck", "op", resume=False)
+    first.set_tiled(Job, [64, 64], 4, {(0, 0)})
+    first.add_tile(Job, [0, 64])
+    first.write(force=True)
+    assert RunManifest(tmp_path / "run.json", "ck", "op", resume=True).tiles_done(Job, [64, 64]) == {(0, 0), (0, 64)}
+    assert RunManifest(tmp_path / "run.json", "ck", "op", resume=True).tiles_done(Job, [32, 32]) == set()
+    assert RunManifest(tmp_path / "run.json", "other", "op", resume=True).tiles_done(Job, [64, 64]) == set()
+    assert RunManifest(tmp_path / "run.json", "ck", "op2", resume=True).tiles_done(Job, [64, 64]) == set()
+    assert RunManifest(tmp_path / "run.json", "ck", "op", resume=False).tiles_done(Job, [64, 64]) == set()
