@@ -61,6 +61,7 @@ def dask_client(opts) -> Iterator[tuple[object, WorkerShare]]:
                                local_directory=tempfile.gettempdir())
         try:
             with Client(cluster) as client:
+                _warm(client)
                 yield client, share
         finally:
             cluster.close()
@@ -78,7 +79,15 @@ def dask_client(opts) -> Iterator[tuple[object, WorkerShare]]:
         raise NCAError(f"Cannot reach the Dask scheduler {opts.scheduler or opts.scheduler_file} ({exc}); check "
                        f"that it runs and that this machine can reach it.") from exc
     with client:
+        _warm(client)
         yield client, share
+
+
+def _warm(client) -> None:
+    """Every worker imports the task module (and torch) before the run starts."""
+    import importlib
+
+    client.run(importlib.import_module, "nca_cli.segment.dask_tasks")
 
 
 def workers_alive(client) -> int:

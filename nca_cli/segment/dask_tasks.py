@@ -27,6 +27,7 @@ import torch
 
 from .. import io
 from ..core.errors import NCAError
+from ..core.machine import peak_rss_bytes
 from ..core.progress import Progress
 from .outputs import Job
 from .tile_store import StoredSource, load_coarse, open_labels, read_labels, remove_scratch, save_coarse, scratch_folder
@@ -46,6 +47,7 @@ class TaskSpec:
     job: Job
     threads: int | None
     budget: int | None
+    run_id: str = ""
 
 
 @dataclass
@@ -114,7 +116,7 @@ def input_task(spec: TaskSpec) -> dict:
                              normalization=model.normalization, checkpoint_sha=model.checkpoint_sha,
                              classes=model.classes)
         return {"status": "done", "megapixels": record["megapixels"], "seconds": time.perf_counter() - t0,
-                "peak_memory_bytes": record["peak_memory_bytes"]}
+                "worker_peak_bytes": peak_rss_bytes()}
     except FAILURES as exc:
         return {"status": "failed", "error": str(exc)}
 
@@ -209,7 +211,17 @@ def tile_task(spec: TaskSpec, tiled: dict, corner: list[int]) -> dict:
     finally:
         image.close()
     return {"megapixels": float(np.prod([s.stop - s.start for s in tile.core])) / 1e6,
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "worker_peak_bytes": peak_rss_bytes()}
+
+
+def _written_by(job: Job, run_id: str) -> bool:
+    """Whether this run's assembly of ``job`` already finished (its metadata names the run)."""
+    import json
+
+    try:
+        return job.complete() and json.loads(job.metadata.read_text()).get("run_id") == run_id
+    except (OSError, ValueError):
+        return False
 
 
 def assemble_task(spec: TaskSpec, tiled: dict, *tiles_done) -> dict:
@@ -222,11 +234,15 @@ def assemble_task(spec: TaskSpec, tiled: dict, *tiles_done) -> dict:
     t0 = time.perf_counter()
     opts, job = spec.opts, spec.job
     try:
-        model, budget, available = _setup(spec)
         folder = scratch_folder(job.mask)
+        if _written_by(job, spec.run_id):   # run again after it finished (its worker was lost before it reported)
+            remove_scratch(folder)
+            return {"status": "done", "megapixels": float(np.prod(tiled["shape"])) / 1e6, "seconds": 0.0}
+        job.clear_partials()
+        model, budget, available = _setup(spec)
         image = _open(job, opts)
         try:
-            labels = read_labels(folder, label_array(tiled["shape"], job.mask.parent))
+            labels = read_labels(folder, label_array(tiled["shape"], folder))
             render = Rendering(model.classes, opts.preview_style, opts.geojson_tolerance,
                                float(image.meta.get("downsample") or 1.0), checkpoint_sha256=model.checkpoint_sha)
             write_outputs(job, image, labels, render, None)
@@ -235,13 +251,15 @@ def assemble_task(spec: TaskSpec, tiled: dict, *tiles_done) -> dict:
                 "impl": model.predictor.impl, "state_dtype": model.predictor.dtype_name, "mode": plan.mode,
                 "split_level": plan.split, "tile": plan.tile, "tiles": plan.tiles,
                 "predicted_peak_bytes": plan.predicted_bytes, "ensemble": 1, "memory_budget_bytes": budget,
-                "available_bytes": available, "distributed": True, "segmented_shape": tiled["shape"],
+                "available_bytes": available, "distributed": True, "run_id": spec.run_id,
+                "segmented_shape": tiled["shape"],
             }
             del labels
             write_metadata(job, record)
         finally:
             image.close()
         remove_scratch(folder)
-        return {"status": "done", "megapixels": record["megapixels"], "seconds": time.perf_counter() - t0}
+        return {"status": "done", "megapixels": record["megapixels"], "seconds": time.perf_counter() - t0,
+                "worker_peak_bytes": peak_rss_bytes()}
     except FAILURES as exc:
         return {"status": "failed", "error": str(exc)}

@@ -11,6 +11,7 @@ The client alone writes the run manifest (``run_manifest``) and shows one progre
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from ..core.errors import NCAError
@@ -70,20 +71,24 @@ def _error(exc: BaseException) -> str:
     return text if text.endswith(".") else text + "."
 
 
-def segment_distributed(jobs, opts) -> list[dict]:
-    """Segment ``jobs`` on the cluster ``opts`` names; returns one record per input."""
+def segment_distributed(opts) -> list[dict]:
+    """Segment the inputs of ``opts`` on the cluster it names; returns one record per input."""
     from distributed import as_completed
 
-    if opts.ensemble == 1 and opts.uncertainty is not None:
-        raise NCAError("--uncertainty needs --ensemble N with N >= 2 (the spread of N runs).")
+    from .run import run_jobs
+
+    jobs = run_jobs(opts)
     manifest = RunManifest(manifest_path(jobs, opts), sha256_file(opts.model), options_hash(opts), opts.resume)
     status: dict[int, tuple[str, str | None]] = {}
+    run_id = uuid.uuid4().hex
+    t0 = time.perf_counter()
     with Progress(opts.quiet) as progress, dask_client(opts) as (client, share):
+        manifest.data["cluster_start_seconds"] = time.perf_counter() - t0
         board = _Board(progress, client, len(jobs))
         pending = as_completed()
         role = {}
         for i, job in enumerate(jobs):
-            spec = TaskSpec(opts, job, share.threads, share.budget)
+            spec = TaskSpec(opts, job, share.threads, share.budget, run_id)
             manifest.entry(job)
             future = client.submit(input_task, spec, pure=False, key=f"nca-input-{i}-{time.time_ns()}")
             role[future.key] = ("input", i, spec, None)
@@ -97,6 +102,8 @@ def segment_distributed(jobs, opts) -> list[dict]:
                 result = future.result()
             except Exception as exc:   # a task that raised, or was lost with too many workers
                 result = {"status": "failed", "error": _error(exc)}
+            if result.get("status") != "failed":
+                manifest.task_done(job, result)
             if kind == "tile" and result.get("status") != "failed":
                 manifest.add_tile(job, extra)
                 board.tiles_done += 1

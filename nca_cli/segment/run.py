@@ -85,13 +85,9 @@ def memory_budget(opts: SegmentOptions, device: torch.device, progress: Progress
     return budget, available
 
 
-def segment_inputs(opts: SegmentOptions) -> list[dict]:
-    """Segment every input of ``opts``; returns one record per input (done or skipped)."""
-    from ..inference.predictors import predictor_for
-    from ..models.checkpoint import load_model
-    from ..models.registry import architecture_of
-    from ..recipes import stored_recipe
-
+def run_jobs(opts: SegmentOptions) -> list[Job]:
+    """This part's jobs of ``opts``: the options checked, the inputs expanded, every output named
+    and checked (nothing runs yet)."""
     items = opts.all_inputs
     if not items:
         raise NCAError("No input given; pass files, folders or globs (e.g. nca segment slide.svs -o mask.tif -m model.pt).")
@@ -100,11 +96,17 @@ def segment_inputs(opts: SegmentOptions) -> list[dict]:
     if opts.ensemble == 1 and opts.uncertainty is not None:
         raise NCAError("--uncertainty needs --ensemble N with N >= 2 (the spread of N runs).")
     inputs = expand_inputs(items)
-    jobs = plan_jobs(inputs, opts)[opts.part_id::opts.num_parts]
-    if opts.distributed:
-        from .distributed import segment_distributed
+    return plan_jobs(inputs, opts)[opts.part_id::opts.num_parts]
 
-        return segment_distributed(jobs, opts)
+
+def segment_inputs(opts: SegmentOptions) -> list[dict]:
+    """Segment every input of ``opts``; returns one record per input (done or skipped)."""
+    from ..inference.predictors import predictor_for
+    from ..models.checkpoint import load_model
+    from ..models.registry import architecture_of
+    from ..recipes import stored_recipe
+
+    jobs = run_jobs(opts)
     model, payload = load_model(opts.model)
     if not architecture_of(model).is_nca and opts.nca_only_flags():
         flags = opts.nca_only_flags()

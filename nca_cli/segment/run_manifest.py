@@ -67,6 +67,12 @@ class RunManifest:
     def add_tile(self, job, corner) -> None:
         self.entry(job)["tiles_done"].append(list(corner))
 
+    def task_done(self, job, result: dict) -> None:
+        """A task's measurements: the seconds its tasks took, the peak memory of their workers."""
+        e = self.entry(job)
+        e["task_seconds"] = e.get("task_seconds", 0.0) + float(result.get("seconds", 0.0))
+        e["worker_peak_bytes"] = max(e.get("worker_peak_bytes", 0), int(result.get("worker_peak_bytes", 0)))
+
     def finish(self, job, status: str, error: str | None = None) -> None:
         e = self.entry(job)
         e["status"] = status

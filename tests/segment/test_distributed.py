@@ -10,6 +10,7 @@ from PIL import Image
 
 from nca_cli.core.errors import NCAError
 from nca_cli.segment.dask_tasks import KILL_HOOK
+from nca_cli.segment.distributed import segment_distributed
 from nca_cli.segment.options import SegmentOptions
 from nca_cli.segment.run import segment_inputs
 from nca_cli.segment.run_manifest import RunManifest
@@ -27,8 +28,10 @@ def cluster():
 
 
 def run(inputs, out, model, **kw):
+    """The serial run, or the distributed one when a cluster option is given."""
     kw.setdefault("quiet", True)
-    return segment_inputs(SegmentOptions(inputs=[str(i) for i in inputs], output=out, model=model, **kw))
+    opts = SegmentOptions(inputs=[str(i) for i in inputs], output=out, model=model, **kw)
+    return segment_distributed(opts) if opts.distributed else segment_inputs(opts)
 
 
 def write_slide(path):
@@ -108,3 +111,29 @@ def test_the_manifest_trusts_tiles_of_the_same_checkpoint_options_and_tile_only(
     assert RunManifest(tmp_path / "run.json", "other", "op", resume=True).tiles_done(Job, [64, 64]) == set()
     assert RunManifest(tmp_path / "run.json", "ck", "op2", resume=True).tiles_done(Job, [64, 64]) == set()
     assert RunManifest(tmp_path / "run.json", "ck", "op", resume=False).tiles_done(Job, [64, 64]) == set()
+
+
+def test_continue_after_a_killed_client_recomputes_only_the_missing_tiles(tmp_path, models, cluster):
+    from nca_cli.core.files import sha256_file
+    from nca_cli.segment.dask_tasks import TaskSpec, input_task
+    from nca_cli.segment.outputs import plan_jobs
+    from nca_cli.segment.run_manifest import manifest_path, options_hash
+    from nca_cli.segment.tile_store import open_labels, scratch_folder
+
+    src = write_slide(tmp_path / "slide.tif")
+    run([src], tmp_path / "s" / "mask.tif", models["rgb2d"])
+    opts = SegmentOptions(inputs=[str(src)], output=tmp_path / "d" / "mask.tif", model=models["rgb2d"], quiet=True,
+                          tiling="force", tile_size=128, scheduler=cluster.scheduler_address, resume=True)
+    jobs = plan_jobs([src], opts)
+    tiled = input_task(TaskSpec(opts, jobs[0], None, None))   # the killed client's first task, then one tile:
+    open_labels(scratch_folder(jobs[0].mask), tiled["shape"], tiled["tile"])[0:128, 128:256] = 7   # marked
+    manifest = RunManifest(manifest_path(jobs, opts), sha256_file(opts.model), options_hash(opts), resume=False)
+    manifest.set_tiled(jobs[0], tiled["tile"], len(tiled["corners"]), {(0, 128)})
+    manifest.write(force=True)
+    segment_distributed(opts)
+    got, want = (tifffile.imread(tmp_path / n / "mask.tif", level=0) for n in ("d", "s"))
+    assert (got[0:128, 128:256] == 7).all()    # the tile the manifest lists was not computed again
+    got[0:128, 128:256] = want[0:128, 128:256]
+    assert np.array_equal(got, want)
+    entry = json.loads((tmp_path / "d" / "mask.run_manifest.json").read_text())["inputs"][str(src)]
+    assert len(entry["tiles_done"]) == 12 and entry["status"] == "done"
