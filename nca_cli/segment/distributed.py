@@ -58,7 +58,7 @@ class _Board:
         elapsed = now - self.t0
         done = self.inputs_done + self.tiles_done
         left = (self.inputs_total - self.inputs_done) + (self.tiles_total - self.tiles_done)
-        eta = f"ETA {elapsed / done * left:.0f} s" if done else "ETA ?"
+        eta = f"run ETA {elapsed / done * left:.0f} s" if done else "run ETA ?"
         info = (f"{self.megapixels / max(elapsed, 1e-9):.2f} MP/s, {eta}, {self._workers} workers, "
                 f"{self._retried} retried")
         self.inputs.update(completed=self.inputs_done, info=info)
