@@ -54,6 +54,9 @@ def dask_client(opts) -> Iterator[tuple[object, WorkerShare]]:
                                       ("--scheduler-file", opts.scheduler_file)) if value is not None]
     if len(given) > 1:
         raise NCAError(f"{' and '.join(given)} each choose the cluster; give only one of them.")
+    if opts.dashboard and opts.workers is None:
+        raise NCAError("--dashboard serves the dashboard of the cluster --workers starts; an existing cluster serves "
+                       "its own (dask scheduler --dashboard-address).")
     if opts.workers is not None:
         share = local_share(opts.workers, opts.memory_budget)
         cluster = LocalCluster(n_workers=opts.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -94,12 +97,12 @@ def workers_alive(client) -> int:
     return len(client.scheduler_info(n_workers=-1).get("workers", {}))
 
 
-def tasks_retried(client) -> int:
-    """How many task runs the scheduler lost with a worker (each is run again)."""
-    def count(dask_scheduler=None) -> int:
-        return sum(ts.suspicious for ts in dask_scheduler.tasks.values())
+def tasks_lost(client) -> dict[str, int]:
+    """The tasks the scheduler holds that it lost with a worker, and how often (each is run again)."""
+    def lost(dask_scheduler=None) -> dict[str, int]:
+        return {str(key): ts.suspicious for key, ts in dask_scheduler.tasks.items() if ts.suspicious}
 
     try:
-        return int(client.run_on_scheduler(count))
+        return client.run_on_scheduler(lost)
     except Exception:   # a scheduler that refuses run_on_scheduler: the count is unknown
-        return 0
+        return {}

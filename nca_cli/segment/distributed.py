@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from ..core.errors import NCAError
 from ..core.files import sha256_file
 from ..core.progress import Progress
-from .dask_cluster import dask_client, tasks_retried, workers_alive
+from .dask_cluster import dask_client, tasks_lost, workers_alive
 from .dask_tasks import TaskSpec, assemble_task, input_task, tile_task
 from .run_manifest import RunManifest, manifest_path, options_hash
 
@@ -36,7 +36,7 @@ class _Board:
     tiles_total: int = 0
     _polled: float = 0.0
     _workers: int = 0
-    _retried: int = 0
+    _lost: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.inputs = self.progress.add("inputs", total=self.inputs_total)
@@ -49,18 +49,24 @@ class _Board:
             self.tiles = self.progress.add("tiles", total=self.tiles_total)
         self.refresh()
 
-    def refresh(self, megapixels: float = 0.0) -> None:
+    @property
+    def retried(self) -> int:
+        return sum(self._lost.values())
+
+    def refresh(self, megapixels: float = 0.0, poll: bool = False) -> None:
         self.megapixels += megapixels
         now = time.perf_counter()
-        if now - self._polled > 2.0:
+        if poll or now - self._polled > 2.0:
             self._polled = now
-            self._workers, self._retried = workers_alive(self.client), tasks_retried(self.client)
+            self._workers = workers_alive(self.client)
+            for key, count in tasks_lost(self.client).items():
+                self._lost[key] = max(count, self._lost.get(key, 0))
         elapsed = now - self.t0
         done = self.inputs_done + self.tiles_done
         left = (self.inputs_total - self.inputs_done) + (self.tiles_total - self.tiles_done)
         eta = f"run ETA {elapsed / done * left:.0f} s" if done else "run ETA ?"
         info = (f"{self.megapixels / max(elapsed, 1e-9):.2f} MP/s, {eta}, {self._workers} workers, "
-                f"{self._retried} retried")
+                f"{self.retried} retried")
         self.inputs.update(completed=self.inputs_done, info=info)
         if self.tiles is not None:
             self.tiles.update(completed=self.tiles_done, total=self.tiles_total, info=info)
@@ -87,6 +93,7 @@ def segment_distributed(opts) -> list[dict]:
         board = _Board(progress, client, len(jobs))
         pending = as_completed()
         role = {}
+        held: dict[int, list] = {}   # an input's futures, kept until it is finished (retries stay countable)
         for i, job in enumerate(jobs):
             spec = TaskSpec(opts, job, share.threads, share.budget, run_id)
             manifest.entry(job)
@@ -96,6 +103,7 @@ def segment_distributed(opts) -> list[dict]:
         for future in pending:
             kind, i, spec, extra = role.pop(future.key)
             job = spec.job
+            held.setdefault(i, []).append(future)
             if i in status and status[i][0] == "failed":
                 continue
             try:
@@ -133,9 +141,11 @@ def segment_distributed(opts) -> list[dict]:
             manifest.finish(job, result["status"], result.get("error"))
             manifest.write(force=True)
             board.inputs_done += 1
-            board.refresh(result.get("megapixels", 0.0) if kind == "input" else 0.0)
+            board.refresh(result.get("megapixels", 0.0) if kind == "input" else 0.0, poll=True)
+            held.pop(i, None)
             if result["status"] == "failed":
                 progress.log(f"{job.input}: failed: {result['error']}")
+        manifest.data["tasks_retried"] = board.retried
         manifest.write(force=True)
     return _summary(jobs, status)
 

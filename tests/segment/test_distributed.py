@@ -84,6 +84,7 @@ def test_a_worker_killed_in_a_tile_costs_only_its_tasks(tmp_path, models, monkey
     run([src], tmp_path / "d" / "mask.tif", models["rgb2d"], tiling="force", tile_size=128, workers=2)
     assert marker.exists()   # a tile task did kill its worker
     assert (tmp_path / "d" / "mask.tif").read_bytes() == (tmp_path / "s" / "mask.tif").read_bytes()
+    assert json.loads((tmp_path / "d" / "mask.run_manifest.json").read_text())["tasks_retried"] >= 1
     assert files(tmp_path / "d") == ["mask.run_manifest.json", "mask.run_metadata.json", "mask.tif"]
 
 
