@@ -79,75 +79,88 @@ def _error(exc: BaseException) -> str:
 
 def segment_distributed(opts) -> list[dict]:
     """Segment the inputs of ``opts`` on the cluster it names; returns one record per input."""
-    from distributed import as_completed
-
     from .run import run_jobs
 
     jobs = run_jobs(opts)
     manifest = RunManifest(manifest_path(jobs, opts), sha256_file(opts.model), options_hash(opts), opts.resume)
-    status: dict[int, tuple[str, str | None]] = {}
-    run_id = uuid.uuid4().hex
     t0 = time.perf_counter()
     with Progress(opts.quiet) as progress, dask_client(opts) as (client, share):
         manifest.data["cluster_start_seconds"] = time.perf_counter() - t0
-        board = _Board(progress, client, len(jobs))
-        pending = as_completed()
-        role = {}
-        held: dict[int, list] = {}   # an input's futures, kept until it is finished (retries stay countable)
+        run = _Run(client, opts, manifest, _Board(progress, client, len(jobs)))
         for i, job in enumerate(jobs):
-            spec = TaskSpec(opts, job, share.threads, share.budget, run_id)
-            manifest.entry(job)
-            future = client.submit(input_task, spec, pure=False, key=f"nca-input-{i}-{time.time_ns()}")
-            role[future.key] = ("input", i, spec, None)
-            pending.add(future)
-        for future in pending:
-            kind, i, spec, extra = role.pop(future.key)
-            job = spec.job
-            held.setdefault(i, []).append(future)
-            if i in status and status[i][0] == "failed":
-                continue
+            run.submit("input", i, TaskSpec(opts, job, share.threads, share.budget, run.run_id), input_task)
+        run.wait()
+        manifest.data["tasks_retried"] = run.board.retried
+        manifest.write(force=True)
+    return _summary(jobs, run.status)
+
+
+class _Run:
+    """The client's side of a run: submits tasks, takes their results as they come, keeps the
+    manifest and the display up to date."""
+
+    def __init__(self, client, opts, manifest: RunManifest, board: _Board):
+        from distributed import as_completed
+
+        self.client, self.opts, self.manifest, self.board = client, opts, manifest, board
+        self.run_id = uuid.uuid4().hex
+        self.pending = as_completed()
+        self.role: dict[str, tuple] = {}
+        self.held: dict[int, list] = {}   # an input's futures, kept until it is finished (retries stay countable)
+        self.status: dict[int, tuple[str, str | None]] = {}
+
+    def submit(self, kind: str, i: int, spec: TaskSpec, fn, *args, extra=None):
+        key = f"nca-{kind}-{i}-{'-'.join(map(str, extra or ()))}-{time.time_ns()}"
+        future = self.client.submit(fn, spec, *args, pure=False, key=key)
+        self.role[future.key] = (kind, i, spec, extra)
+        self.pending.add(future)
+        if kind == "input":
+            self.manifest.entry(spec.job)
+        return future
+
+    def wait(self) -> None:
+        for future in self.pending:
+            kind, i, spec, extra = self.role.pop(future.key)
+            self.held.setdefault(i, []).append(future)
+            if self.status.get(i, ("",))[0] == "failed":
+                continue   # another task of this input failed already
             try:
                 result = future.result()
-            except Exception as exc:   # a task that raised, or was lost with too many workers
+            except Exception as exc:   # a task that raised, or one lost with too many workers
                 result = {"status": "failed", "error": _error(exc)}
             if result.get("status") != "failed":
-                manifest.task_done(job, result)
+                self.manifest.task_done(spec.job, result)
             if kind == "tile" and result.get("status") != "failed":
-                manifest.add_tile(job, extra)
-                board.tiles_done += 1
-                board.refresh(result["megapixels"])
-                manifest.write()
-                continue
-            if result["status"] == "tiled":
-                done = manifest.tiles_done(job, result["tile"]) if opts.resume else set()
-                manifest.set_tiled(job, result["tile"], len(result["corners"]), done)
-                tiles = []
-                for corner in result["corners"]:
-                    if tuple(corner) in done:
-                        continue
-                    tf = client.submit(tile_task, spec, result, corner, pure=False,
-                                       key=f"nca-tile-{i}-{'-'.join(map(str, corner))}-{time.time_ns()}")
-                    role[tf.key] = ("tile", i, spec, corner)
-                    pending.add(tf)
-                    tiles.append(tf)
-                board.add_tiles(len(result["corners"]), len(done))
-                af = client.submit(assemble_task, spec, result, *tiles, pure=False,
-                                   key=f"nca-assemble-{i}-{time.time_ns()}")
-                role[af.key] = ("assemble", i, spec, None)
-                pending.add(af)
-                manifest.write()
-                continue
-            status[i] = (result["status"], result.get("error"))
-            manifest.finish(job, result["status"], result.get("error"))
-            manifest.write(force=True)
-            board.inputs_done += 1
-            board.refresh(result.get("megapixels", 0.0) if kind == "input" else 0.0, poll=True)
-            held.pop(i, None)
-            if result["status"] == "failed":
-                progress.log(f"{job.input}: failed: {result['error']}")
-        manifest.data["tasks_retried"] = board.retried
-        manifest.write(force=True)
-    return _summary(jobs, status)
+                self.manifest.add_tile(spec.job, extra)
+                self.board.tiles_done += 1
+                self.board.refresh(result["megapixels"])
+                self.manifest.write()
+            elif result["status"] == "tiled":
+                self._tiles(i, spec, result)
+            else:
+                self._finish(kind, i, spec, result)
+
+    def _tiles(self, i: int, spec: TaskSpec, tiled: dict) -> None:
+        """A tiled input: one task per tile its manifest does not list, then its assembly."""
+        job = spec.job
+        done = self.manifest.tiles_done(job, tiled["tile"]) if self.opts.resume else set()
+        self.manifest.set_tiled(job, tiled["tile"], len(tiled["corners"]), done)
+        tiles = [self.submit("tile", i, spec, tile_task, tiled, corner, extra=corner)
+                 for corner in tiled["corners"] if tuple(corner) not in done]
+        self.board.add_tiles(len(tiled["corners"]), len(done))
+        self.submit("assemble", i, spec, assemble_task, tiled, *tiles)
+        self.manifest.write()
+
+    def _finish(self, kind: str, i: int, spec: TaskSpec, result: dict) -> None:
+        job = spec.job
+        self.status[i] = (result["status"], result.get("error"))
+        self.manifest.finish(job, result["status"], result.get("error"))
+        self.manifest.write(force=True)
+        self.board.inputs_done += 1
+        self.board.refresh(result.get("megapixels", 0.0) if kind == "input" else 0.0, poll=True)
+        self.held.pop(i, None)
+        if result["status"] == "failed":
+            self.board.progress.log(f"{job.input}: failed: {result['error']}")
 
 
 def _summary(jobs, status: dict[int, tuple[str, str | None]]) -> list[dict]:

@@ -18,7 +18,7 @@ from ..io.formats import strip_suffix
 
 # Options that change how the run is carried out, not what it writes.
 _NOT_HASHED = {"resume", "quiet", "workers", "scheduler", "scheduler_file", "dashboard", "memory_budget", "tile_size",
-               "num_parts", "part_id", "device", "impl"}
+               "num_parts", "part_id"}
 
 
 def options_hash(opts) -> str:

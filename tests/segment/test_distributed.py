@@ -138,3 +138,13 @@ def test_continue_after_a_killed_client_recomputes_only_the_missing_tiles(tmp_pa
     assert np.array_equal(got, want)
     entry = json.loads((tmp_path / "d" / "mask.run_manifest.json").read_text())["inputs"][str(src)]
     assert len(entry["tiles_done"]) == 12 and entry["status"] == "done"
+
+
+def test_dask_is_imported_only_for_a_distributed_run():
+    import subprocess
+    import sys
+
+    code = ("import sys, nca_cli.cli, nca_cli.segment.run, nca_cli.segment.options; "
+            "print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
