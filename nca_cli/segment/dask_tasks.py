@@ -89,8 +89,19 @@ def _setup(spec: TaskSpec) -> tuple[Loaded, int, int]:
         torch.set_num_threads(spec.threads)
     model = loaded(spec.opts)
     available = available_memory(model.predictor.device)
-    budget = min(spec.budget, available) if spec.budget is not None else available
-    return model, budget, available
+    budget = spec.budget if spec.budget is not None else _worker_limit()
+    return model, min(budget, available) if budget else available, available
+
+
+def _worker_limit() -> int | None:
+    """The memory limit of the Dask worker running this task (``dask worker --memory-limit``),
+    None when it has none (or the task runs outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().memory_manager.memory_limit or None
+    except (ImportError, ValueError, AttributeError):
+        return None
 
 
 def _open(job: Job, opts):
