@@ -30,7 +30,8 @@ from ..core.errors import NCAError
 from ..core.machine import peak_rss_bytes
 from ..core.progress import Progress
 from .outputs import Job
-from .tile_store import StoredSource, load_coarse, open_labels, read_labels, remove_scratch, save_coarse, scratch_folder
+from .tile_store import (StoredSource, labels_exist, load_coarse, open_labels, read_labels, remove_scratch, save_coarse,
+                         scratch_folder)
 
 KILL_HOOK = "NCA_TEST_KILL_TILE_MARKER"
 """Tests: a tile task kills its own worker process (SIGKILL) once, when this names a marker
@@ -169,12 +170,13 @@ def _coarse(spec: TaskSpec, model: Loaded, budget: int) -> dict | None:
                           device=predictor.device, stop_level=plan.split)
         folder = scratch_folder(job.mask)
         save_coarse(folder, state, source.levels[1:plan.split])
+        kept = labels_exist(folder, image.spatial_shape, plan.tile)   # tiles of an earlier run are there
         open_labels(folder, image.spatial_shape, plan.tile)
         schedule = LevelSchedule.of(predictor.model, image.spatial_shape)
         corners = [[s.start for s in t.core] for t in plan_tiles(schedule, plan.split, plan.tile)]
         return {"status": "tiled", "split": plan.split, "tile": list(plan.tile), "corners": corners,
                 "shape": list(image.spatial_shape), "shapes": [list(s) for s in source.shapes],
-                "normalizer": normalizer, "plan": plan}
+                "normalizer": normalizer, "plan": plan, "store_kept": kept}
     finally:
         image.close()
 

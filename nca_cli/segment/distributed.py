@@ -143,7 +143,7 @@ class _Run:
     def _tiles(self, i: int, spec: TaskSpec, tiled: dict) -> None:
         """A tiled input: one task per tile its manifest does not list, then its assembly."""
         job = spec.job
-        done = self.manifest.tiles_done(job, tiled["tile"]) if self.opts.resume else set()
+        done = self.manifest.tiles_done(job, tiled["tile"]) if self.opts.resume and tiled["store_kept"] else set()
         self.manifest.set_tiled(job, tiled["tile"], len(tiled["corners"]), done)
         tiles = [self.submit("tile", i, spec, tile_task, tiled, corner, extra=corner)
                  for corner in tiled["corners"] if tuple(corner) not in done]

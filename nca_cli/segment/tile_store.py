@@ -58,7 +58,8 @@ class StoredSource(FileSource):
 
 
 def open_labels(folder: Path, shape: Sequence[int], chunks: Sequence[int]):
-    """The tile label store: opened when it exists with this shape and chunking, else created empty."""
+    """The tile label store: opened when it exists with this shape and chunking, else created empty
+    (:func:`labels_exist` tells which)."""
     import zarr
 
     path = folder / "labels.zarr"
@@ -74,6 +75,19 @@ def open_labels(folder: Path, shape: Sequence[int], chunks: Sequence[int]):
     folder.mkdir(parents=True, exist_ok=True)
     return zarr.create_array(str(path), shape=tuple(shape), chunks=chunks, dtype="uint8", fill_value=0,
                              compressors=None)
+
+
+def labels_exist(folder: Path, shape: Sequence[int], chunks: Sequence[int]) -> bool:
+    """Whether a readable tile store of this shape and chunking is there (tiles a manifest lists
+    can be trusted only then)."""
+    import zarr
+
+    try:
+        arr = zarr.open_array(str(folder / "labels.zarr"), mode="r")
+    except Exception:   # missing or unreadable
+        return False
+    return tuple(arr.shape) == tuple(shape) and tuple(arr.chunks) == tuple(min(int(c), int(n)) for c, n in
+                                                                            zip(chunks, shape))
 
 
 def read_labels(folder: Path, out: np.ndarray) -> np.ndarray:
