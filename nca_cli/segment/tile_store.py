@@ -6,8 +6,8 @@
   level and the input pyramid's levels 1 .. split-1), written atomically by the input's task
   and read by every tile task, which reads only its own region of level 0 from the input;
 - ``labels.zarr``: the uint8 label map, one chunk per tile (tile cores start on the chunk
-  grid), so each tile task writes its own chunk and no lock is needed; a repeated tile
-  writes the same bytes.
+  grid), so each tile task writes its own chunk and no lock is needed; zarr writes a chunk
+  under a temporary name and renames it, and a repeated tile writes the same bytes.
 
 The folder is removed once the outputs are assembled from it.
 """
