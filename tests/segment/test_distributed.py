@@ -1,6 +1,9 @@
 """``nca segment`` on a 2-worker Dask cluster (127.0.0.1, processes, one thread each): the same
 outputs as the serial run, a lost worker costs only its tasks, a bad input only itself."""
 import json
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,7 +11,6 @@ import SimpleITK as sitk
 import tifffile
 from PIL import Image
 
-from nca_cli.core.errors import NCAError
 from nca_cli.segment.dask_tasks import KILL_HOOK
 from nca_cli.segment.distributed import segment_distributed
 from nca_cli.segment.options import SegmentOptions
@@ -93,9 +95,12 @@ def test_a_worker_killed_in_a_tile_costs_only_its_tasks(tmp_path, models, monkey
 def test_a_bad_input_fails_alone_and_is_named(tmp_path, models, rgb_image, cluster):
     imgs = shifted_images(tmp_path / "imgs", rgb_image, 2, axis=0)
     Image.fromarray(rgb_image[..., 0]).save(imgs / "gray.png")    # one channel for an RGB model
-    with pytest.raises(NCAError, match=r"1 of 3 inputs failed.*gray\.png \(.*channel") as err:
-        run([imgs], tmp_path / "out", models["rgb2d"], scheduler=cluster.scheduler_address)
-    assert "img0" not in str(err.value)
+    done = subprocess.run([sys.executable, "-m", "nca_cli", "segment", str(imgs), "-o", str(tmp_path / "out"), "-m",
+                           str(models["rgb2d"]), "--scheduler", cluster.scheduler_address, "-q"],
+                          capture_output=True, text=True)
+    assert done.returncode == 1
+    assert re.fullmatch(r"error: 1 of 3 inputs failed.*gray\.png \(.*channel.*--continue\.\n", done.stderr)
+    assert "img0" not in done.stderr
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["img0_mask.png", "img1_mask.png"]
     manifest = json.loads((tmp_path / "out" / "run_manifest.json").read_text())
     assert "channel" in manifest["inputs"][str(imgs / "gray.png")]["error"]
@@ -143,9 +148,6 @@ def test_continue_after_a_killed_client_recomputes_only_the_missing_tiles(tmp_pa
 
 
 def test_dask_is_imported_only_for_a_distributed_run():
-    import subprocess
-    import sys
-
     code = ("import sys, nca_cli.cli, nca_cli.segment.run, nca_cli.segment.options; "
             "print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
