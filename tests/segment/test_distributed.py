@@ -58,8 +58,8 @@ def test_images_and_a_volume_equal_the_serial_run(tmp_path, models, rgb_image, c
     vol = (np.random.default_rng(2).random((20, 24, 28)) * 200).astype(np.float32)
     sitk.WriteImage(sitk.GetImageFromArray(vol), str(tmp_path / "vol.nii.gz"))
     run([tmp_path / "vol.nii.gz"], tmp_path / "s.nii.gz", models["gray3d"], tiling="force", tile_size=16)
-    with distributed.Client(cluster) as client:     # this time through a scheduler file
-        client.write_scheduler_file(str(tmp_path / "scheduler.json"))
+    # this time through a scheduler file (its "address" is what a client reads)
+    (tmp_path / "scheduler.json").write_text(json.dumps({"type": "Scheduler", "address": cluster.scheduler_address}))
     run([tmp_path / "vol.nii.gz"], tmp_path / "d.nii.gz", models["gray3d"], tiling="force", tile_size=16,
         scheduler_file=tmp_path / "scheduler.json")
     serial, dask = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / n))) for n in ("s.nii.gz", "d.nii.gz"))
