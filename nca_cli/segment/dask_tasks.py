@@ -69,11 +69,12 @@ def loaded(opts) -> Loaded:
     from ..inference.predictors import predictor_for
     from ..models.checkpoint import load_model
     from ..recipes import stored_recipe
-    from .run import _class_names, _training_normalization
+    from .run import _class_names, _training_normalization, check_model_flags
 
     key = (str(Path(opts.model).resolve()), opts.device, opts.impl, opts.state_dtype)
     if key not in _LOADED:
         model, payload = load_model(opts.model)
+        check_model_flags(model, opts)
         recipe = stored_recipe(payload.get("recipe"), payload["model_config"], opts.model)
         predictor = predictor_for(model, device=resolve_device(opts.device), impl=opts.impl,
                                   state_dtype=opts.state_dtype, window=recipe.data.patch)

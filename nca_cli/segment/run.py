@@ -99,20 +99,26 @@ def run_jobs(opts: SegmentOptions) -> list[Job]:
     return plan_jobs(inputs, opts)[opts.part_id::opts.num_parts]
 
 
-def segment_inputs(opts: SegmentOptions) -> list[dict]:
-    """Segment every input of ``opts``; returns one record per input (done or skipped)."""
-    from ..inference.predictors import predictor_for
-    from ..models.checkpoint import load_model
+def check_model_flags(model, opts: SegmentOptions) -> None:
+    """Options only the NCAs use, given with another model: refused in one sentence."""
     from ..models.registry import architecture_of
-    from ..recipes import stored_recipe
 
-    jobs = run_jobs(opts)
-    model, payload = load_model(opts.model)
     if not architecture_of(model).is_nca and opts.nca_only_flags():
         flags = opts.nca_only_flags()
         many = len(flags) > 1
         raise NCAError(f"{', '.join(flags)} {'apply' if many else 'applies'} to NCA models only, and {opts.model} "
                        f"holds a {model.config.architecture} model; drop {'them' if many else 'it'}.")
+
+
+def segment_inputs(opts: SegmentOptions) -> list[dict]:
+    """Segment every input of ``opts``; returns one record per input (done or skipped)."""
+    from ..inference.predictors import predictor_for
+    from ..models.checkpoint import load_model
+    from ..recipes import stored_recipe
+
+    jobs = run_jobs(opts)
+    model, payload = load_model(opts.model)
+    check_model_flags(model, opts)
     device = resolve_device(opts.device)
     recipe = stored_recipe(payload.get("recipe"), payload["model_config"], opts.model)
     predictor = predictor_for(model, device=device, impl=opts.impl, state_dtype=opts.state_dtype,
