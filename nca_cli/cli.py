@@ -90,7 +90,10 @@ def _finetune(opts) -> None:
 
 
 def _segment(opts) -> None:
-    from .segment.run import segment_inputs
+    if opts.distributed:
+        from .segment.distributed import segment_distributed as segment_inputs
+    else:
+        from .segment.run import segment_inputs
 
     results = segment_inputs(opts)
     if not opts.quiet:

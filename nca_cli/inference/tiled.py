@@ -77,16 +77,22 @@ def run_tiled(
             if on_tile is not None:
                 on_tile(k + 1, len(tiles))
             continue
-        prev, above = coarse[(slice(None), *t.regions[split])], schedule.level(split, t.regions[split])
-        for level in schedule.walk(start=split - 1, regions=t.regions):
-            state = schedule.to_finer(prev, above, level, channels_last=True, chunk_bytes=CHUNK_BYTES)
-            del prev
-            source.write_inputs(level.index, state, level.region)
-            run(model.backbones[level.index], state, level.steps, seed, level.index, level.origin)
-            prev, above = state, level
-        local = [slice(cs.start - rs.start, cs.stop - rs.start) for cs, rs in zip(t.core, t.regions[0])]
-        del state
-        yield t.core, prev[(slice(None), *local)]
-        del prev   # the tile's state is gone before the next tile starts
+        yield t.core, grow_tile(model, source, schedule, coarse, t, split, run=run, seed=seed)
         if on_tile is not None:
             on_tile(k + 1, len(tiles))
+
+
+def grow_tile(model, source: PyramidSource, schedule: LevelSchedule, coarse: torch.Tensor, t: Tile, split: int, *,
+              run: Callable, seed: int) -> torch.Tensor:
+    """One tile: its region of the coarse state at ``split`` grown level by level down to level 0;
+    returns the channels-last final state of its core cells (the tile's other cells are freed)."""
+    prev, above = coarse[(slice(None), *t.regions[split])], schedule.level(split, t.regions[split])
+    for level in schedule.walk(start=split - 1, regions=t.regions):
+        state = schedule.to_finer(prev, above, level, channels_last=True, chunk_bytes=CHUNK_BYTES)
+        del prev
+        source.write_inputs(level.index, state, level.region)
+        run(model.backbones[level.index], state, level.steps, seed, level.index, level.origin)
+        prev, above = state, level
+    local = [slice(cs.start - rs.start, cs.stop - rs.start) for cs, rs in zip(t.core, t.regions[0])]
+    del state
+    return prev[(slice(None), *local)]

@@ -63,6 +63,19 @@ class SegmentOptions:
     resume: bool = option(False, "--continue",
                           help="Skip inputs whose results are complete (their run metadata lists every output).")
     quiet: bool = option(False, "-q", "--quiet", help="No progress display.")
+    workers: int | None = option(None, "--workers", min=1,
+                                 help="Run on a local Dask cluster of this many worker processes (the machine's "
+                                      "threads and memory budget split between them).")
+    scheduler: str | None = option(None, "--scheduler",
+                                   help="Run on an existing Dask cluster at this address (e.g. tcp://head:8786).")
+    scheduler_file: Path | None = option(None, "--scheduler-file",
+                                         help="Run on the existing Dask cluster this scheduler file describes.")
+    dashboard: bool = option(False, "--dashboard", help="With --workers: serve the Dask dashboard (127.0.0.1).")
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the run goes to a Dask cluster (``segment.distributed``)."""
+        return self.workers is not None or self.scheduler is not None or self.scheduler_file is not None
 
     @property
     def all_inputs(self) -> list[str]:

@@ -86,14 +86,9 @@ def memory_budget(opts: SegmentOptions, device: torch.device, progress: Progress
     return budget, available
 
 
-def segment_inputs(opts: SegmentOptions) -> list[dict]:
-    """Segment every input of ``opts``; returns one record per input (done or skipped)."""
-    from ..inference.predictors import predictor_for
-    from ..models.checkpoint import load_model
-    from ..models.contract import contract_of
-    from ..models.registry import architecture_of
-    from ..recipes import stored_recipe
-
+def run_jobs(opts: SegmentOptions) -> list[Job]:
+    """This part's jobs of ``opts``: the options checked, the inputs expanded, every output named
+    and checked (nothing runs yet)."""
     items = opts.all_inputs
     if not items:
         raise NCAError("No input given; pass files, folders or globs (e.g. nca segment slide.svs -o mask.tif -m model.pt).")
@@ -102,13 +97,30 @@ def segment_inputs(opts: SegmentOptions) -> list[dict]:
     if opts.ensemble == 1 and opts.uncertainty is not None:
         raise NCAError("--uncertainty needs --ensemble N with N >= 2 (the spread of N runs).")
     inputs = expand_inputs(items)
-    jobs = plan_jobs(inputs, opts)[opts.part_id::opts.num_parts]
-    model, payload = load_model(opts.model)
+    return plan_jobs(inputs, opts)[opts.part_id::opts.num_parts]
+
+
+def check_model_flags(model, opts: SegmentOptions) -> None:
+    """Options only the NCAs use, given with another model: refused in one sentence."""
+    from ..models.registry import architecture_of
+
     if not architecture_of(model).is_nca and opts.nca_only_flags():
         flags = opts.nca_only_flags()
         many = len(flags) > 1
         raise NCAError(f"{', '.join(flags)} {'apply' if many else 'applies'} to NCA models only, and {opts.model} "
                        f"holds a {model.config.architecture} model; drop {'them' if many else 'it'}.")
+
+
+def segment_inputs(opts: SegmentOptions) -> list[dict]:
+    """Segment every input of ``opts``; returns one record per input (done or skipped)."""
+    from ..inference.predictors import predictor_for
+    from ..models.checkpoint import load_model
+    from ..models.contract import contract_of
+    from ..recipes import stored_recipe
+
+    jobs = run_jobs(opts)
+    model, payload = load_model(opts.model)
+    check_model_flags(model, opts)
     device = resolve_device(opts.device)
     recipe = stored_recipe(payload.get("recipe"), payload["model_config"], opts.model)
     predictor = predictor_for(model, device=device, impl=opts.impl, state_dtype=opts.state_dtype,
