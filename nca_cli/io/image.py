@@ -102,6 +102,23 @@ def _tiff_dtype(dtype: np.dtype) -> np.dtype:
 
 
 def _open_tiff(path: Path) -> InputImage:
+    axes, shape, dtype, memmappable, is_palette, colormap, xres = _tiff_header(path)
+    core, kept_shape = _tiff_core_axes(path, axes, shape)
+    samples = kept_shape[core.index("S")] if "S" in core else 1
+    h, w = kept_shape[core.index("Y")], kept_shape[core.index("X")]
+    is_palette = is_palette and samples == 1
+    out_dtype = np.dtype(np.uint8) if is_palette else _tiff_dtype(dtype)
+    channels = 3 if is_palette or samples >= 3 else 1
+    read, close = _tiff_reader(path, memmappable, _tiff_channels_last(core, kept_shape),
+                               _tiff_converter(is_palette, colormap, out_dtype))
+    meta: dict[str, Any] = {"format": "tiff", "axes": axes}
+    if xres > 0:
+        meta.update(mpp=1e4 / float(xres), mpp_source="file")
+    return InputImage(path, "image", 2, (h, w), channels, out_dtype, meta, read, close)
+
+
+def _tiff_header(path: Path):
+    """(axes, shape, dtype, memmappable, is_palette, colormap, x resolution per cm or 0) of a TIFF."""
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
@@ -114,23 +131,32 @@ def _open_tiff(path: Path) -> InputImage:
             xres = page.get_resolution()[0] if per_cm else 0.0
     except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as exc:
         raise NCAError(f"Cannot read TIFF {path} ({exc}); check that the file is complete.") from None
+    return axes, shape, dtype, memmappable, is_palette, colormap, xres
 
+
+def _tiff_core_axes(path: Path, axes: str, shape: tuple) -> tuple[str, tuple]:
+    """The axes and shape left once singleton axes other than Y, X, S are dropped; a 2D image only."""
     keep = [i for i, a in enumerate(axes) if a in "YXS" or shape[i] != 1]
     core = "".join(axes[i] for i in keep)
     if core not in ("YX", "YXS", "SYX"):
         raise NCAError(f"TIFF {path} has axes {axes} {shape}; save a single 2D image (grey or RGB) or convert stacks to NIfTI.")
-    kept_shape = tuple(shape[i] for i in keep)
-    samples = kept_shape[core.index("S")] if "S" in core else 1
-    h, w = kept_shape[core.index("Y")], kept_shape[core.index("X")]
-    is_palette = is_palette and samples == 1
-    out_dtype = np.dtype(np.uint8) if is_palette else _tiff_dtype(dtype)
-    channels = 3 if is_palette or samples >= 3 else 1
+    return core, tuple(shape[i] for i in keep)
+
+
+def _tiff_channels_last(core: str, kept_shape: tuple) -> Callable[[np.ndarray], np.ndarray]:
+    """A function that puts a TIFF series' pixels as ``[H, W, C]``."""
 
     def to_channels_last(arr: np.ndarray) -> np.ndarray:
         arr = arr.reshape(kept_shape)
         if core == "SYX":
             return np.moveaxis(arr, 0, -1)
         return arr[..., None] if core == "YX" else arr
+
+    return to_channels_last
+
+
+def _tiff_converter(is_palette: bool, colormap, out_dtype: np.dtype) -> Callable[[np.ndarray], np.ndarray]:
+    """A function that turns ``[h, w, C]`` TIFF pixels into the image's channels and dtype."""
 
     def convert(arr: np.ndarray) -> np.ndarray:
         if is_palette:
@@ -143,6 +169,11 @@ def _open_tiff(path: Path) -> InputImage:
             arr = arr[..., :3] if arr.shape[-1] > 3 else arr[..., :1]
         return arr.astype(out_dtype, copy=False)
 
+    return convert
+
+
+def _tiff_reader(path: Path, memmappable: bool, to_channels_last, convert):
+    """(read, close) of a TIFF: regions of a memory map when the file allows, else of the decoded image."""
     mapped = None
     if memmappable:
         try:
@@ -155,24 +186,20 @@ def _open_tiff(path: Path) -> InputImage:
         def read(region: Region) -> np.ndarray:
             return convert(np.array(state["a"][region]))
 
-        close = state.clear
-    else:
+        return read, state.clear
 
-        def load() -> np.ndarray:
-            try:
-                return to_channels_last(tifffile.imread(path, series=0))
-            except (tifffile.TiffFileError, OSError, ValueError) as exc:
-                raise NCAError(f"Cannot decode TIFF {path} ({exc}); the file is probably truncated or corrupted.") from None
+    def load() -> np.ndarray:
+        try:
+            return to_channels_last(tifffile.imread(path, series=0))
+        except (tifffile.TiffFileError, OSError, ValueError) as exc:
+            raise NCAError(f"Cannot decode TIFF {path} ({exc}); the file is probably truncated or corrupted.") from None
 
-        cached, close = _cached(load)
+    cached, close = _cached(load)
 
-        def read(region: Region) -> np.ndarray:
-            return convert(cached(region))
+    def read_decoded(region: Region) -> np.ndarray:
+        return convert(cached(region))
 
-    meta: dict[str, Any] = {"format": "tiff", "axes": axes}
-    if xres > 0:
-        meta.update(mpp=1e4 / float(xres), mpp_source="file")
-    return InputImage(path, "image", 2, (h, w), channels, out_dtype, meta, read, close)
+    return read_decoded, close
 
 
 def open_image(path: Path) -> InputImage:
