@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import pydicom
@@ -322,17 +322,60 @@ def open_dicom(path: Path) -> InputImage:
     ``meta["mpp"]`` is its PixelSpacing (or ImagerPixelSpacing) in µm."""
     path = Path(path)
     ds = _dicom_header(path)
+    layout = _dicom_layout(path, ds)
+    read, close = _cached(_dicom_loader(path, layout))
+    kind = _dicom_kind(ds)
+    spatial = (layout.frames, layout.rows, layout.cols) if layout.frames > 1 else (layout.rows, layout.cols)
+    return InputImage(
+        path,
+        kind,
+        len(spatial),
+        spatial,
+        3 if layout.colour else 1,
+        np.uint8 if layout.colour else np.float32,
+        _dicom_meta(ds, layout, kind),
+        read,
+        close,
+    )
+
+
+class _DicomLayout(NamedTuple):
+    """How a DICOM file's pixels are laid out and turned into values."""
+
+    rows: int
+    cols: int
+    frames: int
+    samples: int
+    photometric: str
+    colour: bool
+    slope: float
+    intercept: float
+    bits: int
+    signed: bool
+
+
+def _dicom_layout(path: Path, ds) -> _DicomLayout:
+    """The pixel layout recorded in a DICOM header; a file without Rows/Columns holds no image."""
     if "Rows" not in ds or "Columns" not in ds:
         raise NCAError(f"The DICOM file {path} holds no image (no Rows/Columns); pass a DICOM image file.")
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1))
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    colour = samples > 1
-    slope = float(_dicom_value(ds, "RescaleSlope", "PixelValueTransformationSequence") or 1.0)
-    intercept = float(_dicom_value(ds, "RescaleIntercept", "PixelValueTransformationSequence") or 0.0)
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    return _DicomLayout(
+        rows=int(ds.Rows),
+        cols=int(ds.Columns),
+        frames=int(ds.get("NumberOfFrames", 1) or 1),
+        samples=samples,
+        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
+        colour=samples > 1,
+        slope=float(_dicom_value(ds, "RescaleSlope", "PixelValueTransformationSequence") or 1.0),
+        intercept=float(_dicom_value(ds, "RescaleIntercept", "PixelValueTransformationSequence") or 0.0),
+        bits=int(ds.get("BitsStored", ds.get("BitsAllocated", 16))),
+        signed=int(ds.get("PixelRepresentation", 0)) == 1,
+    )
+
+
+def _dicom_loader(path: Path, layout: _DicomLayout) -> Callable[[], np.ndarray]:
+    """A function that reads and decodes a DICOM file's pixels as uint8 RGB or rescaled float32."""
+    frames, rows, cols, samples = layout.frames, layout.rows, layout.cols, layout.samples
 
     def load() -> np.ndarray:
         try:
@@ -348,23 +391,28 @@ def open_dicom(path: Path) -> InputImage:
             raise NCAError(
                 f"Cannot decode the pixels of DICOM file {path} ({exc}); convert it to uncompressed DICOM or install a decoder such as pylibjpeg."
             ) from None
-        if colour:
+        if layout.colour:
             arr = arr.reshape((frames, rows, cols, samples) if frames > 1 else (rows, cols, samples))
             return np.ascontiguousarray(arr[..., :3]).astype(np.uint8, copy=False)
         arr = arr.reshape((frames, rows, cols) if frames > 1 else (rows, cols)).astype(np.float32)
-        if photometric == "MONOCHROME1":
-            lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        if layout.photometric == "MONOCHROME1":
+            bits = layout.bits
+            lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if layout.signed else (0, 2**bits - 1)
             arr = np.float32(lo + hi) - arr
-        if slope != 1.0 or intercept != 0.0:
-            arr = arr * np.float32(slope) + np.float32(intercept)
+        if layout.slope != 1.0 or layout.intercept != 0.0:
+            arr = arr * np.float32(layout.slope) + np.float32(layout.intercept)
         return arr[..., None]
 
-    read, close = _cached(load)
-    kind = _dicom_kind(ds)
+    return load
+
+
+def _dicom_meta(ds, layout: _DicomLayout, kind: str) -> dict:
+    """The ``meta`` of a DICOM image: geometry, rescale, and frame rate (video) or µm per pixel (single image)."""
+    frames = layout.frames
     meta = {
         **_dicom_geometry(ds, frames),
-        "photometric": photometric,
-        "rescale": (slope, intercept),
+        "photometric": layout.photometric,
+        "rescale": (layout.slope, layout.intercept),
         "modality": str(ds.get("Modality", "")),
         "default_output_suffix": ".nii.gz" if frames > 1 else ".png",
     }
@@ -375,18 +423,7 @@ def open_dicom(path: Path) -> InputImage:
         meta["spacing"] = (sx, sy, 1.0 / fps)
     elif frames == 1 and meta.get("pixel_spacing_mm"):
         meta.update(mpp=1000.0 * meta["pixel_spacing_mm"][0], mpp_source="file")
-    spatial = (frames, rows, cols) if frames > 1 else (rows, cols)
-    return InputImage(
-        path,
-        kind,
-        len(spatial),
-        spatial,
-        3 if colour else 1,
-        np.uint8 if colour else np.float32,
-        meta,
-        read,
-        close,
-    )
+    return meta
 
 
 def write_mask_image(path: str | Path, labels: np.ndarray) -> Path:
