@@ -255,76 +255,17 @@ def run_kernel_benchmark(
 
 def _run_cases(tasks: list[str], sizes: dict, steps: int, threads: int, repeats: int, fire_rate: float,
                memory: bool, dev: torch.device) -> dict:
-    from . import fused_run, kept_perception_bytes, to_channels_last
-
-    sync = torch.cuda.synchronize if dev.type == "cuda" else None
     load_before = load_average()
     rows = []
     for name in tasks:
         label, shape, _ = CASES[name]
         shape = tuple(int(s) for s in sizes.get(name, shape))
         m = make_backbone(name, fire_rate).to(dev)
-        cells = 1
-        for s in shape:
-            cells *= s
-        state_cf = torch.randn(1, CHANNELS, *shape, device=dev)
-        state_cl = to_channels_last(state_cf)
         kept = dev.type == "cpu" and name in COARSE and m.normalization == "batch"
-        # as in a model: the buffer is part of the shared state buffer, its pages already in use
-        buffer = torch.zeros(kept_perception_bytes(m, shape) // 4) if kept else None
-        peaks = [fma_peak(threads)] if dev.type == "cpu" else []
-        fused_s, fused_cpu = _median_time(lambda: fused_run(m, state_cl, steps, threads=threads, keep_perception=kept,
-                                                            keep_buffer=buffer), repeats, sync)
-        buffer = None
-        if dev.type == "cpu":
-            peaks.append(fma_peak(threads))
-        recompute_s = None
-        if kept:
-            recompute_s = _median_time(lambda: fused_run(m, state_cl, steps, threads=threads), repeats, sync)[0] / steps
-        state_cl = None  # freed before the PyTorch timing
-        with torch.inference_mode():
-            torch_s, _ = _median_time(lambda: m.run(state_cf, steps), repeats, sync)
-        state_cf = None
-        fused_s, fused_cpu, torch_s = fused_s / steps, fused_cpu / steps, torch_s / steps
-        # The larger of the peaks measured just before and after the fused timing.
-        peak = max(p[0] for p in peaks) if peaks else None
-        peak_core = max(p[1] for p in peaks) if peaks else None
-        firing = sum(int(fire_mask(shape, seed=0, level=0, step=t, fire_rate=fire_rate).sum()) for t in range(steps))
-        fired = firing / (steps * cells)
-        executed = executed_flops(m, fired, dev.type, kept) * cells
-        dense = dense_flops(m) * cells
-        row = {
-            "case": f"{label}{', perception kept' if kept else ''} {'x'.join(map(str, shape))}",
-            "case_name": name,
-            "kept_perception": kept,
-            "fused_recompute_s": recompute_s,
-            "speedup_recompute": torch_s / recompute_s if recompute_s else None,
-            "cells": cells,
-            "fire_rate": fire_rate,
-            "fused_s": fused_s,
-            "torch_s": torch_s,
-            "speedup": torch_s / fused_s,
-            "fused_gflops": executed / fused_s * 1e-9,
-            "fused_dense_gflops": dense / fused_s * 1e-9,
-            "torch_gflops": dense / torch_s * 1e-9,
-            "peak_gflops": peak,
-            "peak_fraction": executed / fused_s * 1e-9 / peak if peak else None,
-            "fused_cpu_s": fused_cpu if dev.type == "cpu" else None,
-            "peak_gflops_per_core": peak_core,
-            "peak_fraction_cpu_time": (executed / fused_cpu * 1e-9 / peak_core
-                                       if peak_core and dev.type == "cpu" else None),
-        }
-        if memory and dev.type == "cpu":
-            for impl in ("fused", "torch"):
-                mem = _measure_memory(impl, name, shape, fire_rate, threads, kept and impl == "fused")
-                row[f"{impl}_extra_bytes"] = mem["extra_bytes"]
-                row[f"{impl}_extra_fraction"] = (mem["extra_bytes"] / mem["state_bytes"]
-                                                 if mem["extra_bytes"] is not None else None)
-                row["memory_method"] = mem["method"]
-        elif memory and dev.type == "cuda":
-            for impl in ("fused", "torch"):
-                row[f"{impl}_extra_bytes"], row[f"{impl}_extra_fraction"] = _cuda_memory(m, impl, shape, dev)
-            row["memory_method"] = "torch.cuda.max_memory_allocated"
+        timing = _time_case(m, shape, steps, threads, repeats, kept, dev)
+        row = _case_row(name, label, shape, m, steps, fire_rate, kept, dev, **timing)
+        if memory:
+            row.update(_case_memory(m, name, shape, fire_rate, threads, kept, dev))
         rows.append(row)
     return {
         "rows": rows,
@@ -336,6 +277,88 @@ def _run_cases(tasks: list[str], sizes: dict, steps: int, threads: int, repeats:
                     "platform": platform.platform(), "loadavg_before": load_before, "loadavg_after": load_average()},
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def _time_case(m: BackboneNCA, shape: tuple, steps: int, threads: int, repeats: int, kept: bool,
+               dev: torch.device) -> dict:
+    """Seconds per step of the fused and the PyTorch step (and of the fused step recomputing the
+    perception when it is kept), with the FMA peaks measured just before and after the fused timing."""
+    from . import fused_run, kept_perception_bytes, to_channels_last
+
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    state_cf = torch.randn(1, CHANNELS, *shape, device=dev)
+    state_cl = to_channels_last(state_cf)
+    # as in a model: the buffer is part of the shared state buffer, its pages already in use
+    buffer = torch.zeros(kept_perception_bytes(m, shape) // 4) if kept else None
+    peaks = [fma_peak(threads)] if dev.type == "cpu" else []
+    fused_s, fused_cpu = _median_time(lambda: fused_run(m, state_cl, steps, threads=threads, keep_perception=kept,
+                                                        keep_buffer=buffer), repeats, sync)
+    buffer = None
+    if dev.type == "cpu":
+        peaks.append(fma_peak(threads))
+    recompute_s = None
+    if kept:
+        recompute_s = _median_time(lambda: fused_run(m, state_cl, steps, threads=threads), repeats, sync)[0] / steps
+    state_cl = None  # freed before the PyTorch timing
+    with torch.inference_mode():
+        torch_s, _ = _median_time(lambda: m.run(state_cf, steps), repeats, sync)
+    state_cf = None
+    return {"fused_s": fused_s / steps, "fused_cpu": fused_cpu / steps, "torch_s": torch_s / steps,
+            "recompute_s": recompute_s, "peaks": peaks}
+
+
+def _case_row(name: str, label: str, shape: tuple, m: BackboneNCA, steps: int, fire_rate: float, kept: bool,
+              dev: torch.device, *, fused_s: float, fused_cpu: float, torch_s: float, recompute_s, peaks) -> dict:
+    """One case's row: its timings, speed-ups and FLOP rates against the FMA peak."""
+    cells = 1
+    for s in shape:
+        cells *= s
+    # The larger of the peaks measured just before and after the fused timing.
+    peak = max(p[0] for p in peaks) if peaks else None
+    peak_core = max(p[1] for p in peaks) if peaks else None
+    firing = sum(int(fire_mask(shape, seed=0, level=0, step=t, fire_rate=fire_rate).sum()) for t in range(steps))
+    fired = firing / (steps * cells)
+    executed = executed_flops(m, fired, dev.type, kept) * cells
+    dense = dense_flops(m) * cells
+    return {
+        "case": f"{label}{', perception kept' if kept else ''} {'x'.join(map(str, shape))}",
+        "case_name": name,
+        "kept_perception": kept,
+        "fused_recompute_s": recompute_s,
+        "speedup_recompute": torch_s / recompute_s if recompute_s else None,
+        "cells": cells,
+        "fire_rate": fire_rate,
+        "fused_s": fused_s,
+        "torch_s": torch_s,
+        "speedup": torch_s / fused_s,
+        "fused_gflops": executed / fused_s * 1e-9,
+        "fused_dense_gflops": dense / fused_s * 1e-9,
+        "torch_gflops": dense / torch_s * 1e-9,
+        "peak_gflops": peak,
+        "peak_fraction": executed / fused_s * 1e-9 / peak if peak else None,
+        "fused_cpu_s": fused_cpu if dev.type == "cpu" else None,
+        "peak_gflops_per_core": peak_core,
+        "peak_fraction_cpu_time": (executed / fused_cpu * 1e-9 / peak_core
+                                   if peak_core and dev.type == "cpu" else None),
+    }
+
+
+def _case_memory(m: BackboneNCA, name: str, shape: tuple, fire_rate: float, threads: int, kept: bool,
+                 dev: torch.device) -> dict:
+    """The extra peak memory of one fused and one PyTorch step (and the method), for CPU or CUDA."""
+    row: dict = {}
+    if dev.type == "cpu":
+        for impl in ("fused", "torch"):
+            mem = _measure_memory(impl, name, shape, fire_rate, threads, kept and impl == "fused")
+            row[f"{impl}_extra_bytes"] = mem["extra_bytes"]
+            row[f"{impl}_extra_fraction"] = (mem["extra_bytes"] / mem["state_bytes"]
+                                             if mem["extra_bytes"] is not None else None)
+            row["memory_method"] = mem["method"]
+    elif dev.type == "cuda":
+        for impl in ("fused", "torch"):
+            row[f"{impl}_extra_bytes"], row[f"{impl}_extra_fraction"] = _cuda_memory(m, impl, shape, dev)
+        row["memory_method"] = "torch.cuda.max_memory_allocated"
+    return row
 
 
 def _cuda_memory(m: BackboneNCA, impl: str, shape: Sequence[int], dev: torch.device) -> tuple[int, float]:
