@@ -403,29 +403,9 @@ def format_markdown(result: dict) -> str:
         "| fused % of peak, CPU time | fused extra peak MiB (% of state) | PyTorch extra peak MiB (% of state) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in result.get("rows", []):
-        mem = []
-        for impl in ("fused", "torch"):
-            b, f = r.get(f"{impl}_extra_bytes"), r.get(f"{impl}_extra_fraction")
-            mem.append("-" if b is None else f"{b / 2**20:.1f} ({100 * f:.1f} %)")
-        lines.append(
-            f"| {r['case']} | {r['fire_rate']} | {_fmt(r['fused_s'], '.3f')} | {_fmt(r['torch_s'], '.3f')} "
-            f"| {_fmt(r['speedup'], '.1f')}x | {_fmt(r['fused_gflops'], '.1f')} | {_fmt(r['fused_dense_gflops'], '.1f')} "
-            f"| {_fmt(r['torch_gflops'], '.1f')} | {_fmt(r['peak_gflops'], '.1f')} "
-            f"| {_fmt(r['peak_fraction'], '.0f', 100)} % | {_fmt(r.get('peak_fraction_cpu_time'), '.0f', 100)} % "
-            f"| {mem[0]} | {mem[1]} |")
+    lines += [_markdown_row(r) for r in result.get("rows", [])]
     methods = {r.get("memory_method") for r in result.get("rows", []) if r.get("memory_method")}
-    kept = [r for r in result.get("rows", []) if r.get("fused_recompute_s")]
-    lines += [""] if kept else []
-    for r in kept:
-        lines.append(f"- {r['case']}: with the perception computed in both sweeps instead, "
-                     f"{r['fused_recompute_s']:.3f} s/step ({r['speedup_recompute']:.1f}x), no kept buffer.")
-    if kept:
-        lines.append(
-            "- Perception kept: a coarse level keeps the statistics sweep's conv outputs (float32, C per "
-            "cell) for the update sweep, as the models do on the CPU where it fits in the part of the "
-            "shared state buffer that the finer level fills later. The extra memory column includes that "
-            "buffer; the timing keeps it in a buffer allocated beforehand, as a model does.")
+    lines += _kept_perception_notes(result.get("rows", []))
     lines += [
         "",
         "- FLOPs count a multiply-add as 2: perception 2·C·K^d per cell (two full convolutions "
@@ -446,6 +426,37 @@ def format_markdown(result: dict) -> str:
         "(the state itself excluded).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _markdown_row(r: dict) -> str:
+    """One row of the Markdown table."""
+    mem = []
+    for impl in ("fused", "torch"):
+        b, f = r.get(f"{impl}_extra_bytes"), r.get(f"{impl}_extra_fraction")
+        mem.append("-" if b is None else f"{b / 2**20:.1f} ({100 * f:.1f} %)")
+    return (
+        f"| {r['case']} | {r['fire_rate']} | {_fmt(r['fused_s'], '.3f')} | {_fmt(r['torch_s'], '.3f')} "
+        f"| {_fmt(r['speedup'], '.1f')}x | {_fmt(r['fused_gflops'], '.1f')} | {_fmt(r['fused_dense_gflops'], '.1f')} "
+        f"| {_fmt(r['torch_gflops'], '.1f')} | {_fmt(r['peak_gflops'], '.1f')} "
+        f"| {_fmt(r['peak_fraction'], '.0f', 100)} % | {_fmt(r.get('peak_fraction_cpu_time'), '.0f', 100)} % "
+        f"| {mem[0]} | {mem[1]} |")
+
+
+def _kept_perception_notes(rows: list[dict]) -> list[str]:
+    """The report's lines on the cases that keep the perception (none when no case does)."""
+    kept = [r for r in rows if r.get("fused_recompute_s")]
+    if not kept:
+        return []
+    lines = [""]
+    for r in kept:
+        lines.append(f"- {r['case']}: with the perception computed in both sweeps instead, "
+                     f"{r['fused_recompute_s']:.3f} s/step ({r['speedup_recompute']:.1f}x), no kept buffer.")
+    lines.append(
+        "- Perception kept: a coarse level keeps the statistics sweep's conv outputs (float32, C per "
+        "cell) for the update sweep, as the models do on the CPU where it fits in the part of the "
+        "shared state buffer that the finer level fills later. The extra memory column includes that "
+        "buffer; the timing keeps it in a buffer allocated beforehand, as a model does.")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
