@@ -184,13 +184,7 @@ def fill_chexmask(
             if found is None:
                 continue
             label = _row_label(row, heart, where)
-            image = io.load(found).array
-            if image.shape[:2] != label.shape:
-                height, width = label.shape
-                raise NCAError(
-                    f"The image {found} is {image.shape[1]}x{image.shape[0]} but its mask in {where} is {width}x{height}; "
-                    f"use CheXmask's OriginalResolution table with the original images."
-                )
+            image = _load_image(found, label.shape, where)
             writer.add_case(
                 safe_id(_without_suffix(image_id)),
                 _patient(row, image_id, patient_column),
@@ -237,6 +231,18 @@ def _row_image(index: _ImageIndex, image_id: str, where: str, image_root: Path, 
     if len(found) > 1:
         raise NCAError(f"The CheXmask row {where} matches several images ({found[0]}, {found[1]}); give ids with their folders.")
     return found[0]
+
+
+def _load_image(path: Path, shape: tuple[int, int], where: str) -> np.ndarray:
+    """The image at ``path``, which must have the ``(height, width)`` of its mask in the table."""
+    image = io.load(path).array
+    if image.shape[:2] != shape:
+        height, width = shape
+        raise NCAError(
+            f"The image {path} is {image.shape[1]}x{image.shape[0]} but its mask in {where} is {width}x{height}; "
+            f"use CheXmask's OriginalResolution table with the original images."
+        )
+    return image
 
 
 def _row_label(row: dict, heart: bool, where: str) -> np.ndarray:
