@@ -72,65 +72,83 @@ def run_benchmarks(opts: BenchmarkOptions) -> dict:
     pass run to verify a limit; beyond it (or beyond this machine's memory) the limit is
     extrapolated and labelled so.
     """
-    if not (opts.max_size or opts.curve or opts.kernel):
-        raise NCAError("Choose at least one of --max-size, --curve or --kernel for nca benchmark.")
-    max_size, curve, kernel, task = opts.max_size, opts.curve, opts.kernel, opts.task
-    models, impls, memory_budget, device = opts.models, opts.impls, opts.memory_budget, opts.device
-    json_out, plot, csv_out, quiet = opts.json_out, opts.plot, opts.csv_out, opts.quiet
-    verify_seconds, curve_seconds = opts.verify_seconds, opts.curve_seconds
-    if (plot is not None or csv_out is not None) and not curve:
-        raise NCAError("--plot and --csv describe the --curve measurements; add --curve.")
-    dev = resolve_device(device)
+    _check_options(opts)
+    task = opts.task
+    dev = resolve_device(opts.device)
     available = available_memory(dev)
-    budget = parse_size(memory_budget) if memory_budget else available
+    budget = parse_size(opts.memory_budget) if opts.memory_budget else available
     if budget <= 0:
-        raise NCAError(f"The memory budget '{memory_budget}' must be positive; write it like 24GiB.")
+        raise NCAError(f"The memory budget '{opts.memory_budget}' must be positive; write it like 24GiB.")
     console = Console(stderr=True)
-    log = (lambda text: None) if quiet else (lambda text: console.print(f"[dim]{text}[/dim]"))
+    log = (lambda text: None) if opts.quiet else (lambda text: console.print(f"[dim]{text}[/dim]"))
     results: dict = {"tool": "nca", "version": __version__, "weights": WEIGHTS_NOTE, "machine": machine_info(dev)}
-    subjects = select_subjects(task, models, impls) if (max_size or curve) else []
+    subjects = select_subjects(task, opts.models, opts.impls) if (opts.max_size or opts.curve) else []
     blocked = _fused_ready(subjects, dev)
-
-    def runnable() -> list[Subject]:
-        return [s for s in subjects if not (blocked and s.impl == "fused")]
-
-    if max_size:
-        settings = SearchSettings(budget=budget, machine_bytes=int(MACHINE_FRACTION * available), device=str(dev),
-                                  verify_seconds=verify_seconds)
-        rows = []
-        t0 = time.perf_counter()
-        for s in subjects:
-            if blocked and s.impl == "fused":
-                rows.append(_unavailable_row(task, s, budget, blocked))
-                continue
-            log(f"{s.label} ({s.impl_label}), budget {format_size(budget)}")
-            rows.append(find_max_size(task, s, settings, log=lambda text, s=s: log(f"  {text}")).to_dict())
-        results["max_size"] = {"task": task, "budget_bytes": budget, "machine": results["machine"],
-                               "available_bytes": available, "verify_seconds": verify_seconds,
-                               "elapsed_seconds": time.perf_counter() - t0, "rows": rows,
-                               "paper": {"budget_bytes": PAPER_BUDGET, "device": "Nvidia RTX 4090 (24 GiB)",
-                                         "table2": PAPER_TABLE2.get(task)},
-                               "comparisons": comparisons(task, rows, budget)}
-    if curve:
-        cap = min(budget, int(MACHINE_FRACTION * available))
-        points = run_curve(task, runnable(), budget=cap, device=str(dev), seconds_cap=curve_seconds, log=log)
-        results["curve"] = {"task": task, "budget_bytes": budget, "points": points,
-                            "skipped": [s.key for s in subjects if s not in runnable()]}
-        if csv_out is not None:
-            write_csv(csv_out, points)
-        if plot is not None:
-            write_plot(plot, points, task)
-    if kernel:
+    if opts.max_size:
+        results["max_size"] = _max_size_results(opts, subjects, blocked, dev, budget, available,
+                                                results["machine"], log)
+    if opts.curve:
+        results["curve"] = _curve_results(opts, subjects, blocked, dev, budget, available, log)
+    if opts.kernel:
         from ..kernels.bench import run_kernel_benchmark
         from .forward import run_forward_benchmark
 
         results["kernel"] = run_kernel_benchmark(task=task, device=str(dev))
         results["forward"] = run_forward_benchmark(task, device=str(dev))
-    if json_out is not None:
-        write_json(json_out, results)
-    if not quiet:
+    if opts.json_out is not None:
+        write_json(opts.json_out, results)
+    if not opts.quiet:
         print_results(results, Console() if sys.stdout.isatty() else Console(width=160))
     return results
+
+
+def _check_options(opts: BenchmarkOptions) -> None:
+    """Refuse a run with no benchmark chosen, or --plot/--csv without --curve."""
+    if not (opts.max_size or opts.curve or opts.kernel):
+        raise NCAError("Choose at least one of --max-size, --curve or --kernel for nca benchmark.")
+    if (opts.plot is not None or opts.csv_out is not None) and not opts.curve:
+        raise NCAError("--plot and --csv describe the --curve measurements; add --curve.")
+
+
+def _max_size_results(opts: BenchmarkOptions, subjects: list[Subject], blocked, dev, budget: int,
+                      available: int, machine: dict, log) -> dict:
+    """The --max-size section: each subject's largest input within ``budget``, with the paper's table."""
+    task, verify_seconds = opts.task, opts.verify_seconds
+    settings = SearchSettings(budget=budget, machine_bytes=int(MACHINE_FRACTION * available), device=str(dev),
+                              verify_seconds=verify_seconds)
+    rows = []
+    t0 = time.perf_counter()
+    for s in subjects:
+        if blocked and s.impl == "fused":
+            rows.append(_unavailable_row(task, s, budget, blocked))
+            continue
+        log(f"{s.label} ({s.impl_label}), budget {format_size(budget)}")
+        rows.append(find_max_size(task, s, settings, log=lambda text, s=s: log(f"  {text}")).to_dict())
+    return {"task": task, "budget_bytes": budget, "machine": machine,
+            "available_bytes": available, "verify_seconds": verify_seconds,
+            "elapsed_seconds": time.perf_counter() - t0, "rows": rows,
+            "paper": {"budget_bytes": PAPER_BUDGET, "device": "Nvidia RTX 4090 (24 GiB)",
+                      "table2": PAPER_TABLE2.get(task)},
+            "comparisons": comparisons(task, rows, budget)}
+
+
+def _curve_results(opts: BenchmarkOptions, subjects: list[Subject], blocked, dev, budget: int,
+                   available: int, log) -> dict:
+    """The --curve section (memory and time against input size), written as CSV/PNG when asked."""
+    task = opts.task
+
+    def runnable() -> list[Subject]:
+        return [s for s in subjects if not (blocked and s.impl == "fused")]
+
+    cap = min(budget, int(MACHINE_FRACTION * available))
+    points = run_curve(task, runnable(), budget=cap, device=str(dev), seconds_cap=opts.curve_seconds, log=log)
+    section = {"task": task, "budget_bytes": budget, "points": points,
+               "skipped": [s.key for s in subjects if s not in runnable()]}
+    if opts.csv_out is not None:
+        write_csv(opts.csv_out, points)
+    if opts.plot is not None:
+        write_plot(opts.plot, points, task)
+    return section
 
 
 def _unavailable_row(task: str, subject: Subject, budget: int, why: str) -> dict:

@@ -170,46 +170,21 @@ def fill_chexmask(
     image_root = source_dir(images, "the chest X-ray images") if images is not None else src
     index = _ImageIndex(image_root)
     size = tuple(int(s) for s in image_size)
-    classes = ["lungs", "heart"] if heart else ["lungs"]
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     with _open_csv(table) as f:
         reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        needed = ["Left Lung", "Right Lung", "Height", "Width"] + (["Heart"] if heart else [])
-        missing = [c for c in needed if c not in columns]
-        if missing:
-            raise NCAError(f"The table {table} lacks the column(s) {', '.join(missing)}; pass a CheXmask CSV.")
-        id_col = id_column or next((c for c in columns if c not in KNOWN_COLUMNS), None)
-        if id_col is None or id_col not in columns:
-            raise NCAError(f"The table {table} has no image-id column {id_column or ''}; name it with the id_column option.")
-        if patient_column is not None and patient_column not in columns:
-            raise NCAError(f"The table {table} has no column {patient_column!r}; pick the patient column from {', '.join(columns)}.")
+        id_col = _check_columns(table, reader.fieldnames or [], heart, id_column, patient_column)
         count = 0
         for line, row in enumerate(reader, start=2):
             if max_cases is not None and count >= max_cases:
                 break
             image_id = (row[id_col] or "").strip()
             where = f"{table} line {line} ({image_id})"
-            found = index.find(image_id)
-            if not found:
-                if skip_missing:
-                    continue
-                raise NCAError(f"The CheXmask row {where} has no image under {image_root}; add the image or convert with skip_missing=True.")
-            if len(found) > 1:
-                raise NCAError(f"The CheXmask row {where} matches several images ({found[0]}, {found[1]}); give ids with their folders.")
-            try:
-                height, width = int(float(row["Height"])), int(float(row["Width"]))
-                lungs = decode_rle(row["Left Lung"], height, width) | decode_rle(row["Right Lung"], height, width)
-                heart_mask = decode_rle(row["Heart"], height, width) if heart else None
-            except ValueError as exc:
-                raise NCAError(f"The CheXmask row {where} has a malformed mask ({exc}); re-download the table.") from None
-            image = io.load(found[0]).array
-            if image.shape[:2] != (height, width):
-                raise NCAError(
-                    f"The image {found[0]} is {image.shape[1]}x{image.shape[0]} but its mask in {where} is {width}x{height}; "
-                    f"use CheXmask's OriginalResolution table with the original images."
-                )
-            label = lungs if heart_mask is None else lungs | (heart_mask << 1)
+            found = _row_image(index, image_id, where, image_root, skip_missing)
+            if found is None:
+                continue
+            label = _row_label(row, heart, where)
+            image = _load_image(found, label.shape, where)
             writer.add_case(
                 safe_id(_without_suffix(image_id)),
                 _patient(row, image_id, patient_column),
@@ -222,11 +197,61 @@ def fill_chexmask(
         name="chexmask",
         kind="xray",
         modality="X-ray",
-        classes=classes,
+        classes=["lungs", "heart"] if heart else ["lungs"],
         label_encoding="bitmask" if heart else "index",
         spacing=[1.0, 1.0],
         spacing_unit="px",
         normalization=Normalization("none", divide_by=255.0).entry("uint8"),
         source={"format": "chexmask", "path": str(src), "table": str(table), "image_size": list(size)},
     )
+
+
+def _check_columns(table: Path, columns: list[str], heart: bool, id_column: str | None,
+                   patient_column: str | None) -> str:
+    """Check that ``table`` has the mask, size, id and patient columns; return the id column."""
+    needed = ["Left Lung", "Right Lung", "Height", "Width"] + (["Heart"] if heart else [])
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise NCAError(f"The table {table} lacks the column(s) {', '.join(missing)}; pass a CheXmask CSV.")
+    id_col = id_column or next((c for c in columns if c not in KNOWN_COLUMNS), None)
+    if id_col is None or id_col not in columns:
+        raise NCAError(f"The table {table} has no image-id column {id_column or ''}; name it with the id_column option.")
+    if patient_column is not None and patient_column not in columns:
+        raise NCAError(f"The table {table} has no column {patient_column!r}; pick the patient column from {', '.join(columns)}.")
+    return id_col
+
+
+def _row_image(index: _ImageIndex, image_id: str, where: str, image_root: Path, skip_missing: bool) -> Path | None:
+    """The one image of a row, or None for a missing image when ``skip_missing``."""
+    found = index.find(image_id)
+    if not found:
+        if skip_missing:
+            return None
+        raise NCAError(f"The CheXmask row {where} has no image under {image_root}; add the image or convert with skip_missing=True.")
+    if len(found) > 1:
+        raise NCAError(f"The CheXmask row {where} matches several images ({found[0]}, {found[1]}); give ids with their folders.")
+    return found[0]
+
+
+def _load_image(path: Path, shape: tuple[int, int], where: str) -> np.ndarray:
+    """The image at ``path``, which must have the ``(height, width)`` of its mask in the table."""
+    image = io.load(path).array
+    if image.shape[:2] != shape:
+        height, width = shape
+        raise NCAError(
+            f"The image {path} is {image.shape[1]}x{image.shape[0]} but its mask in {where} is {width}x{height}; "
+            f"use CheXmask's OriginalResolution table with the original images."
+        )
+    return image
+
+
+def _row_label(row: dict, heart: bool, where: str) -> np.ndarray:
+    """A row's ``[Height, Width]`` label: lungs 1, heart bit 2 (bitmask) when ``heart``."""
+    try:
+        height, width = int(float(row["Height"])), int(float(row["Width"]))
+        lungs = decode_rle(row["Left Lung"], height, width) | decode_rle(row["Right Lung"], height, width)
+        heart_mask = decode_rle(row["Heart"], height, width) if heart else None
+    except ValueError as exc:
+        raise NCAError(f"The CheXmask row {where} has a malformed mask ({exc}); re-download the table.") from None
+    return lungs if heart_mask is None else lungs | (heart_mask << 1)
 

@@ -237,12 +237,7 @@ def fill_generic(
     """Write every labelled case of a generic image folder into ``writer`` (images without a
     label are refused unless ``skip_unlabeled``)."""
     src = source_dir(src, LAYOUT)
-    if dataset_kind not in DATASET_KINDS:
-        raise NCAError(f"The dataset kind {dataset_kind!r} is unknown; use one of {', '.join(DATASET_KINDS)}.")
-    if normalization not in NORMALIZATIONS:
-        raise NCAError(f"The normalization {normalization!r} is unknown; use one of {', '.join(NORMALIZATIONS)}.")
-    if binary and classes is not None and len(classes) != 1:
-        raise NCAError("--binary makes one foreground class; pass at most one class name with it.")
+    _check_options(dataset_kind, normalization, binary, classes)
     pattern = re.compile(patient_regex) if patient_regex else None
     names = list(classes) if classes else (["foreground"] if binary else None)
     norm = _Normalise(normalization, low, high)
@@ -258,14 +253,9 @@ def fill_generic(
         present |= set(np.unique(label).tolist()) - {0}
         image = norm(image, image_paths[0])
         if resize is not None:
-            shape = tuple(int(s) for s in resize)
-            if len(shape) != label.ndim:
-                raise NCAError(f"The resize shape {shape} has {len(shape)} axes but {label_path} is {label.ndim}D; "
-                               f"give one size per axis.")
-            image, label = resize_image(image, shape), resize_labels(label, shape)
+            image, label = _resized(image, label, resize, label_path)
         case_id = safe_id(strip_suffix(label_path))
-        match = pattern.search(case_id) if pattern else None
-        writer.add_case(case_id, match.group(1) if match and match.groups() else case_id, image, label)
+        writer.add_case(case_id, _patient_id(case_id, pattern), image, label)
     if resize is not None:   # resized cases keep no common physical resolution in 2D; 3D records the shape
         spacing, unit = (spacing, unit) if len(resize) == 3 else ([1.0, 1.0], "px")
         writer.set_info(resize_shape=[int(s) for s in resize] if len(resize) == 3 else None)
@@ -279,3 +269,28 @@ def fill_generic(
         normalization=norm.entry(),
         source={"format": "generic", "path": str(src), "binary": binary},
     )
+
+
+def _check_options(dataset_kind: str, normalization: str, binary: bool, classes: Sequence[str] | None) -> None:
+    """Refuse an unknown dataset kind or normalization, and --binary with several classes."""
+    if dataset_kind not in DATASET_KINDS:
+        raise NCAError(f"The dataset kind {dataset_kind!r} is unknown; use one of {', '.join(DATASET_KINDS)}.")
+    if normalization not in NORMALIZATIONS:
+        raise NCAError(f"The normalization {normalization!r} is unknown; use one of {', '.join(NORMALIZATIONS)}.")
+    if binary and classes is not None and len(classes) != 1:
+        raise NCAError("--binary makes one foreground class; pass at most one class name with it.")
+
+
+def _resized(image: np.ndarray, label: np.ndarray, resize: Sequence[int], label_path: Path):
+    """A case's image and label resized to ``resize`` (one size per axis of the label)."""
+    shape = tuple(int(s) for s in resize)
+    if len(shape) != label.ndim:
+        raise NCAError(f"The resize shape {shape} has {len(shape)} axes but {label_path} is {label.ndim}D; "
+                       f"give one size per axis.")
+    return resize_image(image, shape), resize_labels(label, shape)
+
+
+def _patient_id(case_id: str, pattern: re.Pattern | None) -> str:
+    """The patient of a case: the first group of ``pattern`` in its id when it matches, else the id."""
+    match = pattern.search(case_id) if pattern else None
+    return match.group(1) if match and match.groups() else case_id

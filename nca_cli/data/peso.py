@@ -61,40 +61,7 @@ def fill_peso(src, writer: DatasetWriter, *, level: int | None = None, mpp: floa
         image_path = slides.get(stem + ".tif") or slides.get(stem + ".tiff")
         if image_path is None:
             raise NCAError(f"The mask {mask_path} has no slide {stem}.tif under {src}; add the slide or remove the mask.")
-        with io.open_slide(image_path, level=level, mpp=None if level is not None else mpp) as slide:
-            with io.open_slide(mask_path) as probe:
-                mask_dims = probe.meta["level_dimensions"]
-            height, width = slide.spatial_shape
-            lvl = slide.meta["level"]
-            mlvl = _mask_level(mask_dims, height, width, mask_path, image_path)
-            with io.open_slide(mask_path, level=mlvl) as mask:
-                mh, mw = mask.spatial_shape
-                cols = None if mw == width else nearest_indices(mw, width)
-                rows = None if mh == height else nearest_indices(mh, height)
-                level_mpp = slide.meta["mpp"] if slide.meta["mpp_source"] == "file" else None
-                chosen_mpp.append(level_mpp)
-                patient = stem[:-3] if stem.endswith("_HE") else stem
-                image, label = writer.create_case(
-                    safe_id(stem), patient, (height, width), 3, np.uint8, level=lvl,
-                    mpp=round(level_mpp, 6) if level_mpp else None
-                )
-                for y0 in range(0, height, band):
-                    h = min(band, height - y0)
-                    image[y0 : y0 + h] = slide.read((slice(y0, y0 + h), slice(0, width)))
-                    if rows is None:
-                        values = mask.read((slice(y0, y0 + h), slice(0, mw)))[..., 0]
-                    else:
-                        src_rows = rows[y0 : y0 + h]
-                        r0, r1 = int(src_rows[0]), int(src_rows[-1]) + 1
-                        values = mask.read((slice(r0, r1), slice(0, mw)))[..., 0][src_rows - r0]
-                    if cols is not None:
-                        values = values[:, cols]
-                    bad = values > max(MASK_VALUES)
-                    if bad.any():
-                        raise NCAError(
-                            f"The mask {mask_path} contains value {int(values[bad][0])}; PESO training masks hold 0, 1 and 2 (2 = epithelium)."
-                        )
-                    label[y0 : y0 + h] = values == EPITHELIUM
+        chosen_mpp.append(_add_slide(writer, stem, image_path, mask_path, level, mpp, band))
     known = [m for m in chosen_mpp if m]
     um = float(np.median(known)) if known else None
     writer.set_info(
@@ -107,3 +74,48 @@ def fill_peso(src, writer: DatasetWriter, *, level: int | None = None, mpp: floa
         normalization=Normalization("none", divide_by=255.0).entry("uint8"),
         source={"format": "peso", "path": str(src), "target_mpp": mpp, "level": level},
     )
+
+
+def _add_slide(writer: DatasetWriter, stem: str, image_path: Path, mask_path: Path,
+               level: int | None, mpp: float, band: int) -> float | None:
+    """Write one slide and its epithelium label, band by band; return the level's µm/px if the file records it."""
+    with io.open_slide(image_path, level=level, mpp=None if level is not None else mpp) as slide:
+        with io.open_slide(mask_path) as probe:
+            mask_dims = probe.meta["level_dimensions"]
+        height, width = slide.spatial_shape
+        lvl = slide.meta["level"]
+        mlvl = _mask_level(mask_dims, height, width, mask_path, image_path)
+        with io.open_slide(mask_path, level=mlvl) as mask:
+            mh, mw = mask.spatial_shape
+            cols = None if mw == width else nearest_indices(mw, width)
+            rows = None if mh == height else nearest_indices(mh, height)
+            level_mpp = slide.meta["mpp"] if slide.meta["mpp_source"] == "file" else None
+            patient = stem[:-3] if stem.endswith("_HE") else stem
+            image, label = writer.create_case(
+                safe_id(stem), patient, (height, width), 3, np.uint8, level=lvl,
+                mpp=round(level_mpp, 6) if level_mpp else None
+            )
+            for y0 in range(0, height, band):
+                h = min(band, height - y0)
+                image[y0 : y0 + h] = slide.read((slice(y0, y0 + h), slice(0, width)))
+                label[y0 : y0 + h] = _mask_band(mask, mask_path, y0, h, rows, cols) == EPITHELIUM
+    return level_mpp
+
+
+def _mask_band(mask, mask_path: Path, y0: int, h: int, rows, cols) -> np.ndarray:
+    """Rows ``y0:y0+h`` of the mask at the slide's size (nearest rows/cols when they differ); values checked."""
+    mw = mask.spatial_shape[1]
+    if rows is None:
+        values = mask.read((slice(y0, y0 + h), slice(0, mw)))[..., 0]
+    else:
+        src_rows = rows[y0 : y0 + h]
+        r0, r1 = int(src_rows[0]), int(src_rows[-1]) + 1
+        values = mask.read((slice(r0, r1), slice(0, mw)))[..., 0][src_rows - r0]
+    if cols is not None:
+        values = values[:, cols]
+    bad = values > max(MASK_VALUES)
+    if bad.any():
+        raise NCAError(
+            f"The mask {mask_path} contains value {int(values[bad][0])}; PESO training masks hold 0, 1 and 2 (2 = epithelium)."
+        )
+    return values

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import pydicom
@@ -102,6 +102,23 @@ def _tiff_dtype(dtype: np.dtype) -> np.dtype:
 
 
 def _open_tiff(path: Path) -> InputImage:
+    axes, shape, dtype, memmappable, is_palette, colormap, xres = _tiff_header(path)
+    core, kept_shape = _tiff_core_axes(path, axes, shape)
+    samples = kept_shape[core.index("S")] if "S" in core else 1
+    h, w = kept_shape[core.index("Y")], kept_shape[core.index("X")]
+    is_palette = is_palette and samples == 1
+    out_dtype = np.dtype(np.uint8) if is_palette else _tiff_dtype(dtype)
+    channels = 3 if is_palette or samples >= 3 else 1
+    read, close = _tiff_reader(path, memmappable, _tiff_channels_last(core, kept_shape),
+                               _tiff_converter(is_palette, colormap, out_dtype))
+    meta: dict[str, Any] = {"format": "tiff", "axes": axes}
+    if xres > 0:
+        meta.update(mpp=1e4 / float(xres), mpp_source="file")
+    return InputImage(path, "image", 2, (h, w), channels, out_dtype, meta, read, close)
+
+
+def _tiff_header(path: Path):
+    """(axes, shape, dtype, memmappable, is_palette, colormap, x resolution per cm or 0) of a TIFF."""
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
@@ -114,23 +131,32 @@ def _open_tiff(path: Path) -> InputImage:
             xres = page.get_resolution()[0] if per_cm else 0.0
     except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as exc:
         raise NCAError(f"Cannot read TIFF {path} ({exc}); check that the file is complete.") from None
+    return axes, shape, dtype, memmappable, is_palette, colormap, xres
 
+
+def _tiff_core_axes(path: Path, axes: str, shape: tuple) -> tuple[str, tuple]:
+    """The axes and shape left once singleton axes other than Y, X, S are dropped; a 2D image only."""
     keep = [i for i, a in enumerate(axes) if a in "YXS" or shape[i] != 1]
     core = "".join(axes[i] for i in keep)
     if core not in ("YX", "YXS", "SYX"):
         raise NCAError(f"TIFF {path} has axes {axes} {shape}; save a single 2D image (grey or RGB) or convert stacks to NIfTI.")
-    kept_shape = tuple(shape[i] for i in keep)
-    samples = kept_shape[core.index("S")] if "S" in core else 1
-    h, w = kept_shape[core.index("Y")], kept_shape[core.index("X")]
-    is_palette = is_palette and samples == 1
-    out_dtype = np.dtype(np.uint8) if is_palette else _tiff_dtype(dtype)
-    channels = 3 if is_palette or samples >= 3 else 1
+    return core, tuple(shape[i] for i in keep)
+
+
+def _tiff_channels_last(core: str, kept_shape: tuple) -> Callable[[np.ndarray], np.ndarray]:
+    """A function that puts a TIFF series' pixels as ``[H, W, C]``."""
 
     def to_channels_last(arr: np.ndarray) -> np.ndarray:
         arr = arr.reshape(kept_shape)
         if core == "SYX":
             return np.moveaxis(arr, 0, -1)
         return arr[..., None] if core == "YX" else arr
+
+    return to_channels_last
+
+
+def _tiff_converter(is_palette: bool, colormap, out_dtype: np.dtype) -> Callable[[np.ndarray], np.ndarray]:
+    """A function that turns ``[h, w, C]`` TIFF pixels into the image's channels and dtype."""
 
     def convert(arr: np.ndarray) -> np.ndarray:
         if is_palette:
@@ -143,6 +169,11 @@ def _open_tiff(path: Path) -> InputImage:
             arr = arr[..., :3] if arr.shape[-1] > 3 else arr[..., :1]
         return arr.astype(out_dtype, copy=False)
 
+    return convert
+
+
+def _tiff_reader(path: Path, memmappable: bool, to_channels_last, convert):
+    """(read, close) of a TIFF: regions of a memory map when the file allows, else of the decoded image."""
     mapped = None
     if memmappable:
         try:
@@ -155,24 +186,20 @@ def _open_tiff(path: Path) -> InputImage:
         def read(region: Region) -> np.ndarray:
             return convert(np.array(state["a"][region]))
 
-        close = state.clear
-    else:
+        return read, state.clear
 
-        def load() -> np.ndarray:
-            try:
-                return to_channels_last(tifffile.imread(path, series=0))
-            except (tifffile.TiffFileError, OSError, ValueError) as exc:
-                raise NCAError(f"Cannot decode TIFF {path} ({exc}); the file is probably truncated or corrupted.") from None
+    def load() -> np.ndarray:
+        try:
+            return to_channels_last(tifffile.imread(path, series=0))
+        except (tifffile.TiffFileError, OSError, ValueError) as exc:
+            raise NCAError(f"Cannot decode TIFF {path} ({exc}); the file is probably truncated or corrupted.") from None
 
-        cached, close = _cached(load)
+    cached, close = _cached(load)
 
-        def read(region: Region) -> np.ndarray:
-            return convert(cached(region))
+    def read_decoded(region: Region) -> np.ndarray:
+        return convert(cached(region))
 
-    meta: dict[str, Any] = {"format": "tiff", "axes": axes}
-    if xres > 0:
-        meta.update(mpp=1e4 / float(xres), mpp_source="file")
-    return InputImage(path, "image", 2, (h, w), channels, out_dtype, meta, read, close)
+    return read_decoded, close
 
 
 def open_image(path: Path) -> InputImage:
@@ -295,17 +322,60 @@ def open_dicom(path: Path) -> InputImage:
     ``meta["mpp"]`` is its PixelSpacing (or ImagerPixelSpacing) in µm."""
     path = Path(path)
     ds = _dicom_header(path)
+    layout = _dicom_layout(path, ds)
+    read, close = _cached(_dicom_loader(path, layout))
+    kind = _dicom_kind(ds)
+    spatial = (layout.frames, layout.rows, layout.cols) if layout.frames > 1 else (layout.rows, layout.cols)
+    return InputImage(
+        path,
+        kind,
+        len(spatial),
+        spatial,
+        3 if layout.colour else 1,
+        np.uint8 if layout.colour else np.float32,
+        _dicom_meta(ds, layout, kind),
+        read,
+        close,
+    )
+
+
+class _DicomLayout(NamedTuple):
+    """How a DICOM file's pixels are laid out and turned into values."""
+
+    rows: int
+    cols: int
+    frames: int
+    samples: int
+    photometric: str
+    colour: bool
+    slope: float
+    intercept: float
+    bits: int
+    signed: bool
+
+
+def _dicom_layout(path: Path, ds) -> _DicomLayout:
+    """The pixel layout recorded in a DICOM header; a file without Rows/Columns holds no image."""
     if "Rows" not in ds or "Columns" not in ds:
         raise NCAError(f"The DICOM file {path} holds no image (no Rows/Columns); pass a DICOM image file.")
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1))
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    colour = samples > 1
-    slope = float(_dicom_value(ds, "RescaleSlope", "PixelValueTransformationSequence") or 1.0)
-    intercept = float(_dicom_value(ds, "RescaleIntercept", "PixelValueTransformationSequence") or 0.0)
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    return _DicomLayout(
+        rows=int(ds.Rows),
+        cols=int(ds.Columns),
+        frames=int(ds.get("NumberOfFrames", 1) or 1),
+        samples=samples,
+        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
+        colour=samples > 1,
+        slope=float(_dicom_value(ds, "RescaleSlope", "PixelValueTransformationSequence") or 1.0),
+        intercept=float(_dicom_value(ds, "RescaleIntercept", "PixelValueTransformationSequence") or 0.0),
+        bits=int(ds.get("BitsStored", ds.get("BitsAllocated", 16))),
+        signed=int(ds.get("PixelRepresentation", 0)) == 1,
+    )
+
+
+def _dicom_loader(path: Path, layout: _DicomLayout) -> Callable[[], np.ndarray]:
+    """A function that reads and decodes a DICOM file's pixels as uint8 RGB or rescaled float32."""
+    frames, rows, cols, samples = layout.frames, layout.rows, layout.cols, layout.samples
 
     def load() -> np.ndarray:
         try:
@@ -321,23 +391,28 @@ def open_dicom(path: Path) -> InputImage:
             raise NCAError(
                 f"Cannot decode the pixels of DICOM file {path} ({exc}); convert it to uncompressed DICOM or install a decoder such as pylibjpeg."
             ) from None
-        if colour:
+        if layout.colour:
             arr = arr.reshape((frames, rows, cols, samples) if frames > 1 else (rows, cols, samples))
             return np.ascontiguousarray(arr[..., :3]).astype(np.uint8, copy=False)
         arr = arr.reshape((frames, rows, cols) if frames > 1 else (rows, cols)).astype(np.float32)
-        if photometric == "MONOCHROME1":
-            lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        if layout.photometric == "MONOCHROME1":
+            bits = layout.bits
+            lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if layout.signed else (0, 2**bits - 1)
             arr = np.float32(lo + hi) - arr
-        if slope != 1.0 or intercept != 0.0:
-            arr = arr * np.float32(slope) + np.float32(intercept)
+        if layout.slope != 1.0 or layout.intercept != 0.0:
+            arr = arr * np.float32(layout.slope) + np.float32(layout.intercept)
         return arr[..., None]
 
-    read, close = _cached(load)
-    kind = _dicom_kind(ds)
+    return load
+
+
+def _dicom_meta(ds, layout: _DicomLayout, kind: str) -> dict:
+    """The ``meta`` of a DICOM image: geometry, rescale, and frame rate (video) or µm per pixel (single image)."""
+    frames = layout.frames
     meta = {
         **_dicom_geometry(ds, frames),
-        "photometric": photometric,
-        "rescale": (slope, intercept),
+        "photometric": layout.photometric,
+        "rescale": (layout.slope, layout.intercept),
         "modality": str(ds.get("Modality", "")),
         "default_output_suffix": ".nii.gz" if frames > 1 else ".png",
     }
@@ -348,18 +423,7 @@ def open_dicom(path: Path) -> InputImage:
         meta["spacing"] = (sx, sy, 1.0 / fps)
     elif frames == 1 and meta.get("pixel_spacing_mm"):
         meta.update(mpp=1000.0 * meta["pixel_spacing_mm"][0], mpp_source="file")
-    spatial = (frames, rows, cols) if frames > 1 else (rows, cols)
-    return InputImage(
-        path,
-        kind,
-        len(spatial),
-        spatial,
-        3 if colour else 1,
-        np.uint8 if colour else np.float32,
-        meta,
-        read,
-        close,
-    )
+    return meta
 
 
 def write_mask_image(path: str | Path, labels: np.ndarray) -> Path:

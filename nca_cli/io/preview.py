@@ -271,13 +271,7 @@ def write_volume_preview(
     montage's longer side is at most ``max_side``.
     """
     path = _png_path(path)
-    if style not in PREVIEW_STYLES:
-        raise ValueError(f"style must be one of {PREVIEW_STYLES}, got {style!r}")
-    shape = tuple(int(n) for n in shape)
-    if len(shape) != 3 or tuple(labels.shape) != shape or min(shape) < 1:
-        raise ValueError(f"labels {tuple(labels.shape)} must be [D, H, W] of the volume's shape {shape}")
-    if len(plane_names) != 3:
-        raise ValueError("plane_names needs one name per axis")
+    shape = _check_volume_args(style, shape, labels, plane_names)
     spacing = tuple(float(s) for s in spacing) if spacing is not None else (1.0, 1.0, 1.0)
     picks = [slice_positions(c, slices) for c in _profiles(labels, shape)]
     columns = max(len(p) for p in picks)
@@ -292,17 +286,38 @@ def write_volume_preview(
         size = sizes[axis]
         top += caption
         for col, index in enumerate(indices):
-            image = np.asarray(read_slice(axis, index))
-            plane = _plane(labels, axis, index)
-            if image.shape[:2] != plane.shape:
-                raise ValueError(f"read_slice({axis}, {index}) gave {image.shape[:2]}, expected {plane.shape}")
-            tile = render_preview(image, plane, style=style, alpha=alpha, palette=palette, size=size)
+            tile = _volume_tile(read_slice, labels, axis, index, size,
+                                style=style, alpha=alpha, palette=palette)
             left = GAP + col * (cell_w + GAP)
             x = left + (cell_w - tile.shape[1]) // 2
             montage[top : top + tile.shape[0], x : x + tile.shape[1]] = tile
             captions.append(((left, top - caption + 1), f"{plane_names[axis]} {index}"))
         top += size[0] + GAP
     return _save_png(path, _captioned(montage, captions, text))
+
+
+def _check_volume_args(style: str, shape: Sequence[int], labels: np.ndarray,
+                       plane_names: Sequence[str]) -> tuple[int, int, int]:
+    """Refuse an unknown style, labels not of the volume's ``[D, H, W]`` shape or not three plane
+    names; return the shape as ints."""
+    if style not in PREVIEW_STYLES:
+        raise ValueError(f"style must be one of {PREVIEW_STYLES}, got {style!r}")
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != 3 or tuple(labels.shape) != shape or min(shape) < 1:
+        raise ValueError(f"labels {tuple(labels.shape)} must be [D, H, W] of the volume's shape {shape}")
+    if len(plane_names) != 3:
+        raise ValueError("plane_names needs one name per axis")
+    return shape
+
+
+def _volume_tile(read_slice: Callable[[int, int], np.ndarray], labels: np.ndarray, axis: int, index: int,
+                 size: tuple[int, int], *, style: str, alpha: float, palette: np.ndarray) -> np.ndarray:
+    """The rendered tile of plane ``index`` along ``axis``: its image read and its labels drawn over it."""
+    image = np.asarray(read_slice(axis, index))
+    plane = _plane(labels, axis, index)
+    if image.shape[:2] != plane.shape:
+        raise ValueError(f"read_slice({axis}, {index}) gave {image.shape[:2]}, expected {plane.shape}")
+    return render_preview(image, plane, style=style, alpha=alpha, palette=palette, size=size)
 
 
 def _montage_layout(shape: tuple, spacing: tuple, columns: int, max_side: int, wide: int,

@@ -178,13 +178,31 @@ def _problems(rings: list[np.ndarray]) -> set[int]:
     v = np.concatenate(rings).astype(np.int64)
     prev, nxt = _ring_neighbours(starts, lengths)
     ring_of, pos = _group_ranges(lengths)
-    area = np.add.reduceat(v[:, 0] * v[nxt, 1] - v[nxt, 0] * v[:, 1], starts)
-    wrong = (lengths < 3) | (area == 0) | ((area > 0) != (np.arange(len(rings)) == 0))
-    d_in, d_out = v - v[prev], v[nxt] - v
-    fold = (d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0] == 0) & ((d_in * d_out).sum(axis=1) < 0)
-    bad = set(np.flatnonzero(wrong).tolist()) | set(ring_of[fold].tolist())
+    bad = _shape_problems(v, prev, nxt, starts, lengths, ring_of)
     if bad:
         return bad
+    bad = _segment_meetings(v, nxt, ring_of)
+    if len(rings) == 1 or bad:
+        return bad
+    keys = _key(v)
+    uniq, inverse, count = np.unique(keys, return_inverse=True, return_counts=True)
+    bad |= _vertex_crossings(v, prev, nxt, ring_of, inverse, count)
+    bad |= _containment_problems(v, starts, lengths, ring_of, count[inverse] == 1, len(rings))
+    return bad
+
+
+def _shape_problems(v, prev, nxt, starts, lengths, ring_of) -> set[int]:
+    """Rings with under three vertices, a wrong orientation or a spike folding back on itself."""
+    area = np.add.reduceat(v[:, 0] * v[nxt, 1] - v[nxt, 0] * v[:, 1], starts)
+    wrong = (lengths < 3) | (area == 0) | ((area > 0) != (np.arange(len(lengths)) == 0))
+    d_in, d_out = v - v[prev], v[nxt] - v
+    fold = (d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0] == 0) & ((d_in * d_out).sum(axis=1) < 0)
+    return set(np.flatnonzero(wrong).tolist()) | set(ring_of[fold].tolist())
+
+
+def _segment_meetings(v, nxt, ring_of) -> set[int]:
+    """Rings with two segments that meet, other than neighbours in a ring or rings sharing one vertex."""
+    bad: set[int] = set()
     ax, ay, bx, by = v[:, 0], v[:, 1], v[nxt, 0], v[nxt, 1]
     reach = np.maximum(np.abs(bx - ax), np.abs(by - ay))
     cell = max(4, 2 * int(np.median(reach)))
@@ -212,11 +230,12 @@ def _problems(rings: list[np.ndarray]) -> set[int]:
         meet = (cross | (line & (overlap >= 0))) & ~allowed
         bad.update(ri[meet].tolist())
         bad.update(rj[meet].tolist())
-    if len(rings) == 1 or bad:
-        return bad
-    # rings sharing a vertex must not cross there: each ring's two directions stay adjacent
-    keys = _key(v)
-    uniq, inverse, count = np.unique(keys, return_inverse=True, return_counts=True)
+    return bad
+
+
+def _vertex_crossings(v, prev, nxt, ring_of, inverse, count) -> set[int]:
+    """Rings sharing a vertex that cross there: each ring's two directions must stay adjacent."""
+    bad: set[int] = set()
     for u in np.flatnonzero(count > 1).tolist():
         (r1, (p, q)), (r2, (s, w)) = [
             (int(ring_of[t]), [math.atan2(*(d[::-1])) for d in (v[prev[t]] - v[t], v[nxt[t]] - v[t])])
@@ -225,11 +244,15 @@ def _problems(rings: list[np.ndarray]) -> set[int]:
         span = (q - p) % (2 * math.pi)
         if (((s - p) % (2 * math.pi)) < span) != (((w - p) % (2 * math.pi)) < span):
             bad.update((r1, r2))
-    # containment, probed at each ring's first vertex not shared with another ring
-    free = count[inverse] == 1
+    return bad
+
+
+def _containment_problems(v, starts, lengths, ring_of, free, n_rings: int) -> set[int]:
+    """Holes outside the exterior or inside another hole, probed at each ring's first vertex
+    not shared with another ring (``free``)."""
     hit = np.flatnonzero(free)
     has, at = np.unique(ring_of[hit], return_index=True)
-    probe = np.full(len(rings), -1)
+    probe = np.full(n_rings, -1)
     probe[has] = hit[at]
     holes = np.flatnonzero(probe[1:] >= 0) + 1
     qring = np.zeros(holes.size, np.int64)
@@ -244,9 +267,7 @@ def _problems(rings: list[np.ndarray]) -> set[int]:
     target = np.concatenate([t for _, t in pairs])
     result = _even_odd(v[probe[which], 0], v[probe[which], 1], target, v, starts, lengths)
     wrong = result != (target == 0)  # inside the exterior, outside every other hole
-    bad.update(which[wrong].tolist())
-    bad.update(target[wrong].tolist())
-    return bad
+    return set(which[wrong].tolist()) | set(target[wrong].tolist())
 
 
 # --------------------------------------------------------------------------- polygons

@@ -167,34 +167,50 @@ def open_slide(path: Path, *, level: int | None = None, mpp: float | None = None
     path = Path(path)
     backend = _open_backend(path)
     try:
-        downsamples = tuple(backend.level_downsamples)
-        n_levels = len(downsamples)
-        if mpp is not None and not mpp > 0:
-            raise NCAError(f"The requested resolution {mpp} µm/px for {path} must be positive.")
-        if level is not None and not 0 <= level < n_levels:
-            raise NCAError(f"Slide {path} has levels 0..{n_levels - 1}; pass --level within that range.")
-        if backend.mpp is not None:
-            if level is not None and mpp is not None:
-                raise NCAError(f"Slide {path} records its resolution; pass either a level or an mpp, not both.")
-            mpp_source, mpp0 = "file", backend.mpp
-            if level is None:
-                level = choose_level(backend.mpp[0], downsamples, mpp) if mpp is not None else 0
-        elif mpp is not None:
-            mpp_source, mpp0 = "argument", (float(mpp), float(mpp))
-            level = level or 0
-        else:
-            mpp_source, mpp0 = None, None
-            level = level or 0
+        level, mpp_source, mpp0 = _pick_level(backend, path, level, mpp)
     except BaseException:
         backend.close()
         raise
-
-    ds = downsamples[level]
     w, h = backend.level_dimensions[level]
+    return InputImage(
+        path=path,
+        kind="slide",
+        dims=2,
+        spatial_shape=(h, w),
+        channels=backend.channels,
+        dtype=np.uint8,
+        meta=_slide_meta(backend, level, mpp_source, mpp0, mpp),
+        _reader=_level_reader(backend, path, level),
+        _closer=backend.close,
+    )
+
+
+def _pick_level(backend, path: Path, level: int | None, mpp: float | None):
+    """Check ``level``/``mpp`` against the slide; return (level, mpp_source, level-0 (x, y) mpp)."""
+    n_levels = len(backend.level_downsamples)
+    if mpp is not None and not mpp > 0:
+        raise NCAError(f"The requested resolution {mpp} µm/px for {path} must be positive.")
+    if level is not None and not 0 <= level < n_levels:
+        raise NCAError(f"Slide {path} has levels 0..{n_levels - 1}; pass --level within that range.")
+    if backend.mpp is not None:
+        if level is not None and mpp is not None:
+            raise NCAError(f"Slide {path} records its resolution; pass either a level or an mpp, not both.")
+        if level is None:
+            level = choose_level(backend.mpp[0], tuple(backend.level_downsamples), mpp) if mpp is not None else 0
+        return level, "file", backend.mpp
+    if mpp is not None:
+        return level or 0, "argument", (float(mpp), float(mpp))
+    return level or 0, None, None
+
+
+def _slide_meta(backend, level: int, mpp_source, mpp0, mpp: float | None) -> dict:
+    """The ``meta`` of a slide opened at ``level``."""
+    downsamples = tuple(backend.level_downsamples)
+    ds = downsamples[level]
     w0, h0 = backend.level_dimensions[0]
-    meta = {
+    return {
         "level": level,
-        "level_count": n_levels,
+        "level_count": len(downsamples),
         "level_dimensions": [(int(hh), int(ww)) for ww, hh in backend.level_dimensions],
         "level_downsamples": list(downsamples),
         "downsample": ds,
@@ -207,6 +223,10 @@ def open_slide(path: Path, *, level: int | None = None, mpp: float | None = None
         "vendor": backend.vendor,
         "objective_power": backend.objective_power,
     }
+
+
+def _level_reader(backend, path: Path, level: int):
+    """A region reader of ``level`` that reads in READ_CHUNK tiles and names a damaged file."""
 
     def read(region: Region) -> np.ndarray:
         ys, xs = region
@@ -225,17 +245,7 @@ def open_slide(path: Path, *, level: int | None = None, mpp: float | None = None
                            f"the file is probably truncated or corrupted, so copy it again.") from None
         return out
 
-    return InputImage(
-        path=path,
-        kind="slide",
-        dims=2,
-        spatial_shape=(h, w),
-        channels=backend.channels,
-        dtype=np.uint8,
-        meta=meta,
-        _reader=read,
-        _closer=backend.close,
-    )
+    return read
 
 
 def slide_vendor(path: Path) -> str | None:

@@ -255,76 +255,17 @@ def run_kernel_benchmark(
 
 def _run_cases(tasks: list[str], sizes: dict, steps: int, threads: int, repeats: int, fire_rate: float,
                memory: bool, dev: torch.device) -> dict:
-    from . import fused_run, kept_perception_bytes, to_channels_last
-
-    sync = torch.cuda.synchronize if dev.type == "cuda" else None
     load_before = load_average()
     rows = []
     for name in tasks:
         label, shape, _ = CASES[name]
         shape = tuple(int(s) for s in sizes.get(name, shape))
         m = make_backbone(name, fire_rate).to(dev)
-        cells = 1
-        for s in shape:
-            cells *= s
-        state_cf = torch.randn(1, CHANNELS, *shape, device=dev)
-        state_cl = to_channels_last(state_cf)
         kept = dev.type == "cpu" and name in COARSE and m.normalization == "batch"
-        # as in a model: the buffer is part of the shared state buffer, its pages already in use
-        buffer = torch.zeros(kept_perception_bytes(m, shape) // 4) if kept else None
-        peaks = [fma_peak(threads)] if dev.type == "cpu" else []
-        fused_s, fused_cpu = _median_time(lambda: fused_run(m, state_cl, steps, threads=threads, keep_perception=kept,
-                                                            keep_buffer=buffer), repeats, sync)
-        buffer = None
-        if dev.type == "cpu":
-            peaks.append(fma_peak(threads))
-        recompute_s = None
-        if kept:
-            recompute_s = _median_time(lambda: fused_run(m, state_cl, steps, threads=threads), repeats, sync)[0] / steps
-        state_cl = None  # freed before the PyTorch timing
-        with torch.inference_mode():
-            torch_s, _ = _median_time(lambda: m.run(state_cf, steps), repeats, sync)
-        state_cf = None
-        fused_s, fused_cpu, torch_s = fused_s / steps, fused_cpu / steps, torch_s / steps
-        # The larger of the peaks measured just before and after the fused timing.
-        peak = max(p[0] for p in peaks) if peaks else None
-        peak_core = max(p[1] for p in peaks) if peaks else None
-        firing = sum(int(fire_mask(shape, seed=0, level=0, step=t, fire_rate=fire_rate).sum()) for t in range(steps))
-        fired = firing / (steps * cells)
-        executed = executed_flops(m, fired, dev.type, kept) * cells
-        dense = dense_flops(m) * cells
-        row = {
-            "case": f"{label}{', perception kept' if kept else ''} {'x'.join(map(str, shape))}",
-            "case_name": name,
-            "kept_perception": kept,
-            "fused_recompute_s": recompute_s,
-            "speedup_recompute": torch_s / recompute_s if recompute_s else None,
-            "cells": cells,
-            "fire_rate": fire_rate,
-            "fused_s": fused_s,
-            "torch_s": torch_s,
-            "speedup": torch_s / fused_s,
-            "fused_gflops": executed / fused_s * 1e-9,
-            "fused_dense_gflops": dense / fused_s * 1e-9,
-            "torch_gflops": dense / torch_s * 1e-9,
-            "peak_gflops": peak,
-            "peak_fraction": executed / fused_s * 1e-9 / peak if peak else None,
-            "fused_cpu_s": fused_cpu if dev.type == "cpu" else None,
-            "peak_gflops_per_core": peak_core,
-            "peak_fraction_cpu_time": (executed / fused_cpu * 1e-9 / peak_core
-                                       if peak_core and dev.type == "cpu" else None),
-        }
-        if memory and dev.type == "cpu":
-            for impl in ("fused", "torch"):
-                mem = _measure_memory(impl, name, shape, fire_rate, threads, kept and impl == "fused")
-                row[f"{impl}_extra_bytes"] = mem["extra_bytes"]
-                row[f"{impl}_extra_fraction"] = (mem["extra_bytes"] / mem["state_bytes"]
-                                                 if mem["extra_bytes"] is not None else None)
-                row["memory_method"] = mem["method"]
-        elif memory and dev.type == "cuda":
-            for impl in ("fused", "torch"):
-                row[f"{impl}_extra_bytes"], row[f"{impl}_extra_fraction"] = _cuda_memory(m, impl, shape, dev)
-            row["memory_method"] = "torch.cuda.max_memory_allocated"
+        timing = _time_case(m, shape, steps, threads, repeats, kept, dev)
+        row = _case_row(name, label, shape, m, steps, fire_rate, kept, dev, **timing)
+        if memory:
+            row.update(_case_memory(m, name, shape, fire_rate, threads, kept, dev))
         rows.append(row)
     return {
         "rows": rows,
@@ -336,6 +277,88 @@ def _run_cases(tasks: list[str], sizes: dict, steps: int, threads: int, repeats:
                     "platform": platform.platform(), "loadavg_before": load_before, "loadavg_after": load_average()},
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def _time_case(m: BackboneNCA, shape: tuple, steps: int, threads: int, repeats: int, kept: bool,
+               dev: torch.device) -> dict:
+    """Seconds per step of the fused and the PyTorch step (and of the fused step recomputing the
+    perception when it is kept), with the FMA peaks measured just before and after the fused timing."""
+    from . import fused_run, kept_perception_bytes, to_channels_last
+
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    state_cf = torch.randn(1, CHANNELS, *shape, device=dev)
+    state_cl = to_channels_last(state_cf)
+    # as in a model: the buffer is part of the shared state buffer, its pages already in use
+    buffer = torch.zeros(kept_perception_bytes(m, shape) // 4) if kept else None
+    peaks = [fma_peak(threads)] if dev.type == "cpu" else []
+    fused_s, fused_cpu = _median_time(lambda: fused_run(m, state_cl, steps, threads=threads, keep_perception=kept,
+                                                        keep_buffer=buffer), repeats, sync)
+    buffer = None
+    if dev.type == "cpu":
+        peaks.append(fma_peak(threads))
+    recompute_s = None
+    if kept:
+        recompute_s = _median_time(lambda: fused_run(m, state_cl, steps, threads=threads), repeats, sync)[0] / steps
+    state_cl = None  # freed before the PyTorch timing
+    with torch.inference_mode():
+        torch_s, _ = _median_time(lambda: m.run(state_cf, steps), repeats, sync)
+    state_cf = None
+    return {"fused_s": fused_s / steps, "fused_cpu": fused_cpu / steps, "torch_s": torch_s / steps,
+            "recompute_s": recompute_s, "peaks": peaks}
+
+
+def _case_row(name: str, label: str, shape: tuple, m: BackboneNCA, steps: int, fire_rate: float, kept: bool,
+              dev: torch.device, *, fused_s: float, fused_cpu: float, torch_s: float, recompute_s, peaks) -> dict:
+    """One case's row: its timings, speed-ups and FLOP rates against the FMA peak."""
+    cells = 1
+    for s in shape:
+        cells *= s
+    # The larger of the peaks measured just before and after the fused timing.
+    peak = max(p[0] for p in peaks) if peaks else None
+    peak_core = max(p[1] for p in peaks) if peaks else None
+    firing = sum(int(fire_mask(shape, seed=0, level=0, step=t, fire_rate=fire_rate).sum()) for t in range(steps))
+    fired = firing / (steps * cells)
+    executed = executed_flops(m, fired, dev.type, kept) * cells
+    dense = dense_flops(m) * cells
+    return {
+        "case": f"{label}{', perception kept' if kept else ''} {'x'.join(map(str, shape))}",
+        "case_name": name,
+        "kept_perception": kept,
+        "fused_recompute_s": recompute_s,
+        "speedup_recompute": torch_s / recompute_s if recompute_s else None,
+        "cells": cells,
+        "fire_rate": fire_rate,
+        "fused_s": fused_s,
+        "torch_s": torch_s,
+        "speedup": torch_s / fused_s,
+        "fused_gflops": executed / fused_s * 1e-9,
+        "fused_dense_gflops": dense / fused_s * 1e-9,
+        "torch_gflops": dense / torch_s * 1e-9,
+        "peak_gflops": peak,
+        "peak_fraction": executed / fused_s * 1e-9 / peak if peak else None,
+        "fused_cpu_s": fused_cpu if dev.type == "cpu" else None,
+        "peak_gflops_per_core": peak_core,
+        "peak_fraction_cpu_time": (executed / fused_cpu * 1e-9 / peak_core
+                                   if peak_core and dev.type == "cpu" else None),
+    }
+
+
+def _case_memory(m: BackboneNCA, name: str, shape: tuple, fire_rate: float, threads: int, kept: bool,
+                 dev: torch.device) -> dict:
+    """The extra peak memory of one fused and one PyTorch step (and the method), for CPU or CUDA."""
+    row: dict = {}
+    if dev.type == "cpu":
+        for impl in ("fused", "torch"):
+            mem = _measure_memory(impl, name, shape, fire_rate, threads, kept and impl == "fused")
+            row[f"{impl}_extra_bytes"] = mem["extra_bytes"]
+            row[f"{impl}_extra_fraction"] = (mem["extra_bytes"] / mem["state_bytes"]
+                                             if mem["extra_bytes"] is not None else None)
+            row["memory_method"] = mem["method"]
+    elif dev.type == "cuda":
+        for impl in ("fused", "torch"):
+            row[f"{impl}_extra_bytes"], row[f"{impl}_extra_fraction"] = _cuda_memory(m, impl, shape, dev)
+        row["memory_method"] = "torch.cuda.max_memory_allocated"
+    return row
 
 
 def _cuda_memory(m: BackboneNCA, impl: str, shape: Sequence[int], dev: torch.device) -> tuple[int, float]:
@@ -380,29 +403,9 @@ def format_markdown(result: dict) -> str:
         "| fused % of peak, CPU time | fused extra peak MiB (% of state) | PyTorch extra peak MiB (% of state) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in result.get("rows", []):
-        mem = []
-        for impl in ("fused", "torch"):
-            b, f = r.get(f"{impl}_extra_bytes"), r.get(f"{impl}_extra_fraction")
-            mem.append("-" if b is None else f"{b / 2**20:.1f} ({100 * f:.1f} %)")
-        lines.append(
-            f"| {r['case']} | {r['fire_rate']} | {_fmt(r['fused_s'], '.3f')} | {_fmt(r['torch_s'], '.3f')} "
-            f"| {_fmt(r['speedup'], '.1f')}x | {_fmt(r['fused_gflops'], '.1f')} | {_fmt(r['fused_dense_gflops'], '.1f')} "
-            f"| {_fmt(r['torch_gflops'], '.1f')} | {_fmt(r['peak_gflops'], '.1f')} "
-            f"| {_fmt(r['peak_fraction'], '.0f', 100)} % | {_fmt(r.get('peak_fraction_cpu_time'), '.0f', 100)} % "
-            f"| {mem[0]} | {mem[1]} |")
+    lines += [_markdown_row(r) for r in result.get("rows", [])]
     methods = {r.get("memory_method") for r in result.get("rows", []) if r.get("memory_method")}
-    kept = [r for r in result.get("rows", []) if r.get("fused_recompute_s")]
-    lines += [""] if kept else []
-    for r in kept:
-        lines.append(f"- {r['case']}: with the perception computed in both sweeps instead, "
-                     f"{r['fused_recompute_s']:.3f} s/step ({r['speedup_recompute']:.1f}x), no kept buffer.")
-    if kept:
-        lines.append(
-            "- Perception kept: a coarse level keeps the statistics sweep's conv outputs (float32, C per "
-            "cell) for the update sweep, as the models do on the CPU where it fits in the part of the "
-            "shared state buffer that the finer level fills later. The extra memory column includes that "
-            "buffer; the timing keeps it in a buffer allocated beforehand, as a model does.")
+    lines += _kept_perception_notes(result.get("rows", []))
     lines += [
         "",
         "- FLOPs count a multiply-add as 2: perception 2·C·K^d per cell (two full convolutions "
@@ -423,6 +426,37 @@ def format_markdown(result: dict) -> str:
         "(the state itself excluded).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _markdown_row(r: dict) -> str:
+    """One row of the Markdown table."""
+    mem = []
+    for impl in ("fused", "torch"):
+        b, f = r.get(f"{impl}_extra_bytes"), r.get(f"{impl}_extra_fraction")
+        mem.append("-" if b is None else f"{b / 2**20:.1f} ({100 * f:.1f} %)")
+    return (
+        f"| {r['case']} | {r['fire_rate']} | {_fmt(r['fused_s'], '.3f')} | {_fmt(r['torch_s'], '.3f')} "
+        f"| {_fmt(r['speedup'], '.1f')}x | {_fmt(r['fused_gflops'], '.1f')} | {_fmt(r['fused_dense_gflops'], '.1f')} "
+        f"| {_fmt(r['torch_gflops'], '.1f')} | {_fmt(r['peak_gflops'], '.1f')} "
+        f"| {_fmt(r['peak_fraction'], '.0f', 100)} % | {_fmt(r.get('peak_fraction_cpu_time'), '.0f', 100)} % "
+        f"| {mem[0]} | {mem[1]} |")
+
+
+def _kept_perception_notes(rows: list[dict]) -> list[str]:
+    """The report's lines on the cases that keep the perception (none when no case does)."""
+    kept = [r for r in rows if r.get("fused_recompute_s")]
+    if not kept:
+        return []
+    lines = [""]
+    for r in kept:
+        lines.append(f"- {r['case']}: with the perception computed in both sweeps instead, "
+                     f"{r['fused_recompute_s']:.3f} s/step ({r['speedup_recompute']:.1f}x), no kept buffer.")
+    lines.append(
+        "- Perception kept: a coarse level keeps the statistics sweep's conv outputs (float32, C per "
+        "cell) for the update sweep, as the models do on the CPU where it fits in the part of the "
+        "shared state buffer that the finer level fills later. The extra memory column includes that "
+        "buffer; the timing keeps it in a buffer allocated beforehand, as a model does.")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
