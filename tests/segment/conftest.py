@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import tifffile
 import torch
 from PIL import Image
 
@@ -60,3 +61,15 @@ def shifted_images(folder, image, count, axis):
     for i in range(count):
         Image.fromarray(np.roll(image, i, axis=axis)).save(folder / f"img{i}.png")
     return folder
+
+
+def write_pyramid_slide(path, base, *, tile=256, levels=2, mpp=0.5):
+    """An RGB pyramidal BigTIFF slide of ``base`` [H, W, 3] at ``mpp`` µm/px: level k is every
+    2**k-th pixel, with its resolution tags (what openslide and the slide reader see)."""
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        opts = dict(tile=(tile, tile), photometric="rgb", resolutionunit="CENTIMETER")
+        for k in range(levels):
+            res = 1e4 / (mpp * 2 ** k)
+            place = dict(subifds=levels - 1) if k == 0 else dict(subfiletype=1)
+            tw.write(base[::2 ** k, ::2 ** k], resolution=(res, res), **place, **opts)
+    return path

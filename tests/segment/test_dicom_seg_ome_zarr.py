@@ -15,6 +15,7 @@ from nca_cli.segment.options import SegmentOptions
 from nca_cli.segment.run import segment_inputs
 
 from ..io.dicom_series import write_ct_series
+from .conftest import write_pyramid_slide
 
 
 def run(inputs, out, model, **kw):
@@ -64,12 +65,7 @@ def test_a_seg_of_an_input_that_is_not_dicom_is_refused_in_one_sentence(tmp_path
 
 
 def _slide(path):
-    base = np.random.default_rng(1).integers(0, 255, (600, 700, 3), dtype=np.uint8)
-    with tifffile.TiffWriter(path, bigtiff=True) as tw:
-        opts = dict(tile=(256, 256), photometric="rgb", resolutionunit="CENTIMETER")
-        tw.write(base, resolution=(1e4 / 0.5, 1e4 / 0.5), subifds=1, **opts)
-        tw.write(base[::2, ::2], subfiletype=1, resolution=(1e4 / 1.0, 1e4 / 1.0), **opts)
-    return path
+    return write_pyramid_slide(path, np.random.default_rng(1).integers(0, 255, (600, 700, 3), dtype=np.uint8))
 
 
 def test_a_slide_to_ome_zarr_equals_the_tiff_mask_at_the_slides_mpp(tmp_path, models):

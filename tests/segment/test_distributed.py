@@ -17,7 +17,7 @@ from nca_cli.segment.options import SegmentOptions
 from nca_cli.segment.run import segment_inputs
 from nca_cli.segment.run_manifest import RunManifest
 
-from .conftest import shifted_images
+from .conftest import shifted_images, write_pyramid_slide
 
 distributed = pytest.importorskip("distributed")
 
@@ -37,12 +37,8 @@ def run(inputs, out, model, **kw):
 
 
 def write_slide(path):
-    base = np.random.default_rng(1).integers(0, 255, (300, 400, 3), dtype=np.uint8)
-    with tifffile.TiffWriter(path, bigtiff=True) as tw:
-        opts = dict(tile=(128, 128), photometric="rgb", resolutionunit="CENTIMETER")
-        tw.write(base, resolution=(1e4 / 0.5, 1e4 / 0.5), subifds=1, **opts)
-        tw.write(base[::2, ::2], subfiletype=1, resolution=(1e4 / 1.0, 1e4 / 1.0), **opts)
-    return path
+    return write_pyramid_slide(path, np.random.default_rng(1).integers(0, 255, (300, 400, 3), dtype=np.uint8),
+                               tile=128)
 
 
 def files(folder):
@@ -160,12 +156,7 @@ def test_a_mostly_glass_slide_skips_the_same_tiles_as_the_serial_run(tmp_path, m
     rng = np.random.default_rng(4)
     base = np.full((600, 800, 3), 242, dtype=np.uint8)                        # glass
     base[40:260, 60:300] = rng.integers(60, 200, (220, 240, 3), dtype=np.uint8) * np.array([1.0, 0.4, 0.9])
-    path = tmp_path / "glass.tif"
-    with tifffile.TiffWriter(path, bigtiff=True) as tw:
-        opts = dict(tile=(128, 128), photometric="rgb", resolutionunit="CENTIMETER")
-        tw.write(base, resolution=(1e4 / 0.5, 1e4 / 0.5), subifds=2, **opts)
-        tw.write(base[::2, ::2], subfiletype=1, resolution=(1e4 / 1.0, 1e4 / 1.0), **opts)
-        tw.write(base[::4, ::4], subfiletype=1, resolution=(1e4 / 2.0, 1e4 / 2.0), **opts)
+    path = write_pyramid_slide(tmp_path / "glass.tif", base, tile=128, levels=3)
     run([path], tmp_path / "s" / "mask.tif", models["rgb2d"])
     run([path], tmp_path / "d" / "mask.tif", models["rgb2d"], scheduler=cluster.scheduler_address)
     serial = json.loads((tmp_path / "s" / "mask.run_metadata.json").read_text())

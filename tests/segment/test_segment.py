@@ -16,7 +16,7 @@ from nca_cli.core.errors import NCAError
 from nca_cli.segment.options import SegmentOptions
 from nca_cli.segment.run import segment_inputs
 
-from .conftest import assert_same_geometry, shifted_images, write_oblique_nifti
+from .conftest import assert_same_geometry, shifted_images, write_oblique_nifti, write_pyramid_slide
 
 
 def run(inputs, out, model, **kw):
@@ -46,11 +46,7 @@ def test_png_end_to_end(tmp_path, models, rgb_image):
 def test_slide_to_pyramidal_tiff(tmp_path, models):
     rng = np.random.default_rng(1)
     base = rng.integers(0, 255, (1100, 1300, 3), dtype=np.uint8)
-    src = tmp_path / "slide.tif"
-    with tifffile.TiffWriter(src, bigtiff=True) as tw:
-        opts = dict(tile=(256, 256), photometric="rgb", resolutionunit="CENTIMETER")
-        tw.write(base, resolution=(1e4 / 0.5, 1e4 / 0.5), subifds=1, **opts)
-        tw.write(base[::2, ::2], subfiletype=1, resolution=(1e4 / 1.0, 1e4 / 1.0), **opts)
+    src = write_pyramid_slide(tmp_path / "slide.tif", base)
     out = tmp_path / "mask.tif"
     run([src], out, models["rgb2d"])
     s = openslide.OpenSlide(str(out))
