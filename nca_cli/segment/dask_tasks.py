@@ -153,7 +153,8 @@ def _coarse(spec: TaskSpec, model: Loaded, budget: int) -> dict | None:
     from ..io.normalize import Normalization
     from ..models.schedule import LevelSchedule
     from .resolution import at_resolution
-    from .tissue import TissueRun, deepest_split, tiling_for, tissue_for
+    from .run import _plan
+    from .tissue import TissueRun, tiling_for, tissue_for
 
     opts, job, predictor = spec.opts, spec.job, model.predictor
     if not isinstance(predictor, OctreePredictor) or opts.ensemble > 1:
@@ -171,12 +172,8 @@ def _coarse(spec: TaskSpec, model: Loaded, budget: int) -> dict | None:
         norm = Normalization.from_entry(model.normalization, image.dtype)
         image.read(tuple(slice(0, 1) for _ in image.spatial_shape))
         predictor.prepare(image)
-        baseline = current_rss_bytes()
-        plan = predictor.plan(image, budget=budget, tiling=tiling, tile_size=tile_size,
-                              baseline=baseline, name=str(job.input), normalization=norm)
-        if tiling != opts.tiling:
-            plan = deepest_split(plan, predictor, image, budget=budget, baseline=baseline, normalization=norm,
-                                 ensemble=1, want_std=False)
+        plan = _plan(predictor, image, source, opts, (tiling, tile_size), budget=budget,
+                     baseline=current_rss_bytes(), normalization=norm, name=job.input)
         if plan.mode != "tiled":
             return None
         c = predictor.config
@@ -219,6 +216,7 @@ def tile_task(spec: TaskSpec, tiled: dict, corner: list[int]) -> dict:
     from ..inference.outputs import labels_of
     from ..inference.tiled import grow_tile, tile_at
     from ..models.schedule import LevelSchedule
+    from .resolution import at_resolution
 
     t0 = time.perf_counter()
     model, _, _ = _setup(spec)
@@ -226,8 +224,6 @@ def tile_task(spec: TaskSpec, tiled: dict, corner: list[int]) -> dict:
     predictor, opts, job = model.predictor, spec.opts, spec.job
     folder = scratch_folder(job.mask)
     coarse, levels = load_coarse(folder)
-    from .resolution import at_resolution
-
     opened = _open(job, opts)
     try:
         opened, image, _ = at_resolution(opened, opts, model.contract or {}, _quiet)   # as the coarse task read it

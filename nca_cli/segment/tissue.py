@@ -87,7 +87,7 @@ def deepest_split(plan, predictor, image, *, budget: int, baseline: int, normali
                   want_std: bool):
     """``plan`` with its tiles reaching the deepest level that fits: skipped tiles then save every
     level but the coarsest (exact at any split; the memory model of each is the plan's own)."""
-    from ..inference.memory import Plan, tiled_phases
+    from ..inference.memory import Plan, tiled_phases, usable_budget
 
     if plan.mode != "tiled":
         return plan
@@ -97,6 +97,6 @@ def deepest_split(plan, predictor, image, *, budget: int, baseline: int, normali
                                      impl=predictor.impl, cost=predictor.cost(image, normalization), ensemble=ensemble,
                                      want_std=want_std, device_type=predictor.device.type)
         need = max(phases.values()) + baseline
-        if need <= budget:
+        if need <= usable_budget(budget):     # the margin plan_run keeps, as for every plan
             return Plan("tiled", need, split, plan.tile, count, phases)
     return plan
