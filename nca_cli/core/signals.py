@@ -9,8 +9,9 @@ runs for them too, and the CLI ends in one line with exit code ``128 + signal``.
 Work that must not be cut in the middle (an optimiser step) runs inside :func:`deferred`:
 there a signal is only recorded, the work polls :func:`pending` at a safe point, saves what
 it needs and raises :func:`stopped`. A second signal while deferred stops at once.
-Creating a temporary inside :func:`deferred` means a signal never leaves it behind unnamed. A stop that Python had to swallow (a signal landing in a finaliser, where
-exceptions are ignored) still ends the command in the same line (:func:`message`).
+Creating a temporary inside :func:`deferred` means a signal never leaves it behind unnamed. A
+stop that Python had to swallow (a signal landing in a finaliser, where exceptions are ignored)
+still ends the command in the same line (:func:`message`).
 """
 from __future__ import annotations
 
